@@ -1,0 +1,33 @@
+# The two commands of the README. Both create .venv on first use and reinstall
+# only when pyproject.toml changes (the stamp file records the last install).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.vialign-installed
+TORCH := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint clean-venv
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first: the pinned CPU wheel is served locally; any other version pulls CUDA.
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/vialign demo --out runs/demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/ruff check .
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,225 @@
+"""The one `vialign` command. Heavy imports (torch, transformers) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vialign.config import Settings, SettingsError, load_settings
+
+S = TypeVar("S", bound=Settings)
+
+app = typer.Typer(
+    help="Curate, align, tune and evaluate LLaVA-style visual instruction data.", no_args_is_help=True
+)
+data_app = typer.Typer(help="Check and describe datasets.", no_args_is_help=True)
+toyworld_app = typer.Typer(help="The synthetic toy world.", no_args_is_help=True)
+model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(toyworld_app, name="toyworld")
+app.add_typer(model_app, name="model")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="YAML settings file (a stage section or the whole file)")
+]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a setting: key=value (repeatable)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="no progress bars")]
+
+
+def settings_or_exit(
+    cls: type[S], config: Path | None, section: str, options: dict, overrides: list[str] | None
+) -> S:
+    try:
+        return load_settings(cls, yaml_path=config, section=section, options=options, overrides=overrides)
+    except SettingsError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+# ---------------------------------------------------------------- data
+
+
+@data_app.command("validate")
+def data_validate(
+    input: Annotated[
+        Path, typer.Argument(help="LLaVA JSON array or JSONL file", exists=True, dir_okay=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", help="folder for valid.jsonl, rejects.jsonl, manifest.json")],
+    image_root: Annotated[
+        Path | None, typer.Option("--image-root", help="folder image paths are relative to")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="exit with code 1 if any record is rejected")
+    ] = False,
+    max_text_chars: Annotated[int | None, typer.Option(help="longest total text of one record")] = None,
+    image_check: Annotated[str | None, typer.Option(help="none | exists | verify | decode")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Split a dataset into valid records and rejects (with line, id, field and reason)."""
+    from vialign.data.validate import ValidateSettings, count_records_hint, validate_file
+    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.progress import progress_reporter
+
+    options = {
+        "image_root": image_root,
+        "strict": strict or None,
+        "max_text_chars": max_text_chars,
+        "image_check": image_check,
+    }
+    settings = settings_or_exit(ValidateSettings, config, "validate", options, set_)
+    timer = StageTimer()
+    total = count_records_hint(input)
+    with progress_reporter(not quiet) as report:
+        summary = validate_file(input, out, settings, progress=lambda: report("validate records", 1, total))
+    table = Table(title=f"validate {input}")
+    table.add_column("outcome")
+    table.add_column("records", justify="right")
+    table.add_row("[green]valid[/green]", str(summary.valid))
+    for code, n in summary.by_code.most_common():
+        table.add_row(f"[red]{code}[/red]", str(n))
+    table.add_row("total", str(summary.total))
+    out_console.print(table)
+    write_manifest(out, Manifest(
+        stage="data.validate", inputs={str(input): fingerprint_file(input)},
+        settings=settings.model_dump(mode="json"),
+        counts={"valid": summary.valid, "rejected": summary.rejected, **dict(summary.by_code)},
+        outputs={"valid.jsonl": fingerprint_file(out / "valid.jsonl")},
+        started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
+    ))  # fmt: skip
+    out_console.print(f"wrote {out / 'valid.jsonl'} and {out / 'rejects.jsonl'}")
+    if settings.strict and summary.rejected:
+        raise typer.Exit(1)
+
+
+@data_app.command("stats")
+def data_stats(
+    input: Annotated[Path, typer.Argument(help="a validated dataset", exists=True, dir_okay=False)],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Counts per subset and format class (soft/hard), and length distributions."""
+    from vialign.data.formats import FormatSettings, is_soft
+    from vialign.data.stats import dataset_stats
+    from vialign.records import RecordError
+
+    settings = settings_or_exit(FormatSettings, config, "formats", {}, set_)
+    try:
+        stats = dataset_stats(input, settings)
+    except RecordError as exc:
+        err_console.print(
+            f"[red]error:[/red] {exc}\nRun `vialign data validate` first to separate bad records."
+        )
+        raise typer.Exit(2) from exc
+    table = Table(title=f"{input}: {stats.samples} samples")
+    for column in ("subset", "format class", "soft/hard", "samples", "share"):
+        table.add_column(column, justify="right" if column in ("samples", "share") else "left")
+    for (subset, cls), n in sorted(stats.by_subset_class.items()):
+        table.add_row(
+            subset, cls, "soft" if is_soft(cls, settings) else "hard", str(n), f"{n / stats.samples:.1%}"
+        )
+    out_console.print(table)
+    lengths = Table(title="lengths")
+    for column in ("measure", "n", "min", "median", "mean", "p90", "max"):
+        lengths.add_column(column, justify="left" if column == "measure" else "right")
+    for name, s in stats.length_summary().items():
+        lengths.add_row(name, *(str(s[k]) for k in ("n", "min", "median", "mean", "p90", "max")))
+    out_console.print(lengths)
+    soft_hard = stats.soft_hard(settings)
+    out_console.print(f"soft {soft_hard['soft']}  hard {soft_hard['hard']}")
+
+
+# ---------------------------------------------------------------- toy world
+
+
+@toyworld_app.command("generate")
+def toyworld_generate(
+    out: Annotated[Path, typer.Option("--out", help="output folder (also the image root)")],
+    seed: Annotated[int | None, typer.Option(help="random seed; same seed, same bytes")] = None,
+    size: Annotated[int | None, typer.Option(help="visual instruction samples")] = None,
+    image_size: Annotated[int | None, typer.Option(help="image side in pixels")] = None,
+    corrupt_share: Annotated[float | None, typer.Option(help="share of soft samples corrupted")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Generate the toy world: images, teacher-manner corpus, text corpus, annotations, eval sets."""
+    from vialign.progress import progress_reporter
+    from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
+
+    options = {"seed": seed, "size": size, "image_size": image_size, "corrupt_share": corrupt_share}
+    settings = settings_or_exit(ToyWorldSettings, config, "toyworld", options, set_)
+    with progress_reporter(not quiet) as report:
+        manifest = generate_toyworld(out, settings, progress=report)
+    out_console.print(f"toy world in {out}: {manifest.counts['samples']} samples, "
+                      f"{manifest.counts['images']} images, {manifest.duration_s:.1f} s")  # fmt: skip
+
+
+# ---------------------------------------------------------------- models
+
+
+@model_app.command("tiny")
+def model_tiny(
+    toyworld: Annotated[
+        Path, typer.Option("--toyworld", help="toy world folder whose corpora train the tokenizer")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="checkpoint folder to write")],
+    vision: Annotated[str | None, typer.Option(help="clip | siglip")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train a tokenizer and build a tiny LLaVA (saved as a plain transformers checkpoint)."""
+    from vialign.models.loading import build_tiny_from_toyworld
+    from vialign.models.tiny import TinyModelSettings
+
+    settings = settings_or_exit(TinyModelSettings, config, "model", {"vision": vision}, set_)
+    manifest = build_tiny_from_toyworld(toyworld, out, settings)
+    out_console.print(
+        f"tiny LLaVA in {out}: {manifest.counts['parameters']:,} parameters, vocabulary {manifest.counts['vocab']}"
+    )
+
+
+@model_app.command("info")
+def model_info(
+    path: Annotated[str, typer.Argument(help="checkpoint folder (tiny or a real HF LLaVA)")],
+) -> None:
+    """Load a checkpoint through the common loader and describe it."""
+    from vialign.models.loading import load_llava
+
+    model, processor = load_llava(path)
+    table = Table(title=f"{path}: {type(model).__name__}")
+    table.add_column("part")
+    table.add_column("parameters", justify="right")
+    for name, module in model.model.named_children():
+        table.add_row(name, f"{sum(p.numel() for p in module.parameters()):,}")
+    table.add_row("lm_head", f"{sum(p.numel() for p in model.lm_head.parameters()):,}")
+    out_console.print(table)
+    out_console.print(f"image tokens per image: {getattr(processor, 'num_image_tokens', None) or 'dynamic'}; "
+                      f"vocabulary {len(processor.tokenizer)}; dtype {model.dtype}")  # fmt: skip
+
+
+# ---------------------------------------------------------------- demo
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="smaller world and fewer steps")] = False,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """The built-in demo on CPU: toy world, validation, statistics, a tiny LLaVA and a smoke training run."""
+    from vialign.demo import run_demo
+
+    run_demo(out, quick=quick, seed=seed, console=out_console)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Dataset checks and descriptions: validation, soft/hard format classes, statistics."""

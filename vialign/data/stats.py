@@ -1,0 +1,57 @@
+"""`vialign data stats`: counts per subset and format class, and length distributions."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vialign.data.formats import FormatSettings, classify_sample, is_soft
+from vialign.records import read_samples
+
+UNKNOWN_SUBSET = "(none)"
+
+
+@dataclass
+class DatasetStats:
+    samples: int = 0
+    by_subset_class: Counter[tuple[str, str]] = field(default_factory=Counter)
+    lengths: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def classes(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for (_, cls), n in self.by_subset_class.items():
+            out[cls] += n
+        return out
+
+    def soft_hard(self, settings: FormatSettings) -> Counter[str]:
+        return Counter({("soft" if is_soft(c, settings) else "hard"): n for c, n in self.classes.items()})
+
+    def length_summary(self) -> dict[str, dict[str, float]]:
+        return {name: summarise(values) for name, values in sorted(self.lengths.items())}
+
+
+def summarise(values: list[int]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "n": len(ordered),
+        "min": ordered[0],
+        "median": statistics.median(ordered),
+        "mean": round(statistics.fmean(ordered), 2),
+        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+        "max": ordered[-1],
+    }
+
+
+def dataset_stats(path: str | Path, settings: FormatSettings | None = None) -> DatasetStats:
+    settings = settings or FormatSettings()
+    stats = DatasetStats()
+    for sample in read_samples(path):
+        stats.samples += 1
+        stats.by_subset_class[(sample.meta.subset or UNKNOWN_SUBSET, classify_sample(sample, settings))] += 1
+        stats.lengths["turns per sample"].append(len(sample.conversations))
+        stats.lengths["words per question"] += [len(q.split()) for q in sample.questions]
+        stats.lengths["words per answer"] += [len(a.split()) for a in sample.answers]
+    return stats

@@ -1,0 +1,83 @@
+"""The manifest every stage writes next to its output: inputs, settings, fingerprints, counts, time.
+
+Later stages (and `vialign run`) use the fingerprints to decide whether finished work can be reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field
+
+from vialign import __version__
+
+MANIFEST_NAME = "manifest.json"
+
+
+class Manifest(BaseModel):
+    stage: str
+    status: str = "finished"
+    vialign_version: str = __version__
+    python: str = Field(default_factory=platform.python_version)
+    inputs: dict[str, str] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    counts: dict[str, Any] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    started_at: float = 0.0
+    duration_s: float = 0.0
+
+
+def fingerprint_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def fingerprint_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def fingerprint_dir(path: str | Path, pattern: str = "**/*") -> str:
+    """Fingerprint of a folder's files (names and contents), independent of listing order."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.glob(pattern) if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode() + b"\0")
+        digest.update(fingerprint_file(file).encode() + b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+def fingerprint_settings(settings: Any) -> str:
+    if isinstance(settings, BaseModel):
+        settings = settings.model_dump(mode="json")
+    return fingerprint_bytes(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS))
+
+
+class StageTimer:
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self._t0 = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+
+def write_manifest(out_dir: str | Path, manifest: Manifest) -> Path:
+    path = Path(out_dir) / MANIFEST_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(manifest.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
+    tmp.replace(path)
+    return path
+
+
+def read_manifest(out_dir: str | Path) -> Manifest:
+    return Manifest.model_validate(orjson.loads((Path(out_dir) / MANIFEST_NAME).read_bytes()))

@@ -1,0 +1,1 @@
+"""Models: load real HF LLaVA checkpoints, build tiny ones, tokenizers."""

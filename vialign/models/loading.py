@@ -1,0 +1,68 @@
+"""One door for models: a tiny LLaVA built here and a real HF LLaVA checkpoint load the same way.
+
+Weights load from safetensors only, and remote code runs only when the user asks for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from vialign.manifest import Manifest, StageTimer, fingerprint_dir, write_manifest
+from vialign.models.tiny import TinyModelSettings, build_tiny_llava
+from vialign.models.tokenizer import texts_of, train_tokenizer
+
+
+def load_llava(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Load a LLaVA-style model and its processor from a local folder (or a hub id when online)."""
+    source = str(path)
+    if Path(source).exists() and not (Path(source) / "config.json").is_file():
+        raise FileNotFoundError(f"{source} has no config.json: not a transformers checkpoint folder")
+    processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    model = AutoModelForImageTextToText.from_pretrained(
+        source, dtype=dtype or "auto", use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    if device:
+        model = model.to(device)
+    return model.eval(), processor
+
+
+def save_llava(model: PreTrainedModel, processor: ProcessorMixin, out: str | Path) -> Path:
+    out = Path(out)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    return out
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """Identity of a checkpoint folder: its config, weights and processor files."""
+    return fingerprint_dir(path, "*.*")
+
+
+def build_tiny_from_toyworld(toyworld: str | Path, out: str | Path, settings: TinyModelSettings) -> Manifest:
+    """Train a tokenizer on the toy world's corpora, build a tiny LLaVA around it, save both."""
+    toyworld, out = Path(toyworld), Path(out)
+    timer = StageTimer()
+    corpora = [toyworld / "corpus.jsonl", toyworld / "text" / "corpus.jsonl"]
+    tokenizer = train_tokenizer(texts_of(corpora), vocab_size=settings.vocab_size)
+    model, processor = build_tiny_llava(tokenizer, settings)
+    save_llava(model, processor, out)
+    manifest = Manifest(
+        stage="model.tiny",
+        inputs={str(p): fingerprint_dir(p.parent, p.name) for p in corpora},
+        settings=settings.model_dump(mode="json"),
+        counts={"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)},
+        outputs={"model": model_fingerprint(out)},
+        started_at=timer.started_at,
+        duration_s=round(timer.elapsed, 3),
+    )
+    write_manifest(out, manifest)
+    return manifest

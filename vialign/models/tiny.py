@@ -1,0 +1,125 @@
+"""Tiny LLaVA models built from configs: a real `LlavaForConditionalGeneration`, only small.
+
+CLIP towers use `vision_feature_select_strategy="default"` (drop CLS) with one additional image
+token in the processor's count; SigLIP towers have no CLS, so "full" with none. Any other pairing
+makes image tokens and image features disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerBase,
+    SiglipVisionConfig,
+)
+from transformers.models.clip import CLIPImageProcessorPil
+from transformers.models.siglip import SiglipImageProcessorPil
+
+from vialign.config import Settings
+from vialign.records import IMAGE_TAG
+
+
+class TinyModelSettings(Settings):
+    vision: Literal["clip", "siglip"] = "clip"
+    image_size: int = Field(48, ge=16)
+    patch_size: int = Field(16, ge=2)
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_intermediate: int = 344
+    max_positions: int = 1024
+    vocab_size: int = Field(512, description="tokenizer vocabulary to train")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _divisible(self) -> TinyModelSettings:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        for hidden, heads, what in (
+            (self.vision_hidden, self.vision_heads, "vision"),
+            (self.text_hidden, self.text_heads, "text"),
+        ):
+            if hidden % heads:
+                raise ValueError(f"{what} hidden size {hidden} is not divisible by {heads} heads")
+        return self
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+def vision_config(s: TinyModelSettings) -> CLIPVisionConfig | SiglipVisionConfig:
+    common = dict(
+        hidden_size=s.vision_hidden,
+        intermediate_size=s.vision_hidden * 2,
+        num_hidden_layers=s.vision_layers,
+        num_attention_heads=s.vision_heads,
+        image_size=s.image_size,
+        patch_size=s.patch_size,
+    )
+    return CLIPVisionConfig(**common) if s.vision == "clip" else SiglipVisionConfig(**common)
+
+
+def image_processor(s: TinyModelSettings) -> CLIPImageProcessorPil | SiglipImageProcessorPil:
+    if s.vision == "clip":
+        side = {"shortest_edge": s.image_size}
+        return CLIPImageProcessorPil(size=side, crop_size={"height": s.image_size, "width": s.image_size})
+    return SiglipImageProcessorPil(size={"height": s.image_size, "width": s.image_size})
+
+
+def select_strategy(s: TinyModelSettings) -> tuple[str, int]:
+    """(vision_feature_select_strategy, num_additional_image_tokens) that keep tokens and features equal."""
+    return ("default", 1) if s.vision == "clip" else ("full", 0)
+
+
+def build_tiny_llava(
+    tokenizer: PreTrainedTokenizerBase, settings: TinyModelSettings
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    strategy, additional = select_strategy(settings)
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.text_hidden,
+        intermediate_size=settings.text_intermediate,
+        num_hidden_layers=settings.text_layers,
+        num_attention_heads=settings.text_heads,
+        num_key_value_heads=settings.text_heads,
+        max_position_embeddings=settings.max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision_config(settings),
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TAG),
+        vision_feature_select_strategy=strategy,
+        vision_feature_layer=-1,
+        projector_hidden_act="gelu",
+    )
+    torch.manual_seed(settings.seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    processor = LlavaProcessor(
+        image_processor=image_processor(settings),
+        tokenizer=tokenizer,
+        patch_size=settings.patch_size,
+        vision_feature_select_strategy=strategy,
+        num_additional_image_tokens=additional,
+        chat_template=tokenizer.chat_template,
+        image_token=IMAGE_TAG,
+    )
+    return model, processor

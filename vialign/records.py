@@ -1,0 +1,241 @@
+"""The one record type: a LLaVA conversation sample plus `meta`, and its JSON/JSONL io.
+
+A sample on disk is LLaVA's shape (`id`, `image`, `conversations` of `{"from", "value"}` turns) with
+an optional `meta` object that vialign fills in (subset, format class, provenance, ground truth).
+Unknown top-level keys of real datasets are kept and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+IMAGE_TAG = "<image>"
+HUMAN = "human"
+GPT = "gpt"
+Role = Literal["human", "gpt"]
+
+
+class Turn(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    role: Role = Field(alias="from")
+    value: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"from": self.role, "value": self.value}
+
+
+class Meta(BaseModel):
+    """What vialign knows about a sample beyond LLaVA's fields. Extra keys are allowed and kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    subset: str | None = None
+    format_class: str | None = None
+    truth: dict[str, Any] | None = None
+    corruption: dict[str, Any] | None = None
+    provenance: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Sample(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    image: str | list[str] | None = None
+    conversations: list[Turn]
+    meta: Meta = Field(default_factory=Meta)
+
+    @property
+    def images(self) -> list[str]:
+        if self.image is None:
+            return []
+        return [self.image] if isinstance(self.image, str) else list(self.image)
+
+    @property
+    def questions(self) -> list[str]:
+        return [t.value for t in self.conversations if t.role == HUMAN]
+
+    @property
+    def answers(self) -> list[str]:
+        return [t.value for t in self.conversations if t.role == GPT]
+
+    def to_json(self, *, with_meta: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id}
+        if self.image is not None:
+            out["image"] = self.image
+        out["conversations"] = [t.to_json() for t in self.conversations]
+        out.update(self.model_extra or {})
+        meta = self.meta.model_dump(exclude_defaults=True)
+        if with_meta and meta:
+            out["meta"] = meta
+        return out
+
+
+class RecordError(ValueError):
+    """A record that cannot be used; names where it is so the user can fix it."""
+
+    def __init__(self, source: str, where: str, field: str, reason: str, record_id: str | None = None):
+        self.source, self.where, self.field, self.reason, self.record_id = (
+            source,
+            where,
+            field,
+            reason,
+            record_id,
+        )
+        id_part = f" id={record_id!r}" if record_id is not None else ""
+        super().__init__(f"{source} {where}{id_part} field {field!r}: {reason}")
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One record as read from disk, before validation. `line` is set for JSONL, `index` always."""
+
+    index: int
+    line: int | None
+    text: str
+    data: Any = None
+    error_field: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"line {self.line}" if self.line is not None else f"record {self.index}"
+
+
+def detect_format(path: Path) -> Literal["jsonl", "json"]:
+    if path.suffix == ".jsonl":
+        return "jsonl"
+    if path.suffix == ".json":
+        return "json"
+    with path.open("rb") as f:
+        head = f.read(4096).lstrip()
+    return "json" if head.startswith(b"[") else "jsonl"
+
+
+def iter_raw_records(path: str | Path) -> Iterator[RawRecord]:
+    """Yield every record of a LLaVA JSON array or a JSONL file, decoding errors included.
+
+    JSONL is streamed line by line, so a bad line never hides its neighbours. A JSON array has to
+    be parsed whole (as LLaVA itself does); a broken array is one error for the whole file.
+    """
+    path = Path(path)
+    if detect_format(path) == "json":
+        yield from _iter_json_array(path)
+    else:
+        yield from _iter_jsonl(path)
+
+
+def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
+    index = 0
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            index += 1
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                yield RawRecord(
+                    index,
+                    line_no,
+                    text,
+                    None,
+                    "line",
+                    "bad_utf8",
+                    f"not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                )
+                continue
+            try:
+                data = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                yield RawRecord(index, line_no, text, None, "line", "not_json", f"not JSON: {exc}")
+                continue
+            yield RawRecord(index, line_no, text, data)
+
+
+def _iter_json_array(path: Path) -> Iterator[RawRecord]:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(str(path), "file", "(file)", f"not a valid JSON document: {exc}") from exc
+    if not isinstance(data, list):
+        raise RecordError(str(path), "file", "(file)", "a LLaVA JSON file must hold an array of records")
+    for index, item in enumerate(data, start=1):
+        yield RawRecord(index, None, orjson.dumps(item).decode(), item)
+
+
+def read_samples(path: str | Path) -> Iterator[Sample]:
+    """Read already-valid samples (the output of `vialign data validate`); fail loudly on the first bad one."""
+    from pydantic import ValidationError
+
+    for raw in iter_raw_records(path):
+        if raw.error:
+            raise RecordError(str(path), raw.where, raw.error_field or "line", raw.error)
+        record_id = raw.data.get("id") if isinstance(raw.data, dict) else None
+        try:
+            yield Sample.model_validate(raw.data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "(record)"
+            raise RecordError(str(path), raw.where, field, first["msg"], record_id) from exc
+
+
+class JsonlWriter:
+    """Append JSON lines; `durable=True` fsyncs after every write so a crash loses no finished line."""
+
+    def __init__(self, path: str | Path, *, append: bool = False, durable: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("ab" if append else "wb")
+        self._durable = durable
+        self.count = 0
+
+    def write(self, obj: Any) -> None:
+        if isinstance(obj, Sample):
+            obj = obj.to_json()
+        self._file.write(orjson.dumps(obj) + b"\n")
+        self.count += 1
+        if self._durable:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_jsonl(items: Iterable[Any], path: str | Path) -> int:
+    with JsonlWriter(path) as writer:
+        for item in items:
+            writer.write(item)
+        return writer.count
+
+
+def write_llava_json(samples: Iterable[Sample], path: str | Path, *, with_meta: bool = False) -> int:
+    """Write a LLaVA-style JSON array (what LLaVA's own training scripts read)."""
+    rows = [s.to_json(with_meta=with_meta) for s in samples]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+    return len(rows)
+
+
+def read_jsonl(path: str | Path) -> Iterator[Any]:
+    """Plain JSONL rows (for non-sample files: annotations, eval sets, rejects)."""
+    with Path(path).open("rb") as f:
+        for line in f:
+            if line.strip():
+                yield orjson.loads(line)

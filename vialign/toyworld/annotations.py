@@ -1,0 +1,123 @@
+"""Reward-model annotations in Align2LLaVA's shape, scored by a simulated annotator from scene facts.
+
+Per image: one group of candidate question sets, and for some questions a group of candidate
+answers. Each candidate has a score in [0, 1], per-criterion scores, and (under `truth`) the flaw the
+simulation put in, so a reward model's ranking can be checked.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from vialign.toyworld.instructions import (
+    LISTING_QUESTIONS,
+    absent_pairs,
+    conv_colour,
+    conv_count,
+    conv_objects,
+    conv_position,
+    hallucinated_object,
+    truncated_answer,
+    wrong_attribute,
+)
+from vialign.toyworld.language import OWN_POSITIONS
+from vialign.toyworld.scene import Scene
+
+QUESTION_WEIGHTS = {"relevance": 0.4, "comprehensiveness": 0.4, "diversity": 0.2}
+ANSWER_WEIGHTS = {"accuracy": 0.5, "completeness": 0.25, "fluency": 0.15, "detail": 0.1}
+ANNOTATOR_NOISE = 0.03
+
+
+def annotator_score(criteria: dict[str, float], weights: dict[str, float], rng: random.Random) -> float:
+    score = sum(weights[k] * criteria[k] for k in weights) + rng.gauss(0.0, ANNOTATOR_NOISE)
+    return round(min(1.0, max(0.0, score)), 4)
+
+
+def good_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    pairs = [conv_objects(scene, rng), conv_position(scene, rng), conv_count(scene, rng)]
+    colour = conv_colour(scene, rng)
+    return pairs + ([colour] if colour else [])
+
+
+def coverage(scene: Scene, questions: list[str]) -> float:
+    """Share of the scene's objects the questions ask about; a listing question asks about all."""
+    if any(q in LISTING_QUESTIONS for q in questions):
+        return 1.0
+    return sum(any(o.name in q for q in questions) for o in scene.objects) / len(scene.objects)
+
+
+def question_candidates(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
+    good = [q for q, _ in good_questions(scene, rng)]
+    colour, shape = rng.choice(absent_pairs(scene))
+    irrelevant = [
+        f"Where is the {colour} {shape} located?",
+        f"What color is the {shape} next to the {colour} one?",
+    ]
+    sets = {
+        "none": good,
+        "narrow": good[1:2],
+        "irrelevant": [good[1], *irrelevant],
+        "duplicated": [good[1], good[1], good[1]],
+    }
+    out = []
+    for flaw, questions in sets.items():
+        criteria = {
+            "relevance": sum(q in good for q in questions) / len(questions),
+            "comprehensiveness": coverage(scene, questions),
+            "diversity": len(set(questions)) / len(questions),
+        }
+        out.append({"questions": questions, "score": annotator_score(criteria, QUESTION_WEIGHTS, rng),
+                    "criteria": criteria, "truth": {"flaw": flaw}})  # fmt: skip
+    rng.shuffle(out)
+    return out
+
+
+def terse_answer(scene: Scene, question: str, answer: str) -> str:
+    """The same facts in a few plain words: correct but thin."""
+    names = [f"a {o.full_name} {OWN_POSITIONS[o.cell]}" for o in scene.objects if o.name in question]
+    return ("There is " + names[0] + ".") if names else answer.split(". ")[0].rstrip(".") + "."
+
+
+def answer_candidates(scene: Scene, question: str, answer: str, rng: random.Random) -> list[dict[str, Any]]:
+    cands = [("none", answer, {"accuracy": 1.0, "completeness": 1.0, "fluency": 1.0, "detail": 1.0})]
+    terse = terse_answer(scene, question, answer)
+    if terse != answer:
+        cands.append(("terse", terse, {"accuracy": 1.0, "completeness": 0.7, "fluency": 1.0, "detail": 0.2}))
+    for flaw, corrupt, criteria in (
+        ("wrong_attribute", wrong_attribute, {"accuracy": 0.0, "completeness": 0.8, "fluency": 1.0, "detail": 0.8}),
+        ("hallucinated_object", hallucinated_object, {"accuracy": 0.3, "completeness": 1.0, "fluency": 1.0, "detail": 1.0}),
+        ("truncated_answer", truncated_answer, {"accuracy": 0.7, "completeness": 0.3, "fluency": 0.0, "detail": 0.4}),
+    ):  # fmt: skip
+        result = corrupt(answer, scene, rng)
+        if result is not None:
+            cands.append((flaw, result[0], criteria))
+    out = []
+    for flaw, text, criteria in cands:
+        out.append({"answer": text, "score": annotator_score(criteria, ANSWER_WEIGHTS, rng),
+                    "criteria": criteria, "truth": {"flaw": flaw}})  # fmt: skip
+    rng.shuffle(out)
+    return out
+
+
+def annotation_groups(
+    scene: Scene, image: str, rng: random.Random, answers_per_image: int = 2
+) -> tuple[dict, list[dict]]:
+    question_group = {
+        "group_id": f"q-{scene.scene_id}",
+        "kind": "questions",
+        "image": image,
+        "candidates": question_candidates(scene, rng),
+        "truth": scene.to_json(),
+    }
+    answer_groups = []
+    for k, (question, answer) in enumerate(rng.sample(good_questions(scene, rng), answers_per_image)):
+        answer_groups.append({
+            "group_id": f"a-{scene.scene_id}-{k}",
+            "kind": "answers",
+            "image": image,
+            "question": question,
+            "candidates": answer_candidates(scene, question, answer, rng),
+            "truth": scene.to_json(),
+        })  # fmt: skip
+    return question_group, answer_groups

@@ -1,0 +1,293 @@
+"""`vialign toyworld generate`: the whole synthetic world, deterministic per seed.
+
+Layout of the output folder (also the image root: every image path is relative to it):
+    images/{train,ann,eval}/NNNNNN.png
+    corpus.jsonl                      visual instructions (soft subsets in teacher manner + hard subsets)
+    scenes.jsonl                      facts of every training scene
+    text/corpus.jsonl                 own-manner text-only corpus for the inner LLM
+    annotations/{questions,answers}.jsonl   reward-model annotations (Align2LLaVA shape)
+    eval/pope/{random,popular,adversarial}.jsonl, eval/caption/references.json,
+    eval/vqa/{questions.jsonl,annotations.json}, eval/mc/questions.jsonl, eval/text/tasks.jsonl
+    manifest.json
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import Field, model_validator
+
+from vialign.config import Settings
+from vialign.data.formats import classify_sample
+from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+from vialign.records import IMAGE_TAG, JsonlWriter, Meta, Sample, Turn, write_jsonl
+from vialign.toyworld import evalsets
+from vialign.toyworld.annotations import annotation_groups
+from vialign.toyworld.instructions import ANSWER_CORRUPTIONS, CORRUPTIONS, SOFT_SUBSETS, SUBSET_MAKERS
+from vialign.toyworld.scene import Scene, sample_scene, scene_png, seeded_rng
+from vialign.toyworld.textcorpus import CORPUS_SHARES, text_example
+
+DEFAULT_MIX = {
+    "conversation": 0.2,
+    "detail": 0.1,
+    "complex_reasoning": 0.1,
+    "short_answer": 0.2,
+    "yes_no": 0.15,
+    "multiple_choice": 0.1,
+    "counting": 0.15,
+}
+
+
+class ToyWorldSettings(Settings):
+    seed: int = 0
+    size: int = Field(2000, ge=1, description="visual instruction samples in corpus.jsonl")
+    image_size: int = Field(48, ge=24, le=512, description="square image side in pixels")
+    samples_per_image: int = Field(2, ge=1)
+    subset_mix: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MIX))
+    corrupt_share: float = Field(0.1, ge=0.0, le=1.0, description="share of soft samples corrupted")
+    corruptions: list[str] = Field(default_factory=lambda: list(CORRUPTIONS))
+    image_last_share: float = Field(
+        0.3, ge=0.0, le=1.0, description="share of samples with <image> after the question"
+    )
+    text_size: int | None = Field(None, description="own-manner text examples; default max(1000, size // 2)")
+    annotation_images: int = Field(300, ge=0)
+    eval_scenes: int = Field(200, ge=1)
+    eval_text_per_task: int = Field(50, ge=1)
+    workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+
+    @model_validator(mode="after")
+    def _known_names(self) -> ToyWorldSettings:
+        unknown = set(self.subset_mix) - set(SUBSET_MAKERS)
+        if unknown:
+            raise ValueError(f"unknown subsets {sorted(unknown)}; known: {sorted(SUBSET_MAKERS)}")
+        if sum(self.subset_mix.values()) <= 0:
+            raise ValueError("subset_mix weights must add up to more than 0")
+        bad = set(self.corruptions) - set(CORRUPTIONS)
+        if bad:
+            raise ValueError(f"unknown corruptions {sorted(bad)}; known: {list(CORRUPTIONS)}")
+        return self
+
+    @property
+    def n_text(self) -> int:
+        return self.text_size if self.text_size is not None else max(1000, self.size // 2)
+
+
+def image_path(stream: str, index: int) -> str:
+    return f"images/{stream}/{index:06d}.png"
+
+
+def place_image_tag(question: str, rng: random.Random, last_share: float) -> str:
+    return f"{question}\n{IMAGE_TAG}" if rng.random() < last_share else f"{IMAGE_TAG}\n{question}"
+
+
+def swap_partner(
+    scene_index: int, n_scenes: int, settings: ToyWorldSettings, rng: random.Random
+) -> int | None:
+    """Another training scene sharing no (colour, shape) with this one, so the swap is detectable."""
+    own = sample_scene(settings.seed, "train", scene_index).pairs
+    for _ in range(64):
+        j = rng.randrange(n_scenes)
+        if j != scene_index and not (sample_scene(settings.seed, "train", j).pairs & own):
+            return j
+    return None
+
+
+def corrupt(turns: list[list[str]], scene: Scene, kinds: list[str], rng: random.Random) -> dict | None:
+    """Corrupt one answer in place with the first kind that applies to some answer (longest first)."""
+    order = sorted(range(len(turns)), key=lambda k: -len(turns[k][1]))
+    for kind in kinds:
+        for k in order:
+            result = ANSWER_CORRUPTIONS[kind](turns[k][1], scene, rng)
+            if result is not None:
+                turns[k][1] = result[0]
+                return {"kind": kind, "turn": 2 * k + 1, **result[1]}
+    return None
+
+
+def make_sample(
+    i: int, settings: ToyWorldSettings, n_scenes: int, *, allow_corruption: bool = True
+) -> Sample:
+    rng = seeded_rng(settings.seed, "sample", i)
+    scene_index = i // settings.samples_per_image
+    scene = sample_scene(settings.seed, "train", scene_index)
+    subsets, weights = zip(*settings.subset_mix.items(), strict=True)
+    subset = rng.choices(subsets, weights)[0]
+    turns = [list(qa) for qa in SUBSET_MAKERS[subset](scene, rng)]
+    image = image_path("train", scene_index)
+    corruption = None
+    roll, kind = rng.random(), rng.choice(settings.corruptions) if settings.corruptions else None
+    if allow_corruption and kind and subset in SOFT_SUBSETS and roll < settings.corrupt_share:
+        if kind == "swapped_image":
+            partner = swap_partner(scene_index, n_scenes, settings, rng)
+            if partner is not None:
+                image = image_path("train", partner)
+                corruption = {"kind": kind, "image_scene": f"train-{partner:06d}"}
+        else:
+            fallbacks = [k for k in settings.corruptions if k in ANSWER_CORRUPTIONS and k != kind]
+            corruption = corrupt(turns, scene, [kind, *fallbacks], rng)
+    turns[0][0] = place_image_tag(turns[0][0], rng, settings.image_last_share)
+    conversations = [Turn(role=r, value=v) for q, a in turns for r, v in (("human", q), ("gpt", a))]
+    manner = "teacher" if subset in SOFT_SUBSETS else "template"
+    sample = Sample(
+        id=f"toy-{i:07d}",
+        image=image,
+        conversations=conversations,
+        meta=Meta(
+            subset=subset,
+            truth={"scene": scene.to_json()},
+            corruption=corruption,
+            provenance=[{"stage": "toyworld", "seed": settings.seed, "manner": manner}],
+        ),
+    )
+    sample.meta.format_class = classify_sample(sample)
+    return sample
+
+
+def text_sample(i: int, settings: ToyWorldSettings, subsets: list[str], weights: list[float]) -> Sample:
+    subset = seeded_rng(settings.seed, "text-subset", i).choices(subsets, weights)[0]
+    prompt, answer, scene = text_example(settings.seed, "text", i, subset)
+    truth: dict[str, Any] = {"answer": answer} | ({"scene": scene.to_json()} if scene else {})
+    return Sample(
+        id=f"toytext-{i:07d}",
+        conversations=[Turn(role="human", value=prompt), Turn(role="gpt", value=answer)],
+        meta=Meta(subset=subset, format_class="text_only", truth=truth,
+                  provenance=[{"stage": "toyworld", "seed": settings.seed, "manner": "own"}]),
+    )  # fmt: skip
+
+
+def _render_chunk(args: tuple[str, int, str, list[int], int]) -> int:
+    out, seed, stream, indices, size_px = args
+    folder = Path(out) / "images" / stream
+    for index in indices:
+        (folder / f"{index:06d}.png").write_bytes(scene_png(sample_scene(seed, stream, index), size_px))
+    return len(indices)
+
+
+def render_images(
+    out: Path, settings: ToyWorldSettings, stream: str, count: int, progress: Callable | None
+) -> None:
+    (out / "images" / stream).mkdir(parents=True, exist_ok=True)
+    chunk = 500
+    jobs = [(str(out), settings.seed, stream, list(range(s, min(s + chunk, count))), settings.image_size)
+            for s in range(0, count, chunk)]  # fmt: skip
+    if settings.workers == 1:
+        done = map(_render_chunk, jobs)
+    else:
+        pool = ProcessPoolExecutor(settings.workers)
+        done = pool.map(_render_chunk, jobs)
+    for n in done:
+        if progress:
+            progress(n)
+    if settings.workers != 1:
+        pool.shutdown()
+
+
+def write_eval_sets(out: Path, settings: ToyWorldSettings) -> dict[str, int]:
+    scenes = [
+        (sample_scene(settings.seed, "eval", k), image_path("eval", k)) for k in range(settings.eval_scenes)
+    ]
+    counts = {}
+    for category in evalsets.POPE_CATEGORIES:
+        counts[f"pope_{category}"] = write_jsonl(
+            evalsets.pope_rows(scenes, category, settings.seed), out / "eval" / "pope" / f"{category}.jsonl"
+        )
+    captions = evalsets.caption_references(scenes, settings.seed)
+    _write_json(out / "eval" / "caption" / "references.json", captions)
+    counts["caption_images"] = len(captions["images"])
+    questions, annotations = evalsets.vqa_sets(scenes, settings.seed)
+    counts["vqa"] = write_jsonl(questions, out / "eval" / "vqa" / "questions.jsonl")
+    _write_json(out / "eval" / "vqa" / "annotations.json", annotations)
+    counts["mc"] = write_jsonl(
+        evalsets.mc_rows(scenes, settings.seed), out / "eval" / "mc" / "questions.jsonl"
+    )
+    counts["text"] = write_jsonl(
+        evalsets.text_rows(settings.eval_text_per_task, settings.seed), out / "eval" / "text" / "tasks.jsonl"
+    )
+    return counts
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+
+def generate_toyworld(
+    out: str | Path, settings: ToyWorldSettings, progress: Callable[[str, int, int], None] | None = None
+) -> Manifest:
+    """Write the toy world under `out`; `progress(task, advance, total)` is called as work is done."""
+    out = Path(out)
+    timer = StageTimer()
+    n_scenes = math.ceil(settings.size / settings.samples_per_image)
+
+    def step(task: str, total: int) -> Callable[[int], None] | None:
+        return (lambda n=1: progress(task, n, total)) if progress else None
+
+    render_images(out, settings, "train", n_scenes, step("render training images", n_scenes))
+    counts: Counter[str] = Counter()
+    tick = step("write corpus", settings.size)
+    with JsonlWriter(out / "corpus.jsonl") as corpus:
+        for i in range(settings.size):
+            sample = make_sample(i, settings, n_scenes)
+            corpus.write(sample)
+            counts[f"subset.{sample.meta.subset}"] += 1
+            counts[f"class.{sample.meta.format_class}"] += 1
+            if sample.meta.corruption:
+                counts[f"corruption.{sample.meta.corruption['kind']}"] += 1
+            if tick:
+                tick(1)
+    write_jsonl(
+        (sample_scene(settings.seed, "train", j).to_json() for j in range(n_scenes)), out / "scenes.jsonl"
+    )
+
+    subsets, weights = list(CORPUS_SHARES), list(CORPUS_SHARES.values())
+    counts["text"] = write_jsonl(
+        (text_sample(i, settings, subsets, weights) for i in range(settings.n_text)),
+        out / "text" / "corpus.jsonl",
+    )
+
+    render_images(
+        out,
+        settings,
+        "ann",
+        settings.annotation_images,
+        step("render annotation images", settings.annotation_images),
+    )
+    with (
+        JsonlWriter(out / "annotations" / "questions.jsonl") as qs,
+        JsonlWriter(out / "annotations" / "answers.jsonl") as ans,
+    ):
+        for k in range(settings.annotation_images):
+            scene = sample_scene(settings.seed, "ann", k)
+            question_group, answer_groups = annotation_groups(
+                scene, image_path("ann", k), seeded_rng(settings.seed, "ann-groups", k)
+            )
+            qs.write(question_group)
+            for group in answer_groups:
+                ans.write(group)
+        counts["annotation_question_groups"], counts["annotation_answer_groups"] = qs.count, ans.count
+
+    render_images(
+        out, settings, "eval", settings.eval_scenes, step("render evaluation images", settings.eval_scenes)
+    )
+    counts.update({f"eval.{k}": v for k, v in write_eval_sets(out, settings).items()})
+
+    counts["images"] = n_scenes + settings.annotation_images + settings.eval_scenes
+    counts["samples"] = settings.size
+    manifest = Manifest(
+        stage="toyworld",
+        settings=settings.model_dump(mode="json", exclude={"workers"}),
+        counts=dict(sorted(counts.items())),
+        outputs={name: fingerprint_file(out / name) for name in ("corpus.jsonl", "text/corpus.jsonl")},
+        started_at=timer.started_at,
+        duration_s=round(timer.elapsed, 3),
+    )
+    write_manifest(out, manifest)
+    return manifest

@@ -1,0 +1,107 @@
+"""Text-only tasks in the inner LLM's own manner: what the tiny LLM is pretrained on, and the
+text-retention evaluation. Each task returns (prompt, answer); answers are exact.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from vialign.toyworld.language import OWN_POSITIONS, own_description, teacher_description
+from vialign.toyworld.scene import COLOURS, SHAPES, Scene, plural, sample_scene
+
+CORNERS = {"circle": 0, "square": 4, "triangle": 3, "diamond": 4, "cross": 12}
+MIXES = {
+    frozenset(("red", "yellow")): "orange",
+    frozenset(("blue", "yellow")): "green",
+    frozenset(("red", "blue")): "purple",
+}
+REWRITE_PROMPT = "Rewrite this text in your own words and keep every fact: "
+DESCRIBE_PROMPT = "Describe this scene: "
+
+
+def fact_task(rng: random.Random) -> tuple[str, str]:
+    kind = rng.choice(("corners", "round", "mix"))
+    if kind == "corners":
+        shape = rng.choice(SHAPES)
+        return f"How many corners does a {shape} have?", f"A {shape} has {CORNERS[shape]} corners."
+    if kind == "round":
+        shape = rng.choice(SHAPES)
+        answer = "Yes. A circle is round." if shape == "circle" else f"No. A {shape} is not round."
+        return f"Is a {shape} round?", answer
+    pair, result = rng.choice(sorted(MIXES.items(), key=lambda kv: sorted(kv[0])))
+    a, b = sorted(pair)
+    return f"What color do you get when you mix {a} and {b}?", f"{a.capitalize()} and {b} make {result}."
+
+
+def counting_task(rng: random.Random) -> tuple[str, str]:
+    items = [(rng.choice(list(COLOURS)), rng.choice(SHAPES)) for _ in range(rng.randint(2, 6))]
+    listing = ", ".join(f"{c} {s}" for c, s in items)
+    if rng.random() < 0.5:
+        colour = rng.choice(items)[0]
+        n = sum(c == colour for c, _ in items)
+        return (
+            f"Count the {colour} shapes in this list: {listing}.",
+            f"There {'is' if n == 1 else 'are'} {n} {colour} {'shape' if n == 1 else 'shapes'}.",
+        )
+    shape = rng.choice(items)[1]
+    n = sum(s == shape for _, s in items)
+    return (
+        f"Count the {plural(shape)} in this list: {listing}.",
+        f"There {'is' if n == 1 else 'are'} {n} {shape if n == 1 else plural(shape)}.",
+    )
+
+
+def reasoning_task(rng: random.Random) -> tuple[str, str]:
+    (c1, s1), (c2, s2) = [(rng.choice(list(COLOURS)), rng.choice(SHAPES)) for _ in range(2)]
+    while (c1, s1) == (c2, s2):
+        c2 = rng.choice(list(COLOURS))
+    relation, other = rng.choice(
+        (("left of", "right"), ("above", "bottom"), ("right of", "left"), ("below", "top"))
+    )
+    return (
+        f"A {c1} {s1} is {relation} a {c2} {s2}. Which one is on the {other}?",
+        f"The {c2} {s2} is on the {other}.",
+    )
+
+
+def arithmetic_task(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(0, 20), rng.randint(0, 20)
+    if rng.random() < 0.5:
+        return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
+    a, b = max(a, b), min(a, b)
+    return f"What is {a} minus {b}?", f"{a} minus {b} is {a - b}."
+
+
+def scene_listing(scene: Scene) -> str:
+    return "; ".join(f"{o.full_name} {OWN_POSITIONS[o.cell]}" for o in scene.objects) + "."
+
+
+TEXT_TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+    "text_facts": fact_task,
+    "text_counting": counting_task,
+    "text_reasoning": reasoning_task,
+    "text_arithmetic": arithmetic_task,
+}
+CORPUS_SHARES = {
+    "text_describe": 0.25,
+    "text_rewrite": 0.25,
+    "text_facts": 0.12,
+    "text_counting": 0.13,
+    "text_reasoning": 0.12,
+    "text_arithmetic": 0.13,
+}
+
+
+def text_example(seed: int, stream: str, index: int, subset: str) -> tuple[str, str, Scene | None]:
+    """One own-manner example; scene-based kinds also return the scene they describe."""
+    rng = random.Random(f"vialign-toyworld:{seed}:{stream}:{index}")
+    if subset in TEXT_TASKS:
+        prompt, answer = TEXT_TASKS[subset](rng)
+        return prompt, answer, None
+    scene = sample_scene(seed, stream, index)
+    if subset == "text_describe":
+        return DESCRIBE_PROMPT + scene_listing(scene), own_description(scene), scene
+    if subset == "text_rewrite":
+        return REWRITE_PROMPT + teacher_description(scene, rng), own_description(scene), scene
+    raise ValueError(f"unknown text subset {subset!r}")
