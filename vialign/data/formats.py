@@ -50,7 +50,10 @@ class FormatRule(Settings):
             raise ValueError(f"format rule {self.name!r} has no condition and would match everything")
         for pattern in (self.question_regex, self.answer_regex, self.text_regex):
             if pattern:
-                re.compile(pattern)
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"format rule {self.name!r}: bad regex {pattern!r}: {exc}") from exc
         return self
 
     def matches(self, question: str, answer: str) -> bool:

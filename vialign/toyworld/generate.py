@@ -112,28 +112,64 @@ def corrupt(turns: list[list[str]], scene: Scene, kinds: list[str], rng: random.
     return None
 
 
+def subset_of(i: int, settings: ToyWorldSettings) -> str:
+    subsets, weights = zip(*settings.subset_mix.items(), strict=True)
+    return seeded_rng(settings.seed, "subset", i).choices(subsets, weights)[0]
+
+
+def corruption_plan(settings: ToyWorldSettings) -> dict[int, str]:
+    """Exactly round(share × soft samples) corrupted soft samples, at seeded places, kinds balanced."""
+    soft = [i for i in range(settings.size) if subset_of(i, settings) in SOFT_SUBSETS]
+    if not settings.corruptions:
+        return {}
+    rng = seeded_rng(settings.seed, "corruption-plan", 0)
+    chosen = sorted(rng.sample(soft, round(settings.corrupt_share * len(soft))))
+    kinds = [settings.corruptions[k % len(settings.corruptions)] for k in range(len(chosen))]
+    rng.shuffle(kinds)
+    return dict(zip(chosen, kinds, strict=True))
+
+
+def apply_corruption(
+    kind: str,
+    turns: list[list[str]],
+    scene: Scene,
+    scene_index: int,
+    n_scenes: int,
+    settings: ToyWorldSettings,
+    rng: random.Random,
+) -> tuple[dict, str | None]:
+    """(corruption record, replacement image or None). A swap with no partner falls back to text corruptions."""
+    if kind == "swapped_image":
+        partner = swap_partner(scene_index, n_scenes, settings, rng)
+        if partner is not None:
+            return {"kind": kind, "image_scene": f"train-{partner:06d}"}, image_path("train", partner)
+    fallbacks = [
+        k for k in (*settings.corruptions, *ANSWER_CORRUPTIONS) if k in ANSWER_CORRUPTIONS and k != kind
+    ]
+    kinds = list(dict.fromkeys([kind, *fallbacks] if kind in ANSWER_CORRUPTIONS else fallbacks))
+    corruption = corrupt(turns, scene, kinds, rng)
+    if corruption is None:
+        raise RuntimeError(f"no corruption applies to sample of scene {scene.scene_id}")
+    return corruption, None
+
+
 def make_sample(
-    i: int, settings: ToyWorldSettings, n_scenes: int, *, allow_corruption: bool = True
+    i: int, settings: ToyWorldSettings, n_scenes: int, corruption_kind: str | None = None
 ) -> Sample:
     rng = seeded_rng(settings.seed, "sample", i)
     scene_index = i // settings.samples_per_image
     scene = sample_scene(settings.seed, "train", scene_index)
-    subsets, weights = zip(*settings.subset_mix.items(), strict=True)
-    subset = rng.choices(subsets, weights)[0]
+    subset = subset_of(i, settings)
     turns = [list(qa) for qa in SUBSET_MAKERS[subset](scene, rng)]
     image = image_path("train", scene_index)
     corruption = None
-    roll, kind = rng.random(), rng.choice(settings.corruptions) if settings.corruptions else None
-    if allow_corruption and kind and subset in SOFT_SUBSETS and roll < settings.corrupt_share:
-        if kind == "swapped_image":
-            partner = swap_partner(scene_index, n_scenes, settings, rng)
-            if partner is not None:
-                image = image_path("train", partner)
-                corruption = {"kind": kind, "image_scene": f"train-{partner:06d}"}
-        else:
-            fallbacks = [k for k in settings.corruptions if k in ANSWER_CORRUPTIONS and k != kind]
-            corruption = corrupt(turns, scene, [kind, *fallbacks], rng)
-    turns[0][0] = place_image_tag(turns[0][0], rng, settings.image_last_share)
+    if corruption_kind is not None:
+        corruption, swapped = apply_corruption(
+            corruption_kind, turns, scene, scene_index, n_scenes, settings, rng
+        )
+        image = swapped or image
+    tag_rng = seeded_rng(settings.seed, "image-tag", i)
+    turns[0][0] = place_image_tag(turns[0][0], tag_rng, settings.image_last_share)
     conversations = [Turn(role=r, value=v) for q, a in turns for r, v in (("human", q), ("gpt", a))]
     manner = "teacher" if subset in SOFT_SUBSETS else "template"
     sample = Sample(
@@ -233,9 +269,10 @@ def generate_toyworld(
     render_images(out, settings, "train", n_scenes, step("render training images", n_scenes))
     counts: Counter[str] = Counter()
     tick = step("write corpus", settings.size)
+    plan = corruption_plan(settings)
     with JsonlWriter(out / "corpus.jsonl") as corpus:
         for i in range(settings.size):
-            sample = make_sample(i, settings, n_scenes)
+            sample = make_sample(i, settings, n_scenes, plan.get(i))
             corpus.write(sample)
             counts[f"subset.{sample.meta.subset}"] += 1
             counts[f"class.{sample.meta.format_class}"] += 1

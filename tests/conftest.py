@@ -1,0 +1,37 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def toyworld(tmp_path_factory):
+    """A small toy world shared by the tests that only read it."""
+    from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
+
+    out = tmp_path_factory.mktemp("toyworld")
+    generate_toyworld(
+        out,
+        ToyWorldSettings(
+            seed=7,
+            size=800,
+            corrupt_share=0.3,
+            annotation_images=40,
+            eval_scenes=30,
+            eval_text_per_task=10,
+            workers=1,
+        ),
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(toyworld, tmp_path_factory):
+    from vialign.models.loading import build_tiny_from_toyworld
+    from vialign.models.tiny import TinyModelSettings
+
+    out = tmp_path_factory.mktemp("tiny")
+    build_tiny_from_toyworld(toyworld, out, TinyModelSettings(seed=1))
+    return out

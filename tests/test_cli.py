@@ -1,0 +1,102 @@
+"""The `vialign` command: help everywhere, settings from YAML and --set, and the quick demo."""
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from vialign.cli import app
+
+runner = CliRunner()
+
+
+def command_paths(group: typer.Typer, prefix=()):
+    for info in group.registered_commands:
+        yield (*prefix, info.name or info.callback.__name__)
+    for sub in group.registered_groups:
+        yield (*prefix, sub.name)
+        yield from command_paths(sub.typer_instance, (*prefix, sub.name))
+
+
+@pytest.mark.parametrize("path", sorted(command_paths(app)), ids=" ".join)
+def test_every_command_has_help(path):
+    result = runner.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_toyworld_generate_with_yaml_and_overrides_then_stats(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("toyworld:\n  size: 50\n  seed: 5\n  annotation_images: 3\n  eval_scenes: 4\n")
+    out = tmp_path / "w"
+    result = runner.invoke(
+        app,
+        [
+            "toyworld",
+            "generate",
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--set",
+            "toyworld.size=60",
+            "--set",
+            "eval_text_per_task=2",
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["size"] == 60 and manifest["settings"]["seed"] == 5
+    assert manifest["counts"]["eval.text"] == 8
+    stats = runner.invoke(app, ["data", "stats", str(out / "corpus.jsonl")])
+    assert stats.exit_code == 0, stats.output
+    assert "open_ended" in stats.output and "words per answer" in stats.output
+
+
+def test_bad_setting_exits_2_with_the_reason(tmp_path):
+    result = runner.invoke(app, ["toyworld", "generate", "--out", str(tmp_path), "--set", "sizee=3"])
+    assert result.exit_code == 2
+    assert "sizee" in result.output
+
+
+def test_stats_on_invalid_file_points_to_validate(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1}\n')
+    result = runner.invoke(app, ["data", "stats", str(bad)])
+    assert result.exit_code == 2 and "vialign data validate" in result.output
+
+
+def test_model_tiny_and_info(tmp_path, toyworld):
+    out = tmp_path / "m"
+    result = runner.invoke(
+        app,
+        [
+            "model",
+            "tiny",
+            "--toyworld",
+            str(toyworld),
+            "--out",
+            str(out),
+            "--vision",
+            "siglip",
+            "--set",
+            "text_layers=1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["vision_config"]["model_type"] == "siglip_vision_model"
+    assert config["text_config"]["num_hidden_layers"] == 1
+    info = runner.invoke(app, ["model", "info", str(out)])
+    assert info.exit_code == 0, info.output
+    assert "language_model" in info.output and "vision_tower" in info.output
+
+
+def test_quick_demo_runs_and_loss_falls(tmp_path):
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert "(falls)" in result.output
+    assert (tmp_path / "demo" / "tiny-llava" / "model.safetensors").exists()
+    assert (tmp_path / "demo" / "validated" / "valid.jsonl").exists()

@@ -1,0 +1,81 @@
+"""Record io round trips and settings precedence."""
+
+import json
+
+import orjson
+import pytest
+from pydantic import Field
+
+from vialign.config import Settings, SettingsError, load_settings
+from vialign.records import RecordError, Sample, read_samples, write_jsonl, write_llava_json
+
+RECORD = {
+    "id": "a1",
+    "image": "coco/1.jpg",
+    "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Hello."}],
+    "model": "gpt-4",
+    "meta": {"subset": "conversation", "provenance": [{"stage": "x"}], "custom": 1},
+}
+
+
+def test_jsonl_round_trip_keeps_unknown_fields(tmp_path):
+    write_jsonl([Sample.model_validate(RECORD)], tmp_path / "a.jsonl")
+    (back,) = read_samples(tmp_path / "a.jsonl")
+    assert back.to_json() == RECORD
+    assert back.meta.custom == 1 and back.questions == ["<image>\nHi"] and back.answers == ["Hello."]
+
+
+def test_llava_json_export_drops_meta_and_reads_back(tmp_path):
+    write_llava_json([Sample.model_validate(RECORD)], tmp_path / "a.json")
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data == [{k: v for k, v in RECORD.items() if k != "meta"}]
+    (back,) = read_samples(tmp_path / "a.json")
+    assert back.id == "a1" and back.meta.subset is None
+
+
+def test_reading_a_bad_record_names_line_id_and_field(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    bad = dict(RECORD, conversations=[{"from": "robot", "value": "x"}])
+    path.write_bytes(orjson.dumps(RECORD) + b"\n" + orjson.dumps(bad) + b"\n")
+    with pytest.raises(RecordError) as err:
+        list(read_samples(path))
+    assert (err.value.where, err.value.record_id, err.value.field) == ("line 2", "a1", "conversations.0.from")
+
+
+def test_jsonl_is_streamed(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(orjson.dumps(RECORD) + b"\n" + b"{broken\n")
+    reader = read_samples(path)
+    assert next(reader).id == "a1"
+    with pytest.raises(RecordError, match="line 2"):
+        next(reader)
+
+
+class Inner(Settings):
+    lr: float = 1e-3
+
+
+class Demo(Settings):
+    seed: int = 0
+    name: str = "x"
+    inner: Inner = Field(default_factory=Inner)
+
+
+def test_settings_precedence_defaults_yaml_options_overrides(tmp_path):
+    config = tmp_path / "r.yaml"
+    config.write_text("demo:\n  seed: 1\n  name: yaml\n  inner: {lr: 0.1}\n")
+    s = load_settings(
+        Demo,
+        yaml_path=config,
+        section="demo",
+        options={"name": "cli", "seed": None},
+        overrides=["inner.lr=0.5", "demo.seed=9"],
+    )
+    assert (s.seed, s.name, s.inner.lr) == (9, "cli", 0.5)
+    assert load_settings(Demo) == Demo()
+
+
+@pytest.mark.parametrize("override", ["seed=notanint", "nokey", "inner.missing=1"])
+def test_bad_overrides_are_refused_with_a_reason(override):
+    with pytest.raises(SettingsError):
+        load_settings(Demo, overrides=[override])

@@ -1,0 +1,257 @@
+"""Every defect kind that `vialign data validate` must catch, each its own case, plus the file-level
+promises: valid neighbours are kept, rejects carry line/id/field/reason, --strict fails the run."""
+
+import json
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vialign.cli import app
+from vialign.data.validate import ValidateSettings, validate_file
+from vialign.records import read_jsonl
+
+
+def good(i=0, **changes):
+    record = {
+        "id": f"r{i}",
+        "image": "a.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is this?"},
+            {"from": "gpt", "value": "A red circle."},
+        ],
+    }
+    record.update(changes)
+    return record
+
+
+def turns(*pairs):
+    return [{"from": r, "value": v} for r, v in pairs]
+
+
+@pytest.fixture
+def root(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.effect_noise((64, 64), 40).convert("RGB").save(root / "a.png")
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_bytes(b"this is not an image at all")
+    png = (root / "a.png").read_bytes()
+    (root / "truncated.png").write_bytes(png[: len(png) // 2])
+    (root / "folder.png").mkdir()
+    (tmp_path / "outside.png").write_bytes(png)
+    return root
+
+
+def run(tmp_path, root, lines, **settings):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(
+        b"\n".join(line if isinstance(line, bytes) else orjson.dumps(line) for line in lines) + b"\n"
+    )
+    out = tmp_path / "out"
+    summary = validate_file(src, out, ValidateSettings(image_root=root, **settings))
+    return summary, list(read_jsonl(out / "valid.jsonl")), list(read_jsonl(out / "rejects.jsonl"))
+
+
+DEFECTS = {
+    "not_json": (b'{"id": "x", "conversations": [', "line"),
+    "not_object": ([1, 2, 3], "(record)"),
+    "bad_utf8": (b'{"id": "x\xff\xfe", "conversations": []}', "line"),
+    "missing_id": ({k: v for k, v in good().items() if k != "id"}, "id"),
+    "bad_id": (good(id=17), "id"),
+    "missing_conversations": ({"id": "x", "image": "a.png"}, "conversations"),
+    "empty_conversations": (good(conversations=[]), "conversations"),
+    "turn_not_object": (
+        good(conversations=["<image>\nhi", {"from": "gpt", "value": "x"}]),
+        "conversations[0]",
+    ),
+    "unknown_role": (
+        good(conversations=turns(("human", "<image>\nq"), ("assistant", "a"))),
+        "conversations[1].from",
+    ),
+    "first_not_human": (
+        good(conversations=turns(("gpt", "<image>\nq"), ("human", "a"))),
+        "conversations[0].from",
+    ),
+    "roles_not_alternating": (
+        good(conversations=turns(("human", "<image>\nq"), ("gpt", "a"), ("gpt", "b"))),
+        "conversations[2].from",
+    ),
+    "empty_value": (
+        good(conversations=turns(("human", "<image>\nq"), ("gpt", "  "))),
+        "conversations[1].value",
+    ),
+    "value_not_string": (
+        good(conversations=[{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": 3}]),
+        "conversations[1].value",
+    ),
+    "image_tag_missing": (
+        good(conversations=turns(("human", "What is this?"), ("gpt", "x"))),
+        "conversations",
+    ),
+    "image_tag_without_image": ({k: v for k, v in good().items() if k != "image"}, "image"),
+    "image_tag_count": (
+        good(conversations=turns(("human", "<image>\n<image>\nq"), ("gpt", "x"))),
+        "conversations",
+    ),
+    "image_tag_in_answer": (
+        good(conversations=turns(("human", "<image>\nq"), ("gpt", "<image> x"))),
+        "conversations[1].value",
+    ),
+    "image_path_absolute": (good(image="/etc/passwd"), "image"),
+    "image_path_escapes_root": (good(image="../outside.png"), "image"),
+    "image_missing": (good(image="nope.png"), "image"),
+    "image_empty": (good(image="empty.png"), "image"),
+    "image_not_image": (good(image="text.png"), "image"),
+    "image_corrupt": (good(image="truncated.png"), "image"),
+    "image_unreadable": (good(image="folder.png"), "image"),
+    "text_too_long": (
+        good(conversations=turns(("human", "<image>\n" + "w" * 200), ("gpt", "x"))),
+        "conversations",
+    ),
+    "bad_field": (good(meta={"provenance": "not a list"}), "meta.provenance"),
+}
+
+
+@pytest.mark.parametrize("code", sorted(DEFECTS))
+def test_each_defect_is_rejected_with_its_code_and_field(tmp_path, root, code):
+    bad, field = DEFECTS[code]
+    summary, valid, rejects = run(tmp_path, root, [good(1), bad, good(2)], max_text_chars=100)
+    assert [r["id"] for r in valid] == ["r1", "r2"], "a bad record cost a valid neighbour"
+    assert len(rejects) == 1
+    reject = rejects[0]
+    assert (reject["code"], reject["field"], reject["line"]) == (code, field, 2)
+    assert reject["reason"]
+    assert summary.by_code == {code: 1}
+
+
+def test_duplicate_id_keeps_the_first_valid_and_rejects_the_second(tmp_path, root):
+    _, valid, rejects = run(tmp_path, root, [good(1), good(1), good(2)])
+    assert [r["id"] for r in valid] == ["r1", "r2"]
+    assert [(r["code"], r["line"], r["id"]) for r in rejects] == [("duplicate_id", 2, "r1")]
+
+
+def test_invalid_first_twin_does_not_block_a_valid_second(tmp_path, root):
+    _, valid, rejects = run(tmp_path, root, [good(1, image="nope.png"), good(1)])
+    assert [r["id"] for r in valid] == ["r1"]
+    assert [r["code"] for r in rejects] == ["image_missing"]
+
+
+def test_several_problems_of_one_record_are_all_listed(tmp_path, root):
+    bad = good(conversations=[{"from": "robot", "value": ""}, {"from": "gpt", "value": 5}])
+    _, _, (reject,) = run(tmp_path, root, [bad])
+    assert {p["code"] for p in reject["problems"]} == {"unknown_role", "empty_value", "value_not_string"}
+
+
+def test_reject_keeps_raw_text_so_nothing_is_lost(tmp_path, root):
+    _, _, (reject,) = run(tmp_path, root, [b'{"id": "x", "conversations": ['])
+    assert reject["raw"] == '{"id": "x", "conversations": ['
+
+
+def test_blank_lines_are_skipped_but_line_numbers_stay_true(tmp_path, root):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(orjson.dumps(good(1)) + b"\n\n" + b"oops\n")
+    validate_file(src, tmp_path / "out", ValidateSettings(image_root=root))
+    (reject,) = read_jsonl(tmp_path / "out" / "rejects.jsonl")
+    assert reject["line"] == 3
+
+
+def test_valid_output_preserves_unknown_fields_and_meta(tmp_path, root):
+    record = good(1, source="coco", meta={"subset": "detail", "custom": [1, 2]})
+    _, (valid,), _ = run(tmp_path, root, [record])
+    assert valid == record
+
+
+def test_multi_image_records_need_one_tag_per_image(tmp_path, root):
+    two = good(
+        1,
+        image=["a.png", "a.png"],
+        conversations=turns(("human", "<image>\n<image>\ncompare"), ("gpt", "same")),
+    )
+    one_tag = good(2, image=["a.png", "a.png"])
+    _, valid, rejects = run(tmp_path, root, [two, one_tag])
+    assert [r["id"] for r in valid] == ["r1"]
+    assert [r["code"] for r in rejects] == ["image_tag_count"]
+
+
+def test_text_only_record_needs_no_image(tmp_path, root):
+    text = {"id": "t", "conversations": turns(("human", "What is 2 plus 2?"), ("gpt", "4"))}
+    _, valid, rejects = run(tmp_path, root, [text])
+    assert len(valid) == 1 and not rejects
+
+
+def test_symlink_out_of_the_root_is_refused(tmp_path, root):
+    os.symlink(tmp_path / "outside.png", root / "link.png")
+    _, _, (reject,) = run(tmp_path, root, [good(1, image="link.png")])
+    assert reject["code"] == "image_path_escapes_root"
+
+
+def test_json_array_input_reports_record_index(tmp_path, root):
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps([good(1), good(2, image="nope.png"), good(3)]))
+    summary = validate_file(src, tmp_path / "out", ValidateSettings(image_root=root))
+    (reject,) = read_jsonl(tmp_path / "out" / "rejects.jsonl")
+    assert (summary.valid, reject["index"], reject["line"], reject["id"]) == (2, 2, None, "r2")
+
+
+def test_cli_validate_mixed_file_and_strict_exit_code(tmp_path, root):
+    src = tmp_path / "mixed.jsonl"
+    src.write_bytes(
+        b"\n".join([orjson.dumps(good(1)), b"not json", orjson.dumps(good(2, image="nope.png"))]) + b"\n"
+    )
+    runner = CliRunner()
+    args = ["data", "validate", str(src), "--image-root", str(root), "--out", str(tmp_path / "o"), "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "not_json" in result.output and "image_missing" in result.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["counts"] == {"valid": 1, "rejected": 2, "not_json": 1, "image_missing": 1}
+    strict = runner.invoke(app, [*args, "--strict"])
+    assert strict.exit_code == 1
+    clean = tmp_path / "clean.jsonl"
+    clean.write_bytes(orjson.dumps(good(1)) + b"\n")
+    assert (
+        runner.invoke(
+            app,
+            [
+                "data",
+                "validate",
+                str(clean),
+                "--image-root",
+                str(root),
+                "--out",
+                str(tmp_path / "c"),
+                "--strict",
+                "--quiet",
+            ],
+        ).exit_code
+        == 0
+    )
+
+
+def test_images_without_root_is_a_clear_error(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(orjson.dumps(good(1)) + b"\n")
+    with pytest.raises(ValueError, match="--image-root"):
+        validate_file(src, tmp_path / "out", ValidateSettings())
+
+
+def test_each_image_is_checked_once(tmp_path, root, monkeypatch):
+    import vialign.data.validate as v
+
+    calls = []
+    real = v.check_image_file
+    monkeypatch.setattr(v, "check_image_file", lambda *a: calls.append(a[0]) or real(*a))
+    run(tmp_path, root, [good(i) for i in range(20)])
+    assert calls == ["a.png"]
+
+
+def test_output_is_in_input_order_beyond_the_lookahead_window(tmp_path, root):
+    lines = [good(i) if i % 7 else good(i, image="nope.png") for i in range(1500)]
+    summary, valid, rejects = run(tmp_path, root, lines)
+    assert [r["id"] for r in valid] == [f"r{i}" for i in range(1500) if i % 7]
+    assert [r["line"] for r in rejects] == [i + 1 for i in range(1500) if not i % 7]
+    assert Path(tmp_path / "out" / "valid.jsonl").exists() and summary.total == 1500
