@@ -120,3 +120,42 @@ def test_built_checkpoint_from_toyworld_generates(tiny_model_dir, toyworld):
     )
     out = model.generate(**batch, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == batch["input_ids"].shape[1] + 4 or out[0, -1] == processor.tokenizer.eos_token_id
+
+
+WORDS = [
+    "USER:",
+    "ASSISTANT:",
+    "<image>",
+    "</s>",
+    "red",
+    "circle",
+    "What",
+    "is",
+    "x",
+    "42",
+    "[0.1,",
+    "0.2]",
+    "?",
+    "A.",
+    "Zebra!",
+]
+
+
+def test_piecewise_equals_whole_for_arbitrary_pieces(tokenizer):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    word = st.one_of(
+        st.sampled_from(WORDS),
+        st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=8),
+    )
+    piece = st.lists(word, min_size=1, max_size=5).map(" ".join)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(piece, min_size=1, max_size=6))
+    def check(pieces):
+        whole = tokenizer(" ".join(pieces), add_special_tokens=False)["input_ids"]
+        joined = [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
+        assert whole == joined
+
+    check()

@@ -12,7 +12,10 @@ from vialign.records import RecordError, Sample, read_samples, write_jsonl, writ
 RECORD = {
     "id": "a1",
     "image": "coco/1.jpg",
-    "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Hello."}],
+    "conversations": [
+        {"from": "human", "value": "<image>\nHi"},
+        {"from": "gpt", "value": "Hello.", "weight": 0.5},
+    ],
     "model": "gpt-4",
     "meta": {"subset": "conversation", "provenance": [{"stage": "x"}], "custom": 1},
 }

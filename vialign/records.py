@@ -23,13 +23,15 @@ Role = Literal["human", "gpt"]
 
 
 class Turn(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    """One turn. Extra keys some datasets carry per turn (e.g. a loss weight) are kept."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
 
     role: Role = Field(alias="from")
     value: str
 
-    def to_json(self) -> dict[str, str]:
-        return {"from": self.role, "value": self.value}
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.role, "value": self.value, **(self.model_extra or {})}
 
 
 class Meta(BaseModel):
