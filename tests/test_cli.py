@@ -100,3 +100,33 @@ def test_quick_demo_runs_and_loss_falls(tmp_path):
     assert "(falls)" in result.output
     assert (tmp_path / "demo" / "tiny-llava" / "model.safetensors").exists()
     assert (tmp_path / "demo" / "validated" / "valid.jsonl").exists()
+
+
+def test_templates_and_label_preview(tmp_path, toyworld, tiny_model_dir):
+    out = tmp_path / "templates.json"
+    result = runner.invoke(
+        app, ["data", "templates", str(toyworld / "corpus.jsonl"), "--out", str(out), "--min-frac", "0.1"]
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["min_frac"] == 0.1 and saved["samples"] == 800
+    assert saved["templates"][0]["sentence"] == "Answer the question using a single word or phrase."
+    assert all(row["frac"] >= 0.1 for row in saved["templates"])
+    preview = runner.invoke(
+        app,
+        [
+            "data",
+            "preview-labels",
+            str(toyworld / "corpus.jsonl"),
+            "--model",
+            str(tiny_model_dir),
+            "--templates",
+            str(out),
+            "-n",
+            "2",
+            "--mode",
+            "response",
+        ],
+    )
+    assert preview.exit_code == 0, preview.output
+    assert preview.output.count("tokens trained") == 2 and "<image×9>" in preview.output

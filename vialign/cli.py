@@ -137,6 +137,80 @@ def data_stats(
     out_console.print(f"soft {soft_hard['soft']}  hard {soft_hard['hard']}")
 
 
+@data_app.command("templates")
+def data_templates(
+    input: Annotated[Path, typer.Argument(help="a validated dataset", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", help="JSON file for the template list")],
+    min_frac: Annotated[
+        float, typer.Option("--min-frac", help="a sentence in at least this share of samples is a template")
+    ] = 0.05,
+) -> None:
+    """Find frequent template sentences in user turns (excluded from LIT loss)."""
+    from vialign.data.templates import find_templates, write_templates
+    from vialign.records import read_samples
+
+    result = find_templates(read_samples(input), min_frac)
+    write_templates(result, out)
+    table = Table(title=f"templates in {result['samples']} samples (min share {min_frac})")
+    for column in ("sentence", "samples", "share"):
+        table.add_column(column, justify="left" if column == "sentence" else "right")
+    for row in result["templates"]:
+        table.add_row(row["sentence"], str(row["count"]), f"{row['frac']:.1%}")
+    out_console.print(table)
+    out_console.print(f"wrote {len(result['templates'])} templates to {out}")
+
+
+@data_app.command("preview-labels")
+def data_preview_labels(
+    input: Annotated[Path, typer.Argument(help="a validated dataset", exists=True, dir_okay=False)],
+    model: Annotated[
+        str, typer.Option("--model", help="checkpoint folder whose tokenizer and processor encode")
+    ],
+    mode: Annotated[str, typer.Option("--mode", help="response | lit | all")] = "lit",
+    n: Annotated[int, typer.Option("-n", help="samples to show")] = 5,
+    templates: Annotated[
+        Path | None, typer.Option(help="template list from `vialign data templates`")
+    ] = None,
+    chat_format: Annotated[str, typer.Option("--format", help="vicuna_v1 | plain")] = "vicuna_v1",
+) -> None:
+    """Print decoded tokens with trained spans highlighted, so you see exactly what is learned."""
+    from itertools import islice
+
+    from transformers import AutoProcessor
+
+    from vialign.data.templates import read_templates
+    from vialign.models.encoding import ChatEncoder, EncoderSettings, EncodingError, render_labels
+    from vialign.records import read_samples
+
+    processor = AutoProcessor.from_pretrained(model)
+    settings = EncoderSettings(
+        chat_format=chat_format, mode=mode, image_tokens=processor_image_tokens(processor),
+        templates=read_templates(templates) if templates else frozenset(),
+    )  # fmt: skip
+    encoder = ChatEncoder(processor.tokenizer, settings)
+    for sample in islice(read_samples(input), n):
+        try:
+            encoded = encoder.encode(sample)
+        except EncodingError as exc:
+            out_console.print(f"[red]{exc}[/red]")
+            continue
+        out_console.rule(
+            f"{sample.id} ({mode}): {sum(lb != -100 for lb in encoded.labels)} of {len(encoded)} tokens trained"
+        )
+        out_console.print(render_labels(processor.tokenizer, encoded))
+
+
+def processor_image_tokens(processor) -> int:
+    """Image tokens per image as the processor expands them (CLIP: patches, plus CLS if kept)."""
+    size = processor.image_processor.crop_size or processor.image_processor.size
+    side = size.get("height") or size.get("shortest_edge")
+    return (
+        (side // processor.patch_size) ** 2
+        + processor.num_additional_image_tokens
+        - (1 if processor.vision_feature_select_strategy == "default" else 0)
+    )
+
+
 # ---------------------------------------------------------------- toy world
 
 

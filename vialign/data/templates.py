@@ -1,0 +1,45 @@
+"""Frequent task templates ("Answer the question using a single word or phrase."), found by counting
+how many samples' user turns contain each sentence. LIT never puts loss on them (METHODS.md §2)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from vialign.models.encoding import sentences
+from vialign.records import Sample
+
+
+def count_sentences(samples: Iterable[Sample]) -> tuple[Counter[str], int]:
+    """Per sentence, the number of samples whose user turns contain it (once per sample)."""
+    counts: Counter[str] = Counter()
+    n = 0
+    for sample in samples:
+        n += 1
+        counts.update({s for q in sample.questions for s in sentences(q)})
+    return counts, n
+
+
+def find_templates(samples: Iterable[Sample], min_frac: float) -> dict[str, Any]:
+    if not 0.0 < min_frac <= 1.0:
+        raise ValueError(f"min_frac must be in (0, 1], got {min_frac}")
+    counts, n = count_sentences(samples)
+    rows = [
+        {"sentence": s, "count": c, "frac": round(c / n, 6)}
+        for s, c in counts.most_common()
+        if n and c / n >= min_frac
+    ]
+    return {"min_frac": min_frac, "samples": n, "templates": rows}
+
+
+def write_templates(result: dict[str, Any], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+
+
+def read_templates(path: str | Path) -> frozenset[str]:
+    return frozenset(row["sentence"] for row in orjson.loads(Path(path).read_bytes())["templates"])
