@@ -32,7 +32,7 @@ def test_same_seed_gives_byte_identical_files_whatever_the_worker_count(tmp_path
     generate_toyworld(tmp_path / "b", small(3, workers=2))
     a, b = files_of(tmp_path / "a"), files_of(tmp_path / "b")
     manifest_a, manifest_b = json.loads(a.pop("manifest.json")), json.loads(b.pop("manifest.json"))
-    assert a.keys() == b.keys() and len(a) == 60 + 8 + 8 + 13
+    assert a.keys() == b.keys() and len(a) == 60 + 8 + 8 + 14
     assert [name for name in a if a[name] != b[name]] == []
     for volatile in ("started_at", "duration_s"):
         manifest_a.pop(volatile), manifest_b.pop(volatile)
@@ -61,6 +61,16 @@ def test_counts_and_layout(toyworld):
     }
     for s in samples[:50]:
         assert Image.open(toyworld / s.image).size == (48, 48)
+
+
+def test_caption_pretraining_set_is_true_to_each_image(toyworld):
+    captions = list(read_samples(toyworld / "pretrain.jsonl"))
+    assert len(captions) == 400 and [c.image for c in captions] == [
+        f"images/train/{j:06d}.png" for j in range(400)
+    ]
+    for c in captions:
+        scene = Scene.from_json(c.meta.truth["scene"])
+        assert extract_claims(c.answers[0]) and false_claims(c.answers[0], scene) == []
 
 
 def test_every_record_keeps_its_scene_and_matches_scenes_file(toyworld):

@@ -19,9 +19,13 @@ app = typer.Typer(
 data_app = typer.Typer(help="Check and describe datasets.", no_args_is_help=True)
 toyworld_app = typer.Typer(help="The synthetic toy world.", no_args_is_help=True)
 model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train: SFT with VIT/LIT label masks, inner-LLM pretraining.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(toyworld_app, name="toyworld")
 app.add_typer(model_app, name="model")
+app.add_typer(train_app, name="train")
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -178,14 +182,15 @@ def data_preview_labels(
 
     from transformers import AutoProcessor
 
-    from vialign.data.templates import read_templates
+    from vialign.data.templates import read_template_file
     from vialign.models.encoding import ChatEncoder, EncoderSettings, EncodingError, render_labels
+    from vialign.models.loading import processor_image_tokens
     from vialign.records import read_samples
 
     processor = AutoProcessor.from_pretrained(model)
     settings = EncoderSettings(
         chat_format=chat_format, mode=mode, image_tokens=processor_image_tokens(processor),
-        templates=read_templates(templates) if templates else frozenset(),
+        templates=frozenset(read_template_file(templates)["sentences"]) if templates else frozenset(),
     )  # fmt: skip
     encoder = ChatEncoder(processor.tokenizer, settings)
     for sample in islice(read_samples(input), n):
@@ -198,17 +203,6 @@ def data_preview_labels(
             f"{sample.id} ({mode}): {sum(lb != -100 for lb in encoded.labels)} of {len(encoded)} tokens trained"
         )
         out_console.print(render_labels(processor.tokenizer, encoded))
-
-
-def processor_image_tokens(processor) -> int:
-    """Image tokens per image as the processor expands them (CLIP: patches, plus CLS if kept)."""
-    size = processor.image_processor.crop_size or processor.image_processor.size
-    side = size.get("height") or size.get("shortest_edge")
-    return (
-        (side // processor.patch_size) ** 2
-        + processor.num_additional_image_tokens
-        - (1 if processor.vision_feature_select_strategy == "default" else 0)
-    )
 
 
 # ---------------------------------------------------------------- toy world
@@ -278,6 +272,92 @@ def model_info(
     out_console.print(table)
     out_console.print(f"image tokens per image: {getattr(processor, 'num_image_tokens', None) or 'dynamic'}; "
                       f"vocabulary {len(processor.tokenizer)}; dtype {model.dtype}")  # fmt: skip
+
+
+@model_app.command("assemble")
+def model_assemble(
+    lm: Annotated[str, typer.Option("--lm", help="language model checkpoint (e.g. a Vicuna folder)")],
+    out: Annotated[Path, typer.Option("--out", help="LLaVA checkpoint folder to write")],
+    vision: Annotated[
+        str, typer.Option("--vision", help="vision checkpoint folder, or tiny-clip / tiny-siglip")
+    ] = "tiny-clip",
+    vision_feature_layer: Annotated[
+        int, typer.Option(help="hidden layer whose features feed the projector")
+    ] = -2,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """A LLaVA from a language model + a vision tower + a fresh projector."""
+    from vialign.models.assemble import assemble_llava
+    from vialign.models.tiny import TinyModelSettings
+
+    tower: str | TinyModelSettings = vision
+    if vision.startswith("tiny-"):
+        tower = settings_or_exit(
+            TinyModelSettings, config, "model", {"vision": vision.removeprefix("tiny-")}, set_
+        )
+    model = assemble_llava(lm, tower, out, vision_feature_layer=vision_feature_layer)
+    out_console.print(f"LLaVA assembled in {out}: {sum(p.numel() for p in model.parameters()):,} parameters")
+
+
+# ---------------------------------------------------------------- training
+
+
+@train_app.command("sft")
+def train_sft_command(
+    model: Annotated[str, typer.Option("--model", help="LLaVA checkpoint folder to start from")],
+    data: Annotated[Path, typer.Option("--data", help="validated JSONL", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", help="run folder: checkpoint, manifest, logs")],
+    image_root: Annotated[
+        Path | None, typer.Option("--image-root", help="folder image paths are relative to")
+    ] = None,
+    stage: Annotated[str | None, typer.Option(help="pretrain | finetune | full")] = None,
+    mode: Annotated[str | None, typer.Option(help="response | lit | all")] = None,
+    templates: Annotated[
+        Path | None, typer.Option(help="template list from `vialign data templates`")
+    ] = None,
+    resume: Annotated[str | None, typer.Option(help="checkpoint folder, or 'last'")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """LLaVA-style SFT (projector pretraining, finetuning or full) with exact VIT/LIT label masks."""
+    from vialign.train.settings import SFTSettings
+    from vialign.train.sft import train_sft
+
+    options = {"stage": stage, "mode": mode, "templates": templates}
+    settings = settings_or_exit(SFTSettings, config, "sft", options, set_)
+    manifest = train_sft(
+        model, data, out, settings, image_root=image_root, resume=True if resume == "last" else resume
+    )
+    if manifest is None:  # not the main process of a distributed run
+        return
+    c = manifest.counts
+    out_console.print(f"trained {c['steps']} steps, loss {c['train_loss']:.4f}, {c['tokens_per_s']:.0f} tokens/s; "
+                      f"{c['encoded']} samples, {c['truncated']} truncated, {c['quarantined']} quarantined → {out}")  # fmt: skip
+
+
+@train_app.command("lm")
+def train_lm_command(
+    toyworld: Annotated[Path, typer.Option("--toyworld", help="toy world folder (text/corpus.jsonl)")],
+    out: Annotated[Path, typer.Option("--out", help="language model folder to write")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Pretrain the tiny inner LLM on the toy world's own-manner text corpus."""
+    from vialign.models.tiny import TinyModelSettings
+    from vialign.train.lm import train_lm
+    from vialign.train.settings import SFTSettings
+
+    model_settings = settings_or_exit(
+        TinyModelSettings, config, "model", {}, [o for o in set_ or [] if o.startswith("model.")]
+    )
+    settings = settings_or_exit(
+        SFTSettings, config, "lm", {}, [o for o in set_ or [] if not o.startswith("model.")]
+    )
+    manifest = train_lm(toyworld, out, model_settings, settings)
+    out_console.print(
+        f"inner LLM in {out}: {manifest.counts['steps']} steps, loss {manifest.counts['train_loss']:.4f}"
+    )
 
 
 # ---------------------------------------------------------------- demo

@@ -80,6 +80,24 @@ class Sample(BaseModel):
         return out
 
 
+class ImagePathError(ValueError):
+    def __init__(self, code: str, reason: str):
+        self.code, self.reason = code, reason
+        super().__init__(reason)
+
+
+def confined_image_path(root: str | Path, rel: str) -> Path:
+    """The file an image field names, refusing absolute paths and anything outside the image root."""
+    if Path(rel).is_absolute():
+        raise ImagePathError(
+            "image_path_absolute", f"{rel!r} is absolute; paths must be relative to the image root"
+        )
+    path = (Path(root) / rel).resolve()
+    if not path.is_relative_to(Path(root).resolve()):
+        raise ImagePathError("image_path_escapes_root", f"{rel!r} points outside the image root")
+    return path
+
+
 class RecordError(ValueError):
     """A record that cannot be used; names where it is so the user can fix it."""
 

@@ -41,5 +41,11 @@ def write_templates(result: dict[str, Any], path: str | Path) -> None:
     Path(path).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
 
 
-def read_templates(path: str | Path) -> frozenset[str]:
-    return frozenset(row["sentence"] for row in orjson.loads(Path(path).read_bytes())["templates"])
+def read_template_file(path: str | Path) -> dict[str, Any]:
+    """The template list and the threshold that produced it (both go into a training manifest)."""
+    data = orjson.loads(Path(path).read_bytes())
+    return {
+        "path": str(path),
+        "min_frac": data["min_frac"],
+        "sentences": [row["sentence"] for row in data["templates"]],
+    }

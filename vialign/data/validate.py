@@ -18,7 +18,17 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import Field, ValidationError
 
 from vialign.config import Settings
-from vialign.records import GPT, HUMAN, IMAGE_TAG, JsonlWriter, RawRecord, Sample, iter_raw_records
+from vialign.records import (
+    GPT,
+    HUMAN,
+    IMAGE_TAG,
+    ImagePathError,
+    JsonlWriter,
+    RawRecord,
+    Sample,
+    confined_image_path,
+    iter_raw_records,
+)
 
 ImageCheck = Literal["none", "exists", "verify", "decode"]
 
@@ -146,13 +156,10 @@ def check_image_tags(data: dict[str, Any]) -> list[Problem]:
 
 def check_image_file(rel: str, root: Path, mode: ImageCheck) -> Problem | None:
     """Path confinement to the image root first (security), then the file itself."""
-    if Path(rel).is_absolute():
-        return Problem(
-            "image", "image_path_absolute", f"{rel!r} is absolute; paths must be relative to the image root"
-        )
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()):
-        return Problem("image", "image_path_escapes_root", f"{rel!r} points outside the image root")
+    try:
+        path = confined_image_path(root, rel)
+    except ImagePathError as exc:
+        return Problem("image", exc.code, exc.reason)
     if mode == "none":
         return None
     if not path.exists():

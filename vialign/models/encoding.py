@@ -223,6 +223,17 @@ class ChatEncoder:
         return Encoded(ids, labels, kinds, n_images, dropped_turns=len(pairs) - kept)
 
 
+def encode_prompt(encoder: ChatEncoder, question: str) -> list[int]:
+    """Ids of a one-question generation prompt, ending with the assistant tag."""
+    bos = (
+        [encoder.tokenizer.bos_token_id]
+        if encoder.settings.add_bos and encoder.tokenizer.bos_token_id is not None
+        else []
+    )
+    ids, _ = encoder.pieces_to_ids([*encoder.head_pieces(), *encoder.turn_pieces(question, None)])
+    return bos + ids
+
+
 @dataclass
 class EncodeReport:
     encoded: int = 0

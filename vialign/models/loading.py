@@ -35,6 +35,14 @@ def load_llava(
     return model.eval(), processor
 
 
+def processor_image_tokens(processor: ProcessorMixin) -> int:
+    """Image tokens per image as a LlavaProcessor expands `<image>` (patches, plus CLS unless dropped)."""
+    size = processor.image_processor.crop_size or processor.image_processor.size
+    side = size.get("height") or size.get("shortest_edge")
+    dropped = 1 if processor.vision_feature_select_strategy == "default" else 0
+    return (side // processor.patch_size) ** 2 + processor.num_additional_image_tokens - dropped
+
+
 def save_llava(model: PreTrainedModel, processor: ProcessorMixin, out: str | Path) -> Path:
     out = Path(out)
     model.save_pretrained(out, safe_serialization=True)

@@ -85,22 +85,26 @@ def select_strategy(s: TinyModelSettings) -> tuple[str, int]:
     return ("default", 1) if s.vision == "clip" else ("full", 0)
 
 
-def build_tiny_llava(
-    tokenizer: PreTrainedTokenizerBase, settings: TinyModelSettings
-) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    strategy, additional = select_strategy(settings)
-    text = LlamaConfig(
+def text_config(tokenizer: PreTrainedTokenizerBase, s: TinyModelSettings) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=settings.text_hidden,
-        intermediate_size=settings.text_intermediate,
-        num_hidden_layers=settings.text_layers,
-        num_attention_heads=settings.text_heads,
-        num_key_value_heads=settings.text_heads,
-        max_position_embeddings=settings.max_positions,
+        hidden_size=s.text_hidden,
+        intermediate_size=s.text_intermediate,
+        num_hidden_layers=s.text_layers,
+        num_attention_heads=s.text_heads,
+        num_key_value_heads=s.text_heads,
+        max_position_embeddings=s.max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def build_tiny_llava(
+    tokenizer: PreTrainedTokenizerBase, settings: TinyModelSettings
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    strategy, additional = select_strategy(settings)
+    text = text_config(tokenizer, settings)
     config = LlavaConfig(
         vision_config=vision_config(settings),
         text_config=text,

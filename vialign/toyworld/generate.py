@@ -3,6 +3,7 @@
 Layout of the output folder (also the image root: every image path is relative to it):
     images/{train,ann,eval}/NNNNNN.png
     corpus.jsonl                      visual instructions (soft subsets in teacher manner + hard subsets)
+    pretrain.jsonl                    one caption per training image, for projector pretraining (like LCS-558K)
     scenes.jsonl                      facts of every training scene
     text/corpus.jsonl                 own-manner text-only corpus for the inner LLM
     annotations/{questions,answers}.jsonl   reward-model annotations (Align2LLaVA shape)
@@ -32,6 +33,7 @@ from vialign.records import IMAGE_TAG, JsonlWriter, Meta, Sample, Turn, write_js
 from vialign.toyworld import evalsets
 from vialign.toyworld.annotations import annotation_groups
 from vialign.toyworld.instructions import ANSWER_CORRUPTIONS, CORRUPTIONS, SOFT_SUBSETS, SUBSET_MAKERS
+from vialign.toyworld.language import neutral_caption
 from vialign.toyworld.scene import Scene, sample_scene, scene_png, seeded_rng
 from vialign.toyworld.textcorpus import CORPUS_SHARES, text_example
 
@@ -187,6 +189,26 @@ def make_sample(
     return sample
 
 
+CAPTION_PROMPTS = (
+    "Give a brief description of the image.",
+    "Summarize the visual content of the image.",
+    "Write a short caption for the image.",
+)
+
+
+def caption_sample(j: int, settings: ToyWorldSettings) -> Sample:
+    rng = seeded_rng(settings.seed, "caption", j)
+    scene = sample_scene(settings.seed, "train", j)
+    prompt = place_image_tag(rng.choice(CAPTION_PROMPTS), rng, settings.image_last_share)
+    return Sample(
+        id=f"toycap-{j:07d}",
+        image=image_path("train", j),
+        conversations=[Turn(role="human", value=prompt), Turn(role="gpt", value=neutral_caption(scene, rng.randrange(3)))],
+        meta=Meta(subset="caption", format_class="short_caption", truth={"scene": scene.to_json()},
+                  provenance=[{"stage": "toyworld", "seed": settings.seed, "manner": "neutral"}]),
+    )  # fmt: skip
+
+
 def text_sample(i: int, settings: ToyWorldSettings, subsets: list[str], weights: list[float]) -> Sample:
     subset = seeded_rng(settings.seed, "text-subset", i).choices(subsets, weights)[0]
     prompt, answer, scene = text_example(settings.seed, "text", i, subset)
@@ -282,6 +304,9 @@ def generate_toyworld(
                 tick(1)
     write_jsonl(
         (sample_scene(settings.seed, "train", j).to_json() for j in range(n_scenes)), out / "scenes.jsonl"
+    )
+    counts["pretrain"] = write_jsonl(
+        (caption_sample(j, settings) for j in range(n_scenes)), out / "pretrain.jsonl"
     )
 
     subsets, weights = list(CORPUS_SHARES), list(CORPUS_SHARES.values())

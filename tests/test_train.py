@@ -1,0 +1,246 @@
+"""SFT trainer invariants: gradient accumulation, freezing, resume, LoRA scope, merged export, refusals."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import LlavaForConditionalGeneration, TrainerCallback
+
+from vialign.models.loading import load_llava
+from vialign.records import read_samples, write_jsonl
+from vialign.train.settings import SFTSettings
+from vialign.train.sft import PART_PREFIXES, add_lora, export_trained, set_trainable_parts, train_sft
+
+BASE = dict(
+    use_cpu=True, lr=1e-3, warmup_ratio=0.0, scheduler="constant", logging_steps=1, group_by_length=False
+)
+
+
+@pytest.fixture(scope="module")
+def data(toyworld, tmp_path_factory):
+    path = tmp_path_factory.mktemp("sftdata") / "train.jsonl"
+    write_jsonl(list(read_samples(toyworld / "corpus.jsonl"))[:48], path)
+    return path
+
+
+def run(tiny_model_dir, data, toyworld, out, callbacks=None, resume=None, **overrides):
+    settings = SFTSettings(**{**BASE, **overrides})
+    return train_sft(
+        tiny_model_dir, data, out, settings, image_root=toyworld, resume=resume, callbacks=callbacks
+    )
+
+
+def weights(folder):
+    """Parameters under their current names (checkpoints on disk use the legacy key layout)."""
+    return LlavaForConditionalGeneration.from_pretrained(folder).state_dict()
+
+
+def step_losses(out):
+    return [row["loss"] for row in json.loads((out / "log_history.json").read_text()) if "loss" in row]
+
+
+def test_gradient_accumulation_equivalence(tiny_model_dir, data, toyworld, tmp_path):
+    run(tiny_model_dir, data, toyworld, tmp_path / "a", batch_size=8, grad_accum=1, max_steps=3)
+    run(tiny_model_dir, data, toyworld, tmp_path / "b", batch_size=1, grad_accum=8, max_steps=3)
+    la, lb = step_losses(tmp_path / "a"), step_losses(tmp_path / "b")
+    assert len(la) == len(lb) == 3
+    assert la == pytest.approx(lb, abs=1e-5)
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_finetune_freezes_vision_and_trains_every_other_parameter(tiny_model_dir, data, toyworld, tmp_path):
+    before = weights(tiny_model_dir)
+    manifest = run(
+        tiny_model_dir, data, toyworld, tmp_path / "ft", stage="finetune", batch_size=8, max_steps=2
+    )
+    after = weights(tmp_path / "ft")
+    assert manifest.counts["trainable_parameters"]["vision"] == 0
+    for name, tensor in before.items():
+        if name.startswith(PART_PREFIXES["vision"]):
+            assert torch.equal(tensor, after[name]), f"frozen {name} changed"
+        else:
+            assert not torch.equal(tensor, after[name]), f"trainable {name} did not change"
+
+
+def test_pretrain_stage_trains_only_the_projector(tiny_model_dir, data, toyworld, tmp_path):
+    before = weights(tiny_model_dir)
+    run(tiny_model_dir, data, toyworld, tmp_path / "pt", stage="pretrain", batch_size=8, max_steps=2)
+    after = weights(tmp_path / "pt")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith(PART_PREFIXES["projector"]) for name in changed)
+    assert changed == {name for name in before if name.startswith(PART_PREFIXES["projector"])}
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_model_dir, data, toyworld, tmp_path):
+    common = dict(batch_size=4, max_steps=6, save_steps=3, scheduler="cosine", warmup_ratio=0.2)
+    run(tiny_model_dir, data, toyworld, tmp_path / "whole", **common)
+    run(tiny_model_dir, data, toyworld, tmp_path / "cut", callbacks=[StopAt(3)], **common)
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint-3").is_dir()
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "checkpoint-6", ignore_errors=True)
+    run(tiny_model_dir, data, toyworld, tmp_path / "cut", resume=True, **common)
+    whole, resumed = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert all(torch.allclose(whole[k], resumed[k], atol=1e-6) for k in whole)
+    assert step_losses(tmp_path / "whole")[-3:] == pytest.approx(step_losses(tmp_path / "cut")[-3:], abs=1e-6)
+
+
+def test_projector_gets_its_own_learning_rate(tiny_model_dir, data, toyworld, tmp_path):
+    from vialign.train.data import SFTCollator, SFTDataset
+    from vialign.train.sft import VialignTrainer, training_arguments
+
+    model, _ = load_llava(tiny_model_dir)
+    settings = SFTSettings(**{**BASE, "projector_lr": 7e-3, "lr": 1e-4})
+    set_trainable_parts(model, settings)
+    trainer = VialignTrainer(
+        model=model,
+        args=training_arguments(tmp_path, settings),
+        train_dataset=SFTDataset([], None),
+        data_collator=SFTCollator(0),
+        projector_lr=settings.projector_lr,
+    )
+    optimizer = trainer.create_optimizer()
+    projector_ids = {id(p) for n, p in model.named_parameters() if "multi_modal_projector" in n}
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= projector_ids or not ids & projector_ids, "groups mix projector and other parameters"
+        assert group["lr"] == (7e-3 if ids <= projector_ids else 1e-4)
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in model.parameters() if p.requires_grad
+    }
+
+
+def test_lora_stays_out_of_the_vision_tower_and_merged_export_loads_in_plain_transformers(
+    tiny_model_dir, toyworld, tmp_path
+):
+    model, processor = load_llava(tiny_model_dir)
+    settings = SFTSettings(use_cpu=True, lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0})
+    set_trainable_parts(model, settings)
+    peft_model = add_lora(model, settings)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and not any("vision_tower" in n for n in trainable)
+    assert all("language_model" in n or "multi_modal_projector" in n for n in trainable)
+    assert not any("lora" in n for n, _ in peft_model.named_modules() if "vision_tower" in n)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    sample = next(read_samples(toyworld / "corpus.jsonl"))
+    from PIL import Image
+
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]}]
+    )
+    batch = processor(
+        images=Image.open(toyworld / sample.image).convert("RGB"), text=prompt, return_tensors="pt"
+    )
+    peft_model.eval()
+    with torch.no_grad():
+        expected = peft_model(**batch).logits
+    export_trained(peft_model, processor, tmp_path / "merged", settings)
+    plain = LlavaForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
+    assert (tmp_path / "merged" / "adapter" / "adapter_config.json").exists()
+    assert not any("lora" in k for k in load_file(str(tmp_path / "merged" / "model.safetensors")))
+    with torch.no_grad():
+        assert torch.allclose(plain(**batch).logits, expected, atol=2e-5)
+
+
+def test_lora_target_reaching_the_vision_tower_is_refused(tiny_model_dir):
+    model, _ = load_llava(tiny_model_dir)
+    settings = SFTSettings(
+        use_cpu=True, lora={"enabled": True, "r": 2, "target_modules": r".*\.(q_proj|v_proj)"}
+    )
+    set_trainable_parts(model, settings)
+    with pytest.raises(ValueError, match="vision tower"):
+        add_lora(model, settings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        ({"stage": "pretrain", "mode": "lit"}, "drops"),
+        ({"stage": "pretrain", "lora": {"enabled": True}}, "LoRA adapts the language model"),
+        ({"stage": "full", "lora": {"enabled": True}}, "LoRA with train_vision"),
+        ({"train_projector": False, "projector_lr": 1e-3}, "projector is frozen"),
+        ({"train_vision": False, "train_projector": False, "train_llm": False}, "nothing would train"),
+        ({"use_cpu": True, "bf16": True}, "bf16"),
+        ({"chat_format": "chatml"}, "unknown chat_format"),
+    ],
+)
+def test_incompatible_settings_are_refused_with_the_reason(settings, reason):
+    with pytest.raises(ValueError, match=reason):
+        SFTSettings(**settings)
+
+
+def test_truncated_and_quarantined_samples_are_counted(tiny_model_dir, data, toyworld, tmp_path):
+    samples = list(read_samples(data))[:8]
+    bad = samples[0].model_copy(
+        update={
+            "id": "two-tags",
+            "conversations": [
+                samples[0].conversations[0].model_copy(update={"value": "<image>\n<image>\nq"}),
+                samples[0].conversations[1],
+            ],
+        }
+    )
+    write_jsonl([*samples, bad], tmp_path / "d.jsonl")
+    manifest = run(tiny_model_dir, tmp_path / "d.jsonl", toyworld, tmp_path / "q", batch_size=4, max_steps=1)
+    assert (manifest.counts["encoded"], manifest.counts["quarantined"]) == (8, 1)
+    (row,) = [json.loads(line) for line in (tmp_path / "q" / "quarantine.jsonl").read_text().splitlines()]
+    assert row["id"] == "two-tags" and "<image> tags" in row["reason"]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes_ddp(tiny_model_dir, data, toyworld, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    accelerate = Path(sys.executable).parent / "accelerate"
+    out = tmp_path / "ddp"
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--config_file",
+        str(repo / "configs/accelerate/ddp_cpu.yaml"),
+        "-m",
+        "vialign.cli",
+        "train",
+        "sft",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(data),
+        "--image-root",
+        str(toyworld),
+        "--out",
+        str(out),
+        "--set",
+        "max_steps=3",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "use_cpu=true",
+        "--set",
+        "lr=1e-3",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["world_size"] == 2 and manifest["counts"]["steps"] == 3
+    before, after = weights(tiny_model_dir), weights(out)
+    assert all(torch.equal(before[k], after[k]) == k.startswith(PART_PREFIXES["vision"]) for k in before)

@@ -1,0 +1,1 @@
+"""Generation backends shared by scoring, sampling, judging and evaluation."""

@@ -1,0 +1,50 @@
+"""`vialign train lm`: pretrain the tiny inner LLM on the toy world's own-manner text corpus, with the
+same encoder and Trainer as SFT (text-only samples, no images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import LlamaForCausalLM
+
+from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_all
+from vialign.models.tiny import TinyModelSettings, text_config
+from vialign.models.tokenizer import texts_of, train_tokenizer
+from vialign.records import read_samples
+from vialign.train.data import SFTCollator, SFTDataset
+from vialign.train.settings import SFTSettings
+from vialign.train.sft import run_trainer, write_quarantine
+
+
+def train_lm(
+    toyworld: str | Path, out: str | Path, model_settings: TinyModelSettings, settings: SFTSettings
+) -> Manifest:
+    toyworld, out = Path(toyworld), Path(out)
+    timer = StageTimer()
+    corpus = toyworld / "text" / "corpus.jsonl"
+    tokenizer = train_tokenizer(
+        texts_of([toyworld / "corpus.jsonl", corpus]), vocab_size=model_settings.vocab_size
+    )
+    torch.manual_seed(model_settings.seed)
+    model = LlamaForCausalLM(text_config(tokenizer, model_settings))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    encoder = ChatEncoder(tokenizer, EncoderSettings(chat_format="vicuna_v1", mode=settings.resolved("mode"),
+                                                     image_tokens=model_settings.image_tokens, max_length=settings.max_length))  # fmt: skip
+    items, report = encode_all(encoder, read_samples(corpus))
+    out.mkdir(parents=True, exist_ok=True)
+    write_quarantine(out, report)
+    result = run_trainer(model, SFTDataset(items, None), SFTCollator(tokenizer.pad_token_id), out, settings)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    manifest = Manifest(
+        stage="train.lm",
+        inputs={str(corpus): fingerprint_file(corpus)},
+        settings={"model": model_settings.model_dump(mode="json"), "train": settings.model_dump(mode="json")},
+        counts={"encoded": report.encoded, "quarantined": len(report.quarantined), "steps": result.steps,
+                "train_loss": result.train_loss, "tokens_per_s": round(result.tokens_per_s, 1)},
+        started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
+    )  # fmt: skip
+    write_manifest(out, manifest)
+    return manifest

@@ -1,0 +1,121 @@
+"""Training settings. Stage presets decide what trains; explicit settings override the preset, and
+combinations that cannot work are refused here, before any model is loaded, with the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from vialign.config import Settings
+from vialign.models.encoding import CHAT_FORMATS, LabelMode
+
+Stage = Literal["pretrain", "finetune", "full"]
+
+# What each stage trains (vision tower, projector, language model) and how it renders turns.
+STAGE_PRESETS: dict[str, dict] = {
+    "pretrain": {
+        "train_vision": False,
+        "train_projector": True,
+        "train_llm": False,
+        "chat_format": "plain",
+        "mode": "response",
+    },
+    "finetune": {
+        "train_vision": False,
+        "train_projector": True,
+        "train_llm": True,
+        "chat_format": "vicuna_v1",
+        "mode": "lit",
+    },
+    "full": {
+        "train_vision": True,
+        "train_projector": True,
+        "train_llm": True,
+        "chat_format": "vicuna_v1",
+        "mode": "lit",
+    },
+}
+LM_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+class LoraSettings(Settings):
+    enabled: bool = False
+    r: int = Field(128, ge=1)
+    alpha: int = Field(256, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str = Field(
+        LM_LORA_TARGET, description="regex over module names; default: language model only"
+    )
+    merge_on_save: bool = Field(True, description="also write a merged plain transformers checkpoint")
+
+
+class SFTSettings(Settings):
+    stage: Stage = "finetune"
+    train_vision: bool | None = None
+    train_projector: bool | None = None
+    train_llm: bool | None = None
+    chat_format: str | None = None
+    mode: LabelMode | None = None
+    templates: Path | None = Field(None, description="template list from `vialign data templates`")
+    max_length: int = Field(2048, ge=8)
+    lr: float = Field(2e-5, gt=0)
+    projector_lr: float | None = Field(None, gt=0, description="default: same as lr")
+    weight_decay: float = 0.0
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    scheduler: str = "cosine"
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="overrides epochs when > 0")
+    batch_size: int = Field(16, ge=1, description="per device")
+    grad_accum: int = Field(1, ge=1)
+    # Off by default: on the toy world, length-homogeneous batches (even 4 batches per sorted group) kept
+    # a tiny LLaVA from learning to read images at all (vialign/train/sampling.py has the numbers).
+    group_by_length: bool = False
+    length_group_batches: int = Field(
+        8, ge=1, description="batches per length-sorted group; fewer mixes lengths more"
+    )
+    seed: int = 0
+    save_steps: int = Field(0, ge=0, description="0: save only at the end")
+    save_total_limit: int | None = 2
+    logging_steps: int = Field(10, ge=1)
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    dataloader_workers: int = Field(0, ge=0)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    deepspeed: Path | None = Field(None, description="DeepSpeed JSON config (GPU)")
+    use_cpu: bool = False
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+    def resolved(self, name: str):
+        value = getattr(self, name)
+        return STAGE_PRESETS[self.stage][name] if value is None else value
+
+    @model_validator(mode="after")
+    def _refuse_what_cannot_work(self) -> SFTSettings:
+        fmt, mode = self.resolved("chat_format"), self.resolved("mode")
+        train = {part: self.resolved(f"train_{part}") for part in ("vision", "projector", "llm")}
+        if fmt not in CHAT_FORMATS:
+            raise ValueError(f"unknown chat_format {fmt!r}; known: {sorted(CHAT_FORMATS)}")
+        if not any(train.values()):
+            raise ValueError("nothing would train: vision, projector and language model are all frozen")
+        if fmt == "plain" and mode == "lit":
+            raise ValueError(
+                "mode 'lit' needs the question text, which the 'plain' format drops; use mode 'response'"
+            )
+        if self.projector_lr is not None and not train["projector"]:
+            raise ValueError("projector_lr is set but the projector is frozen (train_projector false)")
+        if self.lora.enabled and not train["llm"]:
+            raise ValueError(
+                "LoRA adapts the language model, which this stage freezes; set train_llm true or disable LoRA"
+            )
+        if self.lora.enabled and train["vision"]:
+            raise ValueError("LoRA with train_vision: the vision tower would be fully trained beside adapters; "
+                             "use stage 'full' without LoRA, or freeze the vision tower")  # fmt: skip
+        if self.bf16 and self.use_cpu:
+            raise ValueError("bf16 is for GPU training; on CPU leave bf16 off")
+        if self.deepspeed is not None and self.use_cpu:
+            raise ValueError(
+                "DeepSpeed configs here are for GPU training; drop use_cpu or the deepspeed config"
+            )
+        return self
