@@ -231,3 +231,66 @@ def labelled_spans(e):
             spans.append(current)
         current[1].append(t)
     return spans
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+)
+
+
+@pytest.mark.parametrize("mode", ["response", "lit", "all"])
+def test_tokenizer_template_format_matches_vicuna_for_a_vicuna_template(tok, mode):
+    for sample, _ in (MULTI_TURN_IMAGE_FIRST, IMAGE_LAST, TEXT_ONLY):
+        via_template = encoder(tok, mode, chat_format="tokenizer").encode(sample)
+        vicuna = encoder(tok, mode).encode(sample)
+        assert (via_template.input_ids, via_template.labels) == (vicuna.input_ids, vicuna.labels)
+    from vialign.models.encoding import encode_prompt
+
+    assert encode_prompt(encoder(tok, "lit", chat_format="tokenizer"), "<image>\nWhat?") == encode_prompt(
+        encoder(tok, "lit"), "<image>\nWhat?"
+    )
+
+
+def test_tokenizer_template_format_follows_another_template(tok):
+    chatml = copy_with_template(tok, CHATML)
+    sample, _ = MULTI_TURN_IMAGE_FIRST
+    encoded = ChatEncoder(
+        chatml,
+        EncoderSettings(chat_format="tokenizer", mode="lit", image_tokens=4, templates=frozenset({TEMPLATE})),
+    ).encode(sample)
+    messages = [
+        {"role": "user" if t.role == "human" else "assistant", "content": t.value}
+        for t in sample.conversations
+    ]
+    rendered = chatml.apply_chat_template(messages, tokenize=False)
+    whole = [
+        t
+        for i in chatml(rendered, add_special_tokens=False)["input_ids"]
+        for t in ([i] * 4 if i == chatml.convert_tokens_to_ids("<image>") else [i])
+    ]
+    assert encoded.input_ids == [chatml.bos_token_id, *whole]
+    spans = labelled_spans(encoded)
+    assert [chatml.decode(ids) for kind, ids in spans if kind == Kind.ASSISTANT] == [
+        "A red circle.",
+        "Top left",
+    ]
+    ends = [
+        chatml.decode([t]) for t, k in zip(encoded.input_ids, encoded.kinds, strict=True) if k == Kind.END
+    ]
+    assert "".join(ends).replace(" ", "") == "<|im_end|><|im_end|>"
+    assert [chatml.decode(ids) for kind, ids in spans if kind == Kind.USER] == ["What is it?", "Where is it?"]
+
+
+def test_template_that_rewrites_content_is_refused(tok):
+    upper = copy_with_template(tok, "{% for m in messages %}{{ m['content'] | upper }} {% endfor %}")
+    with pytest.raises(ValueError, match="verbatim"):
+        ChatEncoder(upper, EncoderSettings(chat_format="tokenizer", image_tokens=4))
+
+
+def copy_with_template(tok, template):
+    import copy
+
+    other = copy.deepcopy(tok)
+    other.chat_template = template
+    return other

@@ -175,7 +175,9 @@ def data_preview_labels(
     templates: Annotated[
         Path | None, typer.Option(help="template list from `vialign data templates`")
     ] = None,
-    chat_format: Annotated[str, typer.Option("--format", help="vicuna_v1 | plain")] = "vicuna_v1",
+    chat_format: Annotated[
+        str, typer.Option("--format", help="vicuna_v1 | plain | tokenizer (its own chat template)")
+    ] = "vicuna_v1",
 ) -> None:
     """Print decoded tokens with trained spans highlighted, so you see exactly what is learned."""
     from itertools import islice

@@ -50,13 +50,14 @@ TRAINED: dict[str, frozenset[Kind]] = {
 
 @dataclass(frozen=True)
 class ChatFormat:
-    """How turns are laid out. Pieces are joined by single spaces when the whole string is rendered."""
+    """How turns are laid out; `joiner` stands between pieces when the whole string is rendered."""
 
     name: str
     system: str | None
     user_tag: str | None
     assistant_tag: str | None
     keep_question_text: bool = True
+    joiner: str = " "
 
 
 CHAT_FORMATS: dict[str, ChatFormat] = {
@@ -64,6 +65,8 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
     "vicuna_v1": ChatFormat("vicuna_v1", VICUNA_SYSTEM, "USER:", "ASSISTANT:"),
     # LLaVA projector pretraining `plain`: image tokens, then the caption; no system, no tags.
     "plain": ChatFormat("plain", None, None, None, keep_question_text=False),
+    # The tokenizer's own Jinja chat template; its scaffolding is read off a rendering of sentinels.
+    "tokenizer": ChatFormat("tokenizer", None, None, None, joiner=""),
 }
 
 
@@ -117,6 +120,77 @@ def user_segments(text: str) -> list[tuple[Kind, str]]:
     return segments
 
 
+_EXACT_SPLIT = re.compile(r"(\n+|(?<=[.!?])\s+(?=[A-Z\"'(\[]))")
+
+
+def exact_user_segments(text: str) -> list[tuple[Kind, str]]:
+    """Like `user_segments`, but the segments concatenate back to `text` exactly (separators are kept
+    as the prefix of the next segment), for formats whose pieces are joined with nothing."""
+    segments: list[tuple[Kind, str]] = []
+    for k, chunk in enumerate(text.split(IMAGE_TAG)):
+        if k:
+            segments.append((Kind.IMAGE, IMAGE_TAG))
+        parts = _EXACT_SPLIT.split(chunk)
+        carry = ""
+        for i, part in enumerate(parts):
+            if i % 2:  # a separator
+                carry += part
+            elif part:
+                segments.append((Kind.USER, carry + part))
+                carry = ""
+        if carry:
+            segments.append((Kind.USER, carry))
+    return segments
+
+
+@dataclass(frozen=True)
+class TemplateScaffold:
+    """The fixed text a chat template puts around messages."""
+
+    head: str  # before the first user message: BOS, system prompt, first user tag
+    user_to_assistant: str  # between a user message and the answer
+    end: str  # right after an answer, up to and including EOS: trained as the end of the turn
+    next_user: str  # after `end`, before the next user message
+    tail: str  # after `end` of the last answer
+    generation: str  # after the last user message when prompting for an answer
+
+
+def _cut(text: str, sentinel: str, template: str) -> tuple[str, str]:
+    if text.count(sentinel) != 1:
+        raise ValueError(
+            f"the chat template of {template} does not render message content verbatim; use vicuna_v1"
+        )
+    before, after = text.split(sentinel)
+    return before, after
+
+
+def template_scaffold(tokenizer: PreTrainedTokenizerBase) -> TemplateScaffold:
+    """Render sentinel messages once and read the template's own text around them."""
+    if not tokenizer.chat_template:
+        raise ValueError("the tokenizer has no chat template; use chat_format vicuna_v1 or plain")
+    u1, a1, u2, a2 = (f"\u2063vialign-{name}\u2063" for name in ("u1", "a1", "u2", "a2"))
+    name = getattr(tokenizer, "name_or_path", "") or "this tokenizer"
+    roles = [("user", u1), ("assistant", a1), ("user", u2), ("assistant", a2)]
+    text = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in roles], tokenize=False)
+    head, rest = _cut(text, u1, name)
+    user_to_assistant, rest = _cut(rest, a1, name)
+    between, rest = _cut(rest, u2, name)
+    second, tail = _cut(rest, a2, name)
+    if second != user_to_assistant:
+        raise ValueError(f"the chat template of {name} renders later turns differently; use vicuna_v1")
+    eos = tokenizer.eos_token or ""
+    if eos and eos in between:
+        cut = between.index(eos) + len(eos)
+    else:  # the template's own end marker (ChatML's <|im_end|>): its first whitespace-delimited word
+        stripped = between.lstrip()
+        cut = len(between) - len(stripped) + len(stripped.split(None, 1)[0]) if stripped else 0
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": u1}], tokenize=False, add_generation_prompt=True
+    )
+    return TemplateScaffold(head, user_to_assistant, between[:cut], between[cut:],
+                            tail.removeprefix(between[:cut]), _cut(prompt, u1, name)[1])  # fmt: skip
+
+
 class ChatEncoder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, settings: EncoderSettings):
         if settings.chat_format not in CHAT_FORMATS:
@@ -129,37 +203,68 @@ class ChatEncoder:
         if self.image_token_id in (None, tokenizer.unk_token_id):
             raise ValueError(f"the tokenizer has no {IMAGE_TAG} token; add it as a special token")
         self.eos = tokenizer.eos_token
+        self.scaffold = template_scaffold(tokenizer) if self.format.name == "tokenizer" else None
+        bos_text = tokenizer.bos_token or ""
+        self.add_bos = (
+            settings.add_bos
+            and tokenizer.bos_token_id is not None
+            and not (self.scaffold and bos_text and self.scaffold.head.startswith(bos_text))
+        )
         self._cache: dict[str, list[int]] = {}
+        self.straddling = 0  # tokens spanning two piece kinds (template formats only)
 
     def ids(self, text: str) -> list[int]:
         if text not in self._cache:
             self._cache[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self._cache[text]
 
-    def turn_pieces(self, question: str, answer: str | None) -> list[tuple[Kind, str]]:
-        fmt = self.format
-        pieces: list[tuple[Kind, str]] = []
-        if fmt.user_tag:
-            pieces.append((Kind.ROLE, fmt.user_tag))
-        for kind, text in user_segments(question):
-            if kind == Kind.USER and (not fmt.keep_question_text):
+    def question_pieces(self, question: str) -> list[tuple[Kind, str]]:
+        segments = exact_user_segments(question) if self.scaffold else user_segments(question)
+        pieces = []
+        for kind, text in segments:
+            if kind == Kind.USER and not self.format.keep_question_text:
                 continue
-            if kind == Kind.USER and text in self.settings.templates:
+            if kind == Kind.USER and text.strip() in self.settings.templates:
                 kind = Kind.TEMPLATE
             pieces.append((kind, text))
+        return pieces
+
+    def turn_pieces(
+        self, question: str, answer: str | None, first: bool = True, last: bool = True
+    ) -> list[tuple[Kind, str]]:
+        if self.scaffold:
+            return self.template_turn_pieces(question, answer, first, last)
+        fmt = self.format
+        pieces: list[tuple[Kind, str]] = [(Kind.ROLE, fmt.user_tag)] if fmt.user_tag else []
+        pieces += self.question_pieces(question)
         if fmt.assistant_tag:
             pieces.append((Kind.ROLE, fmt.assistant_tag))
         if answer is not None:
             pieces += [(Kind.ASSISTANT, answer), (Kind.END, self.eos)]
         return pieces
 
+    def template_turn_pieces(
+        self, question: str, answer: str | None, first: bool, last: bool
+    ) -> list[tuple[Kind, str]]:
+        sc = self.scaffold
+        pieces = [] if first else [(Kind.ROLE, sc.next_user)]
+        pieces += self.question_pieces(question)
+        if answer is None:
+            return [*pieces, (Kind.ROLE, sc.generation)]
+        pieces += [(Kind.ROLE, sc.user_to_assistant), (Kind.ASSISTANT, answer), (Kind.END, sc.end)]
+        return pieces + ([(Kind.ROLE, sc.tail)] if last else [])
+
     def head_pieces(self) -> list[tuple[Kind, str]]:
+        if self.scaffold:
+            return [(Kind.SYSTEM, self.scaffold.head)]
         return [(Kind.SYSTEM, self.format.system)] if self.format.system else []
 
     def pieces_to_ids(self, pieces: Sequence[tuple[Kind, str]]) -> tuple[list[int], list[int]]:
         ids: list[int] = []
         kinds: list[int] = []
         for kind, text in pieces:
+            if not text:
+                continue
             piece = (
                 [self.image_token_id] * self.settings.image_tokens if kind == Kind.IMAGE else self.ids(text)
             )
@@ -168,7 +273,8 @@ class ChatEncoder:
         return ids, kinds
 
     def verify(self, sample_id: str, pieces: Sequence[tuple[Kind, str]], ids: list[int]) -> None:
-        whole = self.tokenizer(" ".join(text for _, text in pieces), add_special_tokens=False)["input_ids"]
+        rendered = self.format.joiner.join(text for _, text in pieces if text)
+        whole = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
         expanded = []
         for token in whole:
             expanded += [token] * (self.settings.image_tokens if token == self.image_token_id else 1)
@@ -181,6 +287,40 @@ class ChatEncoder:
                 sample_id, f"piecewise tokenization differs from whole tokenization at token {at}"
             )
 
+    def tokenize_pieces(
+        self, sample_id: str, pieces: Sequence[tuple[Kind, str]]
+    ) -> tuple[list[int], list[int]]:
+        """Template formats: the rendered string tokenized once; piecewise formats: verified concatenation."""
+        if self.scaffold:
+            return self.ids_by_offsets(pieces)
+        ids, kinds = self.pieces_to_ids(pieces)
+        if self.settings.verify:
+            self.verify(sample_id, pieces, ids)
+        return ids, kinds
+
+    def ids_by_offsets(self, pieces: Sequence[tuple[Kind, str]]) -> tuple[list[int], list[int]]:
+        """Tokenize the exact rendering once; each token takes the kind of the piece its characters
+        come from (piece boundaries are known, never searched for). A token spanning two kinds gets
+        the first untrained one, so no token outside the trained text is ever trained."""
+        text, char_kind = "", []
+        for kind, piece in pieces:
+            text += piece
+            char_kind += [kind] * len(piece)
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        trained = TRAINED[self.settings.mode]
+        ids: list[int] = []
+        kinds: list[int] = []
+        for token, (a, b) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
+            # Whitespace a tokenizer folds into a token ("▁word") belongs to the piece before it.
+            visible = [char_kind[c] for c in range(a, b) if not text[c].isspace()] or char_kind[a : a + 1]
+            spanned = list(dict.fromkeys(visible))
+            kind = next((k for k in spanned if k not in trained), spanned[0]) if spanned else Kind.ROLE
+            self.straddling += len(spanned) > 1
+            repeat = self.settings.image_tokens if token == self.image_token_id else 1
+            ids += [token] * repeat
+            kinds += [Kind.IMAGE if token == self.image_token_id else kind] * repeat
+        return ids, kinds
+
     def encode(self, sample: Sample) -> Encoded:
         """Encode one sample; drops whole trailing turns to fit max_length, never part of an image span."""
         turns = sample.conversations
@@ -189,31 +329,20 @@ class ChatEncoder:
         n_tags = sum(t.value.count(IMAGE_TAG) for t in turns)
         if n_tags != len(sample.images):
             raise EncodingError(sample.id, f"{n_tags} <image> tags for {len(sample.images)} image(s)")
-        bos = (
-            [self.tokenizer.bos_token_id]
-            if self.settings.add_bos and self.tokenizer.bos_token_id is not None
-            else []
-        )
-        head = self.head_pieces()
-        ids, kinds = self.pieces_to_ids(head)
-        ids, kinds = bos + ids, [Kind.BOS] * len(bos) + kinds
-        all_pieces = list(head)
-        kept = 0
-        for question, answer in pairs:
-            pieces = self.turn_pieces(question, answer)
-            turn_ids, turn_kinds = self.pieces_to_ids(pieces)
-            if len(ids) + len(turn_ids) > self.settings.max_length:
+        bos = [self.tokenizer.bos_token_id] if self.add_bos else []
+        for kept in range(len(pairs), 0, -1):
+            pieces = list(self.head_pieces())
+            for k, (question, answer) in enumerate(pairs[:kept]):
+                pieces += self.turn_pieces(question, answer, first=k == 0, last=k == kept - 1)
+            ids, kinds = self.tokenize_pieces(sample.id, pieces)
+            if len(bos) + len(ids) <= self.settings.max_length:
                 break
-            ids, kinds = ids + turn_ids, kinds + turn_kinds
-            all_pieces += pieces
-            kept += 1
-        if kept == 0:
+        else:
             raise EncodingError(
                 sample.id, f"the first turn alone is longer than max_length {self.settings.max_length}"
             )
-        if self.settings.verify:
-            self.verify(sample.id, all_pieces, ids[len(bos) :])
-        n_images = sum(1 for k, _ in all_pieces if k == Kind.IMAGE)
+        ids, kinds = bos + ids, [Kind.BOS] * len(bos) + kinds
+        n_images = sum(1 for k, _ in pieces if k == Kind.IMAGE)
         if ids.count(self.image_token_id) != n_images * self.settings.image_tokens:
             raise EncodingError(sample.id, "image token count differs from images × tokens per image")
         trained = TRAINED[self.settings.mode]
@@ -225,12 +354,9 @@ class ChatEncoder:
 
 def encode_prompt(encoder: ChatEncoder, question: str) -> list[int]:
     """Ids of a one-question generation prompt, ending with the assistant tag."""
-    bos = (
-        [encoder.tokenizer.bos_token_id]
-        if encoder.settings.add_bos and encoder.tokenizer.bos_token_id is not None
-        else []
-    )
-    ids, _ = encoder.pieces_to_ids([*encoder.head_pieces(), *encoder.turn_pieces(question, None)])
+    bos = [encoder.tokenizer.bos_token_id] if encoder.add_bos else []
+    pieces = [*encoder.head_pieces(), *encoder.turn_pieces(question, None)]
+    ids, _ = encoder.ids_by_offsets(pieces) if encoder.scaffold else encoder.pieces_to_ids(pieces)
     return bos + ids
 
 
