@@ -244,3 +244,28 @@ def test_accelerate_launch_two_cpu_processes_ddp(tiny_model_dir, data, toyworld,
     assert manifest["counts"]["world_size"] == 2 and manifest["counts"]["steps"] == 3
     before, after = weights(tiny_model_dir), weights(out)
     assert all(torch.equal(before[k], after[k]) == k.startswith(PART_PREFIXES["vision"]) for k in before)
+
+
+def test_train_lm_then_assemble_keeps_the_language_model_exact(toyworld, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from vialign.models.assemble import assemble_llava
+    from vialign.models.tiny import TinyModelSettings
+    from vialign.train.lm import train_lm
+
+    manifest = train_lm(
+        toyworld,
+        tmp_path / "lm",
+        TinyModelSettings(text_layers=1),
+        SFTSettings(**{**BASE, "max_steps": 3, "batch_size": 4}),
+    )
+    assert manifest.counts["steps"] == 3 and manifest.counts["encoded"] == 1000
+    assemble_llava(tmp_path / "lm", TinyModelSettings(), tmp_path / "llava", vision_feature_layer=-1)
+    lm = AutoModelForCausalLM.from_pretrained(tmp_path / "lm").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "lm")
+    llava, processor = load_llava(tmp_path / "llava")
+    ids = tokenizer("USER: What is 3 plus 4? ASSISTANT:", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(lm(input_ids=ids).logits, llava(input_ids=ids).logits, atol=1e-6)
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == llava.config.image_token_id
+    assert llava.config.vision_config.model_type == "clip_vision_model"
