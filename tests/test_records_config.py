@@ -82,3 +82,12 @@ def test_settings_precedence_defaults_yaml_options_overrides(tmp_path):
 def test_bad_overrides_are_refused_with_a_reason(override):
     with pytest.raises(SettingsError):
         load_settings(Demo, overrides=[override])
+
+
+def test_override_values_with_colons_stay_strings_and_braces_make_mappings():
+    class Prompted(Settings):
+        prompt: str = ""
+        extra: dict = Field(default_factory=dict)
+
+    s = load_settings(Prompted, overrides=["prompt=Rewrite this: {text}", "extra={a: 1}"])
+    assert s.prompt == "Rewrite this: {text}" and s.extra == {"a": 1}

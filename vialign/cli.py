@@ -19,6 +19,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Check and describe datasets.", no_args_is_help=True)
 toyworld_app = typer.Typer(help="The synthetic toy world.", no_args_is_help=True)
 model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
+align_app = typer.Typer(help="Writing-manner alignment: rewrite, review, gap.", no_args_is_help=True)
 train_app = typer.Typer(
     help="Train: SFT with VIT/LIT label masks, inner-LLM pretraining.", no_args_is_help=True
 )
@@ -26,6 +27,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(toyworld_app, name="toyworld")
 app.add_typer(model_app, name="model")
 app.add_typer(train_app, name="train")
+app.add_typer(align_app, name="align")
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -360,6 +362,122 @@ def train_lm_command(
     out_console.print(
         f"inner LLM in {out}: {manifest.counts['steps']} steps, loss {manifest.counts['train_loss']:.4f}"
     )
+
+
+# ---------------------------------------------------------------- alignment
+
+
+@align_app.command("rewrite")
+def align_rewrite(
+    input: Annotated[Path, typer.Argument(help="validated JSONL", exists=True, dir_okay=False)],
+    llm: Annotated[
+        str, typer.Option("--llm", help="inner LLM: checkpoint folder, or an OpenAI-compatible URL")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="output JSONL (a .partial.jsonl beside it makes the run resumable)")
+    ],
+    backend: Annotated[str | None, typer.Option(help="transformers | vllm | openai")] = None,
+    engine: Annotated[str | None, typer.Option(help="local | ray")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N records only")] = None,
+    shard: Annotated[str | None, typer.Option(help="i/N: every N-th record from the i-th")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="records per batch")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Rewrite soft-format answers in the inner LLM's own manner, then review each for unchanged meaning."""
+    from vialign.align.rewrite import (
+        RewriteSettings,
+        keep_original_on_failure,
+        make_rewriter,
+        rewriter_factory,
+        summarize,
+    )
+    from vialign.generation.runner import run_resumable
+    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.records import read_jsonl, read_samples
+
+    settings = settings_or_exit(RewriteSettings, config, "rewrite", {"backend": backend}, set_)
+    runner = settings.runner.model_copy(update={k: v for k, v in
+                                                {"engine": engine, "limit": limit, "shard": shard, "batch_size": batch_size}.items()
+                                                if v is not None})  # fmt: skip
+    timer = StageTimer()
+    samples = list(read_samples(input))
+    local = runner.engine == "local"
+    report = run_resumable(samples, lambda s: s.id, make_rewriter(llm, settings) if local else None, out, runner,
+                           finish=keep_original_on_failure, ray_factory=rewriter_factory(llm, settings),
+                           task="rewrite", show_progress=not quiet)  # fmt: skip
+    table = summarize(list(read_jsonl(out)), settings.formats)
+    view = Table(title=f"rewrite {input}")
+    columns = (
+        "rewritten",
+        "kept",
+        "failed",
+        "hard",
+        "verdict.same",
+        "verdict.different",
+        "verdict.unparsable",
+    )
+    view.add_column("subset")
+    for column in columns:
+        view.add_column(column, justify="right")
+    for subset, counts in sorted(table.items()):
+        view.add_row(subset, *(str(counts[c]) for c in columns))
+    out_console.print(view)
+    write_manifest(out.parent / f"{out.stem}.manifest", Manifest(
+        stage="align.rewrite", inputs={str(input): fingerprint_file(input), "llm": llm},
+        settings=settings.model_dump(mode="json"), counts={"selected": report.selected, "reused": report.reused,
+        "processed": report.processed, "failed": len(report.failed), **{f"{s}.{k}": v for s, c in table.items() for k, v in c.items()}},
+        outputs={str(out): fingerprint_file(out)}, started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
+    ))  # fmt: skip
+
+
+@align_app.command("gap")
+def align_gap(
+    input: Annotated[
+        Path, typer.Argument(help="JSONL whose answers are scored", exists=True, dir_okay=False)
+    ],
+    llm: Annotated[str, typer.Option("--llm", help="inner LLM checkpoint folder")],
+    out: Annotated[Path, typer.Option("--out", help="folder for per-sample NLL, summary and histogram")],
+    vs: Annotated[Path | None, typer.Option("--vs", help="a second dataset to compare")] = None,
+    chat_format: Annotated[str, typer.Option("--format", help="vicuna_v1 | tokenizer")] = "vicuna_v1",
+    subsets: Annotated[
+        str | None, typer.Option(help="comma-separated subsets to score (default all)")
+    ] = None,
+) -> None:
+    """Writing-manner gap: the inner LLM's per-token NLL of the answers, text only."""
+    import orjson
+
+    from vialign.align.gap import answer_nll, plot_histograms
+    from vialign.records import read_samples, write_jsonl
+
+    wanted = set(subsets.split(",")) if subsets else None
+    datasets = {"input": input, **({"vs": vs} if vs else {})}
+    reports = {}
+    for name, path in datasets.items():
+        chosen = (s for s in read_samples(path) if wanted is None or s.meta.subset in wanted)
+        reports[name] = answer_nll(llm, chosen, chat_format=chat_format)
+        write_jsonl(reports[name].per_sample, out / f"{name}.nll.jsonl")
+    summary = {name: {"path": str(datasets[name]), **r.summary()} for name, r in reports.items()}
+    if vs:
+        summary["delta_mean_nll"] = round(reports["vs"].sample_mean - reports["input"].sample_mean, 4)
+    (out / "gap.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    plot_histograms({str(datasets[n]): r for n, r in reports.items()}, out / "gap.png")
+    view = Table(title=f"writing-manner gap under {llm}")
+    for column in ("dataset", "samples", "mean NLL", "token-weighted", "median"):
+        view.add_column(column, justify="left" if column == "dataset" else "right")
+    for name, r in reports.items():
+        s = r.summary()
+        view.add_row(
+            str(datasets[name]),
+            str(s["samples"]),
+            f"{s['mean_nll']:.4f}",
+            f"{s['token_mean_nll']:.4f}",
+            f"{s['median_nll']:.4f}",
+        )
+    out_console.print(view)
+    if vs:
+        out_console.print(f"delta (vs − input): {summary['delta_mean_nll']:+.4f}")
 
 
 # ---------------------------------------------------------------- demo

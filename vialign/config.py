@@ -31,7 +31,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise SettingsError(f"override {text!r} must look like key=value (e.g. toyworld.seed=3)")
-    return key.strip().split("."), yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    # "Answer: {text}" reads as a YAML mapping; only a value written as {…} is meant to be one.
+    if isinstance(parsed, dict) and not value.lstrip().startswith("{"):
+        parsed = value
+    return key.strip().split("."), parsed
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:

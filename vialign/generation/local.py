@@ -1,41 +1,163 @@
-"""Local batched generation with transformers: left padding, greedy or sampled, images per request."""
+"""Local batched generation with transformers: left padding, greedy or sampled, images per request.
+
+Prompts are encoded by the same `ChatEncoder` as training, so a model is asked exactly the way it was
+taught. The checkpoint may be a LLaVA (images allowed) or a plain causal LM (the inner LLM).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import orjson
 import torch
 from PIL import Image
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from vialign.models.encoding import ChatEncoder, encode_prompt
+from vialign.generation.base import ChatRequest, ChatResult, GenerationParams
+from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_prompt
+from vialign.models.loading import load_llava, model_fingerprint, processor_image_tokens
 
 
-@torch.no_grad()
-def generate_batch(
-    model,
-    processor,
-    encoder: ChatEncoder,
-    questions: Sequence[str],
-    images: Sequence[Path | None],
-    *,
-    max_new_tokens: int = 32,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-) -> list[str]:
-    """One answer per question; `<image>` in a question needs its image, encoded like training prompts."""
+def is_multimodal_checkpoint(path: str | Path) -> bool:
+    config = orjson.loads((Path(path) / "config.json").read_bytes())
+    return "vision_config" in config
+
+
+def split_messages(messages: list[dict[str, str]]) -> tuple[str, list[tuple[str, str]]]:
+    """(final question, earlier turns). A system message is put before the first question."""
+    system = " ".join(m["content"] for m in messages if m["role"] == "system")
+    turns = [m for m in messages if m["role"] != "system"]
+    if not turns or turns[-1]["role"] != "user":
+        raise ValueError("a request must end with a user message")
+    users, answers = turns[0::2], turns[1::2]
+    if any(m["role"] != "user" for m in users) or any(m["role"] != "assistant" for m in answers):
+        raise ValueError("messages must alternate user and assistant")
+    questions = [m["content"] for m in users]
+    if system:
+        questions[0] = f"{system}\n{questions[0]}"
+    return questions[-1], list(zip(questions[:-1], [m["content"] for m in answers], strict=True))
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, image_processor, encoder: ChatEncoder, path: str = "(in memory)"):
+        self.model, self.tokenizer, self.image_processor, self.encoder, self.path = (
+            model,
+            tokenizer,
+            image_processor,
+            encoder,
+            path,
+        )
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        chat_format: str = "vicuna_v1",
+        device: str | None = None,
+        dtype: str | None = None,
+    ) -> TransformersBackend:
+        if is_multimodal_checkpoint(path):
+            model, processor = load_llava(path, device=device, dtype=dtype)
+            tokenizer, image_processor, image_tokens = (
+                processor.tokenizer,
+                processor.image_processor,
+                processor_image_tokens(processor),
+            )
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), use_safetensors=True, dtype=dtype or "auto"
+            ).eval()
+            model = model.to(device) if device else model
+            image_processor, image_tokens = None, 0
+        encoder = ChatEncoder(tokenizer, EncoderSettings(chat_format=chat_format, image_tokens=image_tokens))
+        return cls(model, tokenizer, image_processor, encoder, str(path))
+
+    def identity(self) -> dict[str, Any]:
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.path) if Path(self.path).is_dir() else "unknown"
+        return {"backend": self.name, "model": self.path, "fingerprint": self._fingerprint,
+                "chat_format": self.encoder.settings.chat_format}  # fmt: skip
+
+    def prompt_ids(self, request: ChatRequest) -> list[int]:
+        question, history = split_messages(request.messages)
+        return encode_prompt(self.encoder, question, history)
+
+    def generate(self, requests: list[ChatRequest], params: GenerationParams) -> list[ChatResult]:
+        results: dict[str, ChatResult] = {}
+        ready: list[tuple[ChatRequest, list[int]]] = []
+        for request in requests:
+            try:
+                ready.append((request, self.prompt_ids(request)))
+            except Exception as exc:  # one bad request must not sink its batch
+                results[request.id] = ChatResult(request.id, error=f"{type(exc).__name__}: {exc}")
+        if ready:
+            try:
+                texts = self.generate_ids([ids for _, ids in ready], [r.images for r, _ in ready], params)
+                for (request, _), outs in zip(ready, texts, strict=True):
+                    results[request.id] = ChatResult(request.id, texts=outs)
+            except Exception:
+                if len(ready) == 1:
+                    raise
+                for request, ids in ready:  # find the request that breaks the batch, keep the rest
+                    try:
+                        results[request.id] = ChatResult(
+                            request.id, texts=self.generate_ids([ids], [request.images], params)[0]
+                        )
+                    except Exception as exc:
+                        results[request.id] = ChatResult(request.id, error=f"{type(exc).__name__}: {exc}")
+        return [results[r.id] for r in requests]
+
+    @torch.no_grad()
+    def generate_ids(
+        self, prompts: Sequence[list[int]], images: Sequence[Sequence[Path]], params: GenerationParams
+    ) -> list[list[str]]:
+        width = max(len(p) for p in prompts)
+        pad = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        device = self.model.device
+        inputs: dict[str, torch.Tensor] = {
+            "input_ids": torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device),
+            "attention_mask": torch.tensor(
+                [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device
+            ),
+        }
+        files = [p for group in images for p in group]
+        if files:
+            pixels = self.image_processor(
+                images=[Image.open(p).convert("RGB") for p in files], return_tensors="pt"
+            )
+            inputs["pixel_values"] = pixels["pixel_values"].to(device, self.model.dtype)
+        sampling = params.temperature > 0
+        torch.manual_seed(params.seed)
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sampling,
+            temperature=params.temperature if sampling else None,
+            top_p=params.top_p if sampling else None,
+            num_return_sequences=params.n,
+            pad_token_id=pad,
+        )
+        texts = [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        return [texts[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+
+
+def generate_batch(model, processor, encoder: ChatEncoder, questions: Sequence[str], images: Sequence[Path | None],
+                   *, max_new_tokens: int = 32) -> list[str]:  # fmt: skip
+    """Greedy answers to one-question prompts with a model already in memory (quick evaluations)."""
+    backend = TransformersBackend(model, processor.tokenizer, processor.image_processor, encoder)
     prompts = [encode_prompt(encoder, q) for q in questions]
-    width = max(len(p) for p in prompts)
-    pad = processor.tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    inputs = {"input_ids": input_ids, "attention_mask": attention}
-    present = [Image.open(p).convert("RGB") for p in images if p is not None]
-    if present:
-        inputs["pixel_values"] = processor.image_processor(images=present, return_tensors="pt")[
-            "pixel_values"
-        ]
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
-    sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad, **sampling)
-    return [processor.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+    groups = [[p] if p is not None else [] for p in images]
+    return [
+        t[0] for t in backend.generate_ids(prompts, groups, GenerationParams(max_new_tokens=max_new_tokens))
+    ]

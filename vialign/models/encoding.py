@@ -199,9 +199,9 @@ class ChatEncoder:
             raise ValueError(f"unknown label mode {settings.mode!r}; known: {sorted(TRAINED)}")
         self.tokenizer, self.settings = tokenizer, settings
         self.format = CHAT_FORMATS[settings.chat_format]
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TAG)
-        if self.image_token_id in (None, tokenizer.unk_token_id):
-            raise ValueError(f"the tokenizer has no {IMAGE_TAG} token; add it as a special token")
+        image_id = tokenizer.convert_tokens_to_ids(IMAGE_TAG)
+        # A text-only LLM (the inner LLM on its own) may lack <image>; only samples with images need it.
+        self.image_token_id = None if image_id in (None, tokenizer.unk_token_id) else image_id
         self.eos = tokenizer.eos_token
         self.scaffold = template_scaffold(tokenizer) if self.format.name == "tokenizer" else None
         bos_text = tokenizer.bos_token or ""
@@ -329,6 +329,10 @@ class ChatEncoder:
         n_tags = sum(t.value.count(IMAGE_TAG) for t in turns)
         if n_tags != len(sample.images):
             raise EncodingError(sample.id, f"{n_tags} <image> tags for {len(sample.images)} image(s)")
+        if n_tags and self.image_token_id is None:
+            raise EncodingError(
+                sample.id, f"the tokenizer has no {IMAGE_TAG} token; this model cannot take images"
+            )
         bos = [self.tokenizer.bos_token_id] if self.add_bos else []
         for kept in range(len(pairs), 0, -1):
             pieces = list(self.head_pieces())
@@ -352,10 +356,16 @@ class ChatEncoder:
         return Encoded(ids, labels, kinds, n_images, dropped_turns=len(pairs) - kept)
 
 
-def encode_prompt(encoder: ChatEncoder, question: str) -> list[int]:
-    """Ids of a one-question generation prompt, ending with the assistant tag."""
+def encode_prompt(encoder: ChatEncoder, question: str, history: Sequence[tuple[str, str]] = ()) -> list[int]:
+    """Ids of a generation prompt: earlier (question, answer) turns, then the question, then the
+    assistant tag, encoded exactly as in training."""
     bos = [encoder.tokenizer.bos_token_id] if encoder.add_bos else []
-    pieces = [*encoder.head_pieces(), *encoder.turn_pieces(question, None)]
+    pieces = list(encoder.head_pieces())
+    for k, (q, a) in enumerate(history):
+        pieces += encoder.turn_pieces(q, a, first=k == 0, last=False)
+    pieces += encoder.turn_pieces(question, None, first=not history)
+    if IMAGE_TAG in question + "".join(q for q, _ in history) and encoder.image_token_id is None:
+        raise ValueError(f"the tokenizer has no {IMAGE_TAG} token; this model cannot take images")
     ids, _ = encoder.ids_by_offsets(pieces) if encoder.scaffold else encoder.pieces_to_ids(pieces)
     return bos + ids
 

@@ -1,0 +1,111 @@
+"""The writing-manner gap: the inner LLM's mean per-token negative log-likelihood of the answers,
+text only (image tags removed), per sample and aggregated. Lower means closer to its own manner."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vialign.generation.local import TransformersBackend
+from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncoderSettings, EncodingError, Kind
+from vialign.records import IMAGE_TAG, Sample, Turn
+
+
+@dataclass
+class GapReport:
+    per_sample: list[dict[str, Any]]
+
+    @property
+    def sample_mean(self) -> float:
+        return statistics.fmean(r["nll"] for r in self.per_sample)
+
+    @property
+    def token_mean(self) -> float:
+        return sum(r["nll"] * r["tokens"] for r in self.per_sample) / sum(
+            r["tokens"] for r in self.per_sample
+        )
+
+    def summary(self) -> dict[str, float]:
+        values = sorted(r["nll"] for r in self.per_sample)
+        return {"samples": len(values), "mean_nll": round(self.sample_mean, 4), "token_mean_nll": round(self.token_mean, 4),
+                "median_nll": round(statistics.median(values), 4)}  # fmt: skip
+
+
+def text_only(sample: Sample) -> Sample:
+    turns = [
+        Turn(role=t.role, value=" ".join(t.value.replace(IMAGE_TAG, " ").split()))
+        for t in sample.conversations
+    ]
+    return Sample(id=sample.id, conversations=turns)
+
+
+@torch.no_grad()
+def answer_nll(
+    llm: str | Path, samples: Iterable[Sample], *, chat_format: str = "vicuna_v1", batch_size: int = 16
+) -> GapReport:
+    backend = TransformersBackend.load(llm, chat_format=chat_format)
+    model, tokenizer = backend.model, backend.tokenizer
+    encoder = ChatEncoder(
+        tokenizer, EncoderSettings(chat_format=chat_format, mode="response", image_tokens=0, verify=False)
+    )
+    encoded = []
+    for sample in samples:
+        try:
+            e = encoder.encode(text_only(sample))
+        except EncodingError:
+            continue
+        answer_only = [
+            t if k == Kind.ASSISTANT else IGNORE_INDEX for t, k in zip(e.input_ids, e.kinds, strict=True)
+        ]
+        encoded.append((sample.id, e.input_ids, answer_only))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        width = max(len(ids) for _, ids, _ in chunk)
+        input_ids = torch.tensor(
+            [ids + [pad] * (width - len(ids)) for _, ids, _ in chunk], device=model.device
+        )
+        labels = torch.tensor(
+            [lab + [IGNORE_INDEX] * (width - len(lab)) for _, _, lab in chunk], device=model.device
+        )
+        mask = (
+            torch.arange(width, device=model.device)[None, :]
+            < torch.tensor([len(i) for _, i, _ in chunk], device=model.device)[:, None]
+        ).long()
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
+        valid = target != IGNORE_INDEX
+        for k, (sample_id, _, _) in enumerate(chunk):
+            n = int(valid[k].sum())
+            if n:
+                rows.append({"id": sample_id, "nll": float(nll[k][valid[k]].mean()), "tokens": n})
+    return GapReport(rows)
+
+
+def plot_histograms(reports: dict[str, GapReport], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, report in reports.items():
+        ax.hist(
+            [r["nll"] for r in report.per_sample],
+            bins=40,
+            alpha=0.55,
+            label=f"{name} (mean {report.sample_mean:.3f})",
+        )
+    ax.set_xlabel("per-token NLL of answers under the inner LLM")
+    ax.set_ylabel("samples")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

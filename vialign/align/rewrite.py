@@ -1,0 +1,176 @@
+"""`vialign align rewrite`: the inner LLM restates soft-format answers in its own manner, then the
+same LLM reviews each rewrite for unchanged meaning (METHODS.md section 1).
+
+Hard-format samples pass through untouched. A rewrite that the review does not accept, or whose
+review cannot be parsed, leaves the original answer. Every soft sample records, per answer, the
+original, the rewrite, the verdict, and which text was kept, with the backend's identity.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from functools import partial
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from vialign.config import Settings
+from vialign.data.formats import FormatSettings, classify_sample, is_soft
+from vialign.generation.base import Backend, ChatRequest, GenerationParams, open_backend
+from vialign.generation.runner import Row, RunnerSettings
+from vialign.manifest import fingerprint_bytes
+from vialign.records import GPT, Sample
+
+DEFAULT_REWRITE_PROMPT = (
+    "Rewrite the following answer in your own words. Keep every fact exactly: add nothing, drop nothing, "
+    "change nothing. If it already reads the way you would write it, return it unchanged. Reply with the "
+    "answer only.\n\nAnswer: {text}"
+)
+DEFAULT_REVIEW_PROMPT = (
+    "Do these two texts state exactly the same facts, with nothing added, dropped or changed? "
+    "Reply with Yes or No.\n\nText A: {original}\n\nText B: {rewrite}"
+)
+Verdict = Literal["same", "different", "unparsable"]
+
+
+class RewriteSettings(Settings):
+    rewrite_prompt: str = DEFAULT_REWRITE_PROMPT
+    review_prompt: str = DEFAULT_REVIEW_PROMPT
+    rewrite_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=512))
+    review_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=8))
+    backend: str | None = Field(None, description="transformers | vllm | openai; default from --llm")
+    chat_format: str = "vicuna_v1"
+    model_name: str | None = Field(None, description="model name for the openai backend")
+    api_key_env: str = "OPENAI_API_KEY"
+    formats: FormatSettings = Field(default_factory=FormatSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+
+    @field_validator("rewrite_prompt")
+    @classmethod
+    def _rewrite_slots(cls, value: str) -> str:
+        if "{text}" not in value:
+            raise ValueError("rewrite_prompt must contain {text}")
+        return value
+
+    @field_validator("review_prompt")
+    @classmethod
+    def _review_slots(cls, value: str) -> str:
+        if "{original}" not in value or "{rewrite}" not in value:
+            raise ValueError("review_prompt must contain {original} and {rewrite}")
+        return value
+
+
+def parse_verdict(text: str) -> Verdict:
+    words = re.findall(r"[a-z]+", text.lower())
+    if not words:
+        return "unparsable"
+    return {"yes": "same", "no": "different"}.get(words[0], "unparsable")
+
+
+def backend_options(settings: RewriteSettings, target: str) -> dict[str, Any]:
+    name = settings.backend or ("openai" if target.startswith(("http://", "https://")) else "transformers")
+    if name == "openai":
+        return {"model": settings.model_name, "api_key_env": settings.api_key_env}
+    return {"chat_format": settings.chat_format}
+
+
+def open_rewriter(target: str, settings: RewriteSettings) -> Backend:
+    return open_backend(target, settings.backend, **backend_options(settings, target))
+
+
+def ask(backend: Backend, prompts: dict[str, str], params: GenerationParams) -> dict[str, Any]:
+    """{key: text or Exception-message} for one batch of single-message prompts."""
+    requests = [ChatRequest(key, [{"role": "user", "content": prompt}]) for key, prompt in prompts.items()]
+    return {
+        r.id: (r.texts[0] if r.texts else RuntimeError(r.error)) for r in backend.generate(requests, params)
+    }
+
+
+class Rewriter:
+    """The stage function: a batch of samples in, one row per sample out."""
+
+    def __init__(self, backend: Backend, settings: RewriteSettings):
+        self.backend, self.settings = backend, settings
+        self.identity = {**backend.identity(), "rewrite_prompt": fingerprint_bytes(settings.rewrite_prompt.encode()),
+                         "review_prompt": fingerprint_bytes(settings.review_prompt.encode())}  # fmt: skip
+
+    def __call__(self, batch: list[Sample]) -> list[Row]:
+        soft = [s for s in batch if is_soft(classify_sample(s, self.settings.formats), self.settings.formats)]
+        answers = {
+            f"{s.id}#{k}": t.value for s in soft for k, t in enumerate(s.conversations) if t.role == GPT
+        }
+        rewrites = ask(self.backend, {key: self.settings.rewrite_prompt.format(text=text) for key, text in answers.items()},
+                       self.settings.rewrite_params)  # fmt: skip
+        reviewable = {key: text for key, text in rewrites.items() if isinstance(text, str)}
+        reviews = ask(self.backend, {key: self.settings.review_prompt.format(original=answers[key], rewrite=text)
+                                     for key, text in reviewable.items()}, self.settings.review_params)  # fmt: skip
+        rows = []
+        for sample in batch:
+            if sample not in soft:
+                rows.append(Row(sample.id, sample.to_json()))
+                continue
+            errors = [
+                f"{k}: {v}"
+                for k, v in {**rewrites, **reviews}.items()
+                if k.startswith(f"{sample.id}#") and not isinstance(v, str)
+            ]
+            if errors:
+                rows.append(Row(sample.id, error="; ".join(errors)))
+                continue
+            rows.append(Row(sample.id, self.rewritten(sample, rewrites, reviews).to_json()))
+        return rows
+
+    def rewritten(self, sample: Sample, rewrites: dict[str, str], reviews: dict[str, str]) -> Sample:
+        out = sample.model_copy(deep=True)
+        turns = []
+        for k, turn in enumerate(out.conversations):
+            if turn.role != GPT:
+                continue
+            key = f"{sample.id}#{k}"
+            verdict = parse_verdict(reviews[key])
+            keep_rewrite = verdict == "same" and rewrites[key].strip() != ""
+            turns.append({"turn": k, "original": turn.value, "rewrite": rewrites[key], "review": reviews[key],
+                          "verdict": verdict, "kept": "rewrite" if keep_rewrite else "original"})  # fmt: skip
+            if keep_rewrite:
+                turn.value = rewrites[key].strip()
+        out.meta.format_class = classify_sample(sample, self.settings.formats)
+        out.meta.provenance.append({"stage": "align.rewrite", **self.identity, "turns": turns})
+        return out
+
+
+def keep_original_on_failure(sample: Sample, row: dict[str, Any]) -> dict[str, Any]:
+    """Finish step: a sample whose rewrite failed stays as it was, with the error recorded."""
+    if row["ok"]:
+        return row["value"]
+    out = sample.model_copy(deep=True)
+    out.meta.provenance.append({"stage": "align.rewrite", "error": row["error"], "turns": []})
+    return out.to_json()
+
+
+def make_rewriter(target: str, settings: RewriteSettings) -> Rewriter:
+    return Rewriter(open_rewriter(target, settings), settings)
+
+
+def rewriter_factory(target: str, settings: RewriteSettings):
+    return partial(make_rewriter, target, settings)
+
+
+def summarize(samples: list[dict[str, Any]], formats: FormatSettings) -> dict[str, Counter]:
+    """Per subset: rewritten (some answer replaced), kept (every rewrite refused), failed, hard (untouched)."""
+    table: dict[str, Counter] = {}
+    for data in samples:
+        sample = Sample.model_validate(data)
+        counts = table.setdefault(sample.meta.subset or "(none)", Counter())
+        runs = [p for p in sample.meta.provenance if p.get("stage") == "align.rewrite"]
+        if not runs:
+            counts["hard"] += 1
+        elif "error" in runs[-1]:
+            counts["failed"] += 1
+        elif any(t["kept"] == "rewrite" for t in runs[-1]["turns"]):
+            counts["rewritten"] += 1
+        else:
+            counts["kept"] += 1
+        for t in runs[-1]["turns"] if runs else []:
+            counts[f"verdict.{t['verdict']}"] += 1
+    return table

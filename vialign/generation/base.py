@@ -1,0 +1,74 @@
+"""One interface for every generation backend: a batch of chat requests, each with optional images,
+in; one result per request out, carrying either texts or that request's own error.
+
+Backends are found by exact name in `BACKENDS` (import paths, imported only when used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import Field
+
+from vialign.config import Settings
+
+
+class GenerationParams(Settings):
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="0 means greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, description="samples per request")
+    seed: int = 0
+
+
+@dataclass
+class ChatRequest:
+    id: str
+    messages: list[dict[str, str]]  # {"role": "system"|"user"|"assistant", "content": text with <image> tags}
+    images: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class ChatResult:
+    id: str
+    texts: list[str] | None = None
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self.texts is None:
+            raise ValueError(f"request {self.id!r} failed: {self.error}")
+        return self.texts[0]
+
+
+class Backend(Protocol):
+    name: str
+
+    def identity(self) -> dict[str, Any]:
+        """What produced the texts (backend, model, fingerprint); stored with every result."""
+        ...
+
+    def generate(self, requests: list[ChatRequest], params: GenerationParams) -> list[ChatResult]: ...
+
+
+BACKENDS: dict[str, str] = {
+    "transformers": "vialign.generation.local:TransformersBackend",
+    "vllm": "vialign.generation.vllm_backend:VLLMBackend",
+    "openai": "vialign.generation.openai_backend:OpenAIBackend",
+}
+
+
+def backend_class(name: str) -> type:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; known: {sorted(BACKENDS)}")
+    module, attr = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def open_backend(target: str, backend: str | None = None, **options: Any) -> Backend:
+    """`target` is a checkpoint folder (transformers, or vllm when asked) or an http(s) URL (openai)."""
+    name = backend or ("openai" if target.startswith(("http://", "https://")) else "transformers")
+    return backend_class(name).load(target, **options)
