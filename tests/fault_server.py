@@ -5,7 +5,8 @@ FAULT:500                   always 500
 FAULT:timeoutxK             sleep past the client's timeout on the first K attempts
 FAULT:garbagexK             answer 200 with a body that is not JSON on the first K attempts
 FAULT:empty                 always answer with no choices
-Otherwise it answers "echo: <prompt>" after `latency` seconds. Binds 127.0.0.1 only.
+Otherwise it answers `reply(prompt)` ("echo: <prompt>" by default) after `latency` seconds.
+Binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ class Server(ThreadingHTTPServer):
 
 
 class FaultServer:
-    def __init__(self, latency: float = 0.0, timeout_sleep: float = 1.5):
+    def __init__(self, latency: float = 0.0, timeout_sleep: float = 1.5, reply=None):
         self.latency, self.timeout_sleep = latency, timeout_sleep
+        self.reply = reply or (lambda prompt: f"echo: {prompt}")
         self.attempts: Counter[str] = Counter()
         self.seen_auth: set[str] = set()
         self._lock = threading.Lock()
@@ -74,7 +76,7 @@ class FaultServer:
             else [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": f"echo: {prompt}"},
+                    "message": {"role": "assistant", "content": self.reply(prompt)},
                     "finish_reason": "stop",
                 }
                 for i in range(body.get("n") or 1)

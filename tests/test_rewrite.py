@@ -1,0 +1,192 @@
+"""Rewrite and review: hard formats untouched, refused or unparsable reviews keep the original,
+failures are recorded without losing records, SIGKILL + resume equals an uninterrupted run, and
+the Ray engine gives the local engine's output."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vialign.align.rewrite import (
+    RewriteSettings,
+    keep_original_on_failure,
+    make_rewriter,
+    parse_verdict,
+    rewriter_factory,
+)
+from vialign.generation.runner import RunnerSettings, run_resumable
+from vialign.records import Sample, read_jsonl, read_samples, write_jsonl
+
+from .fault_server import FaultServer
+
+
+def conv(sample_id, answer, question="<image>\nWhat is shown in this picture?"):
+    return Sample.model_validate(
+        {
+            "id": sample_id,
+            "image": "a.png",
+            "meta": {"subset": "conversation"},
+            "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+        }
+    )
+
+
+def scripted(prompt):
+    if prompt.startswith("Rewrite"):
+        return "REWRITTEN " + prompt.split("Answer: ", 1)[1]
+    original = prompt.split("Text A: ", 1)[1]
+    for marker, verdict in (("ACCEPT", "Yes, they match."), ("REFUSE", "No."), ("BLANK", "")):
+        if marker in original:
+            return verdict
+    return "It is hard to say."
+
+
+@pytest.mark.parametrize(
+    ("verdict", "expected"),
+    [
+        ("Yes.", "same"),
+        ("no, it drops a fact", "different"),
+        ("  YES", "same"),
+        ("Maybe", "unparsable"),
+        ("", "unparsable"),
+    ],
+)
+def test_parse_verdict(verdict, expected):
+    assert parse_verdict(verdict) == expected
+
+
+def test_review_decides_and_failures_keep_the_original(tmp_path):
+    server = FaultServer(reply=scripted)
+    try:
+        samples = [conv("accept", "A red circle. ACCEPT"), conv("refuse", "A red circle. REFUSE"),
+                   conv("blank", "A red circle. BLANK"), conv("vague", "A red circle."),
+                   conv("broken", "A red circle. FAULT:500"),
+                   conv("hard", "Red", "<image>\nWhat color?\nAnswer the question using a single word or phrase.")]  # fmt: skip
+        settings = RewriteSettings(model_name="m", runner=RunnerSettings(batch_size=4))
+        rewriter = make_rewriter(server.url, settings)
+        rewriter.backend.max_retries = 1
+        out = tmp_path / "out.jsonl"
+        report = run_resumable(
+            samples,
+            lambda s: s.id,
+            rewriter,
+            out,
+            settings.runner,
+            finish=keep_original_on_failure,
+            show_progress=False,
+        )
+    finally:
+        server.close()
+    rows = {r["id"]: r for r in read_jsonl(out)}
+    assert list(rows) == [s.id for s in samples]
+    assert rows["accept"]["conversations"][1]["value"] == "REWRITTEN A red circle. ACCEPT"
+    for kept in ("refuse", "blank", "vague", "broken"):
+        assert (
+            rows[kept]["conversations"]
+            == samples[[s.id for s in samples].index(kept)].to_json()["conversations"]
+        )
+    turns = {i: rows[i]["meta"]["provenance"][-1] for i in ("accept", "refuse", "blank", "vague")}
+    assert [turns[i]["turns"][0]["verdict"] for i in turns] == [
+        "same",
+        "different",
+        "unparsable",
+        "unparsable",
+    ]
+    assert turns["refuse"]["turns"][0]["rewrite"] == "REWRITTEN A red circle. REFUSE"
+    assert turns["accept"]["backend"] == "openai" and turns["accept"]["rewrite_prompt"].startswith("sha256:")
+    assert "error" in rows["broken"]["meta"]["provenance"][-1] and set(report.failed) == {"broken"}
+    assert rows["hard"] == samples[-1].to_json()
+
+
+def test_hard_format_samples_are_byte_identical(toyworld, tiny_model_dir, tmp_path):
+    lines = (toyworld / "corpus.jsonl").read_bytes().splitlines(keepends=True)[:24]
+    (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
+    settings = RewriteSettings(rewrite_params={"max_new_tokens": 4}, review_params={"max_new_tokens": 2})
+    samples = list(read_samples(tmp_path / "in.jsonl"))
+    run_resumable(samples, lambda s: s.id, make_rewriter(str(tiny_model_dir), settings), tmp_path / "out.jsonl",
+                  RunnerSettings(batch_size=8), finish=keep_original_on_failure, show_progress=False)  # fmt: skip
+    out = (tmp_path / "out.jsonl").read_bytes().splitlines(keepends=True)
+    hard = [
+        k
+        for k, s in enumerate(samples)
+        if s.meta.subset not in ("conversation", "detail", "complex_reasoning")
+    ]
+    assert len(hard) >= 8 and all(out[k] == lines[k] for k in hard)
+    soft = [k for k in range(24) if k not in hard]
+    assert soft and all(
+        json.loads(out[k])["meta"]["provenance"][-1]["stage"] == "align.rewrite" for k in soft
+    )
+
+
+def rewrite_command(model, data, out):
+    return [
+        sys.executable,
+        "-m",
+        "vialign.cli",
+        "align",
+        "rewrite",
+        str(data),
+        "--llm",
+        str(model),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--quiet",
+        "--set",
+        "rewrite_params.max_new_tokens=24",
+        "--set",
+        "review_params.max_new_tokens=3",
+    ]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_an_uninterrupted_run(toyworld, tiny_model_dir, tmp_path):
+    soft = [
+        s for s in read_samples(toyworld / "corpus.jsonl") if s.meta.subset in ("conversation", "detail")
+    ][:24]
+    write_jsonl(soft, tmp_path / "in.jsonl")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        rewrite_command(tiny_model_dir, tmp_path / "in.jsonl", tmp_path / "whole.jsonl"),
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    partial = tmp_path / "cut.jsonl.partial.jsonl"
+    proc = subprocess.Popen(
+        rewrite_command(tiny_model_dir, tmp_path / "in.jsonl", tmp_path / "cut.jsonl"), env=env
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and (not partial.exists() or partial.read_bytes().count(b"\n") < 6):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = partial.read_bytes().count(b"\n")
+    assert 6 <= done_before < 24 and not (tmp_path / "cut.jsonl").exists()
+    subprocess.run(
+        rewrite_command(tiny_model_dir, tmp_path / "in.jsonl", tmp_path / "cut.jsonl"),
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    assert (tmp_path / "cut.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    ids = [json.loads(line)["id"] for line in partial.read_bytes().splitlines()]
+    assert len(ids) == len(set(ids)) == 24, "a record was redone or lost"
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_local_output(toyworld, tiny_model_dir, tmp_path):
+    soft = list(read_samples(toyworld / "corpus.jsonl"))[:12]
+    settings = RewriteSettings(rewrite_params={"max_new_tokens": 6}, review_params={"max_new_tokens": 2})
+    local = RunnerSettings(batch_size=4)
+    run_resumable(soft, lambda s: s.id, make_rewriter(str(tiny_model_dir), settings), tmp_path / "local.jsonl", local,
+                  finish=keep_original_on_failure, show_progress=False)  # fmt: skip
+    ray_settings = local.model_copy(update={"engine": "ray"})
+    run_resumable(soft, lambda s: s.id, None, tmp_path / "ray.jsonl", ray_settings, finish=keep_original_on_failure,
+                  ray_factory=rewriter_factory(str(tiny_model_dir), settings), show_progress=False)  # fmt: skip
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
