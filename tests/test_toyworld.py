@@ -3,6 +3,7 @@ corrupted ones disagree exactly in the recorded way. Hard answers are recomputed
 question text and the scene, independently of the generator."""
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -247,7 +248,7 @@ def test_text_corpus_is_in_own_manner_and_correct(toyworld):
         if r.meta.subset in ("text_describe", "text_rewrite"):
             assert false_claims(answer, Scene.from_json(r.meta.truth["scene"])) == []
             if r.meta.subset == "text_rewrite":
-                source = r.questions[0].split(": ", 1)[1]
+                source = r.questions[0].split("Answer: ", 1)[1]
                 assert extract_claims(source) - extract_claims(answer) <= {
                     c for c in extract_claims(source) if c[0] == "count"
                 }, "rewrite loses facts"
@@ -322,6 +323,32 @@ def test_annotations_rank_clean_candidates_first(toyworld):
             if c["truth"]["flaw"] in ("none", "terse"):
                 assert false_claims(c["answer"], scene) == [], c
     assert best_is_clean / (len(answer_groups) + len(question_groups)) > 0.85
+
+
+def test_teacher_and_own_answers_state_the_same_facts():
+    from vialign.toyworld.instructions import SOFT_MAKERS
+
+    checked = 0
+    for k in range(300):
+        scene = sample_scene(11, "train", k)
+        for make in SOFT_MAKERS.values():
+            for _, teacher, own in make(scene, random.Random(k)):
+                assert extract_claims(teacher) == extract_claims(own), (teacher, own)
+                assert false_claims(own, scene) == [] and extract_claims(own)
+                checked += 1
+    assert checked > 900
+
+
+def test_review_examples_say_yes_exactly_when_the_facts_match(toyworld):
+    from vialign.align.prompts import DEFAULT_REVIEW_PROMPT
+
+    head = DEFAULT_REVIEW_PROMPT.split("{original}")[0]
+    reviews = [r for r in read_samples(toyworld / "text" / "corpus.jsonl") if r.meta.subset == "text_review"]
+    assert len(reviews) > 100 and {r.answers[0] for r in reviews} == {"Yes.", "No."}
+    for r in reviews:
+        original, rewrite = r.questions[0].removeprefix(head).split("\n\nText B: ")
+        same = extract_claims(original) == extract_claims(rewrite)
+        assert r.answers[0] == ("Yes." if same else "No."), r.questions[0]
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from vialign.align.prompts import DEFAULT_REVIEW_PROMPT, DEFAULT_REWRITE_PROMPT
 from vialign.config import Settings
 from vialign.data.formats import FormatSettings, classify_sample, is_soft
 from vialign.generation.base import Backend, ChatRequest, GenerationParams, open_backend
@@ -22,15 +23,6 @@ from vialign.generation.runner import Row, RunnerSettings
 from vialign.manifest import fingerprint_bytes
 from vialign.records import GPT, Sample
 
-DEFAULT_REWRITE_PROMPT = (
-    "Rewrite the following answer in your own words. Keep every fact exactly: add nothing, drop nothing, "
-    "change nothing. If it already reads the way you would write it, return it unchanged. Reply with the "
-    "answer only.\n\nAnswer: {text}"
-)
-DEFAULT_REVIEW_PROMPT = (
-    "Do these two texts state exactly the same facts, with nothing added, dropped or changed? "
-    "Reply with Yes or No.\n\nText A: {original}\n\nText B: {rewrite}"
-)
 Verdict = Literal["same", "different", "unparsable"]
 
 

@@ -35,9 +35,9 @@ def annotator_score(criteria: dict[str, float], weights: dict[str, float], rng: 
 
 
 def good_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-    pairs = [conv_objects(scene, rng), conv_position(scene, rng), conv_count(scene, rng)]
+    triples = [conv_objects(scene, rng), conv_position(scene, rng), conv_count(scene, rng)]
     colour = conv_colour(scene, rng)
-    return pairs + ([colour] if colour else [])
+    return [(q, teacher) for q, teacher, _ in triples + ([colour] if colour else [])]
 
 
 def coverage(scene: Scene, questions: list[str]) -> float:

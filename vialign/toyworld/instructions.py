@@ -13,11 +13,14 @@ from collections.abc import Callable
 from vialign.data.formats import OPTION_LETTER_SUFFIX, SHORT_ANSWER_SUFFIX
 from vialign.toyworld.language import (
     CELL_NAMES,
+    OWN_POSITIONS,
     TEACHER_POSITIONS,
     be,
     join_list,
     noun,
     number_word,
+    own_description,
+    own_object,
     teacher_count_sentence,
     teacher_description,
     teacher_object,
@@ -25,6 +28,7 @@ from vialign.toyworld.language import (
 from vialign.toyworld.scene import COLOURS, SHAPES, SIZES, Scene, plural
 
 QA = tuple[str, str]
+QAO = tuple[str, str, str]  # question, teacher-manner answer, own-manner answer with the same facts
 SOFT_SUBSETS = ("conversation", "detail", "complex_reasoning")
 HARD_SUBSETS = ("short_answer", "yes_no", "multiple_choice", "counting")
 CORRUPTIONS = ("wrong_attribute", "hallucinated_object", "truncated_answer", "swapped_image")
@@ -52,14 +56,15 @@ LISTING_QUESTIONS = (
 )
 
 
-def conv_objects(scene: Scene, rng: random.Random) -> QA:
+def conv_objects(scene: Scene, rng: random.Random) -> QAO:
     n = len(scene.objects)
     q = rng.choice(LISTING_QUESTIONS)
-    items = join_list([teacher_object(o) for o in scene.objects])
-    return q, f"In the image, there {be(n)} {number_word(n)} {noun('shape', n)}: {items}."
+    teacher = f"In the image, there {be(n)} {number_word(n)} {noun('shape', n)}: {join_list([teacher_object(o) for o in scene.objects])}."
+    own = f"There {be(n)} {n} {noun('object', n)}: {join_list([own_object(o) for o in scene.objects])}."
+    return q, teacher, own
 
 
-def conv_colour(scene: Scene, rng: random.Random) -> QA | None:
+def conv_colour(scene: Scene, rng: random.Random) -> QAO | None:
     unique = scene.unique_by("shape")
     if not unique:
         return None
@@ -67,26 +72,31 @@ def conv_colour(scene: Scene, rng: random.Random) -> QA | None:
     return (
         f"What color is the {obj.shape} in the image?",
         f"The {obj.shape} in the image is {obj.colour}, which makes it stand out vividly against the dark background.",
+        f"The {obj.shape} is {obj.colour}.",
     )
 
 
-def conv_position(scene: Scene, rng: random.Random) -> QA:
+def conv_position(scene: Scene, rng: random.Random) -> QAO:
     obj = rng.choice(scene.objects)
     return (
         f"Where is the {obj.name} located?",
         f"The {obj.full_name} is situated {TEACHER_POSITIONS[obj.cell]}, occupying that part of the scene.",
+        f"The {obj.full_name} is {OWN_POSITIONS[obj.cell]}.",
     )
 
 
-def conv_count(scene: Scene, rng: random.Random) -> QA:
+def conv_count(scene: Scene, rng: random.Random) -> QAO:
     shape = rng.choice([o.shape for o in scene.objects] + [rng.choice(SHAPES)])
-    return f"How many {plural(shape)} are there in the image?", teacher_count_sentence(
-        scene.count(shape=shape), shape
+    n = scene.count(shape=shape)
+    return (
+        f"How many {plural(shape)} are there in the image?",
+        teacher_count_sentence(n, shape),
+        f"There {be(n)} {n} {noun(shape, n)}.",
     )
 
 
-def conversation(scene: Scene, rng: random.Random) -> list[QA]:
-    makers: list[Callable[[Scene, random.Random], QA | None]] = [conv_colour, conv_position, conv_count]
+def conversation(scene: Scene, rng: random.Random) -> list[QAO]:
+    makers: list[Callable[[Scene, random.Random], QAO | None]] = [conv_colour, conv_position, conv_count]
     rng.shuffle(makers)
     turns = [conv_objects(scene, rng)]
     for make in makers[: rng.randint(1, 3)]:
@@ -99,11 +109,11 @@ def conversation(scene: Scene, rng: random.Random) -> list[QA]:
 # ---------------------------------------------------------------- soft: detail, complex reasoning
 
 
-def detail(scene: Scene, rng: random.Random) -> list[QA]:
-    return [(rng.choice(DETAIL_PROMPTS), teacher_description(scene, rng))]
+def detail(scene: Scene, rng: random.Random) -> list[QAO]:
+    return [(rng.choice(DETAIL_PROMPTS), teacher_description(scene, rng), own_description(scene))]
 
 
-def reason_topmost(scene: Scene, rng: random.Random) -> QA | None:
+def reason_topmost(scene: Scene, rng: random.Random) -> QAO | None:
     top_row = min(o.row for o in scene.objects)
     top = [o for o in scene.objects if o.row == top_row]
     if len(top) != 1 or len(scene.objects) < 2:
@@ -114,10 +124,11 @@ def reason_topmost(scene: Scene, rng: random.Random) -> QA | None:
         f"Looking at the vertical arrangement of the scene, the {obj.full_name} {TEACHER_POSITIONS[obj.cell]} sits "
         "highest of all the elements, so it is the one closest to the top of the image. The remaining elements are "
         "all placed lower in the composition.",
+        f"The {obj.full_name} {OWN_POSITIONS[obj.cell]} is closest to the top. The others are lower.",
     )
 
 
-def reason_compare(scene: Scene, rng: random.Random) -> QA:
+def reason_compare(scene: Scene, rng: random.Random) -> QAO:
     a, b = rng.sample(SHAPES, 2)
     if rng.random() < 0.7:
         a = rng.choice(scene.objects).shape
@@ -128,28 +139,31 @@ def reason_compare(scene: Scene, rng: random.Random) -> QA:
         f"Are there more {plural(a)} than {plural(b)} in the image?",
         f"Upon careful inspection, there {be(na)} {number_word(na)} {noun(a, na)} and {number_word(nb)} {noun(b, nb)} "
         f"in the image. Therefore, {verdict.format(plural(a), plural(b))} in this particular scene.",
+        f"There {be(na)} {na} {noun(a, na)} and {nb} {noun(b, nb)}. So {'yes' if na > nb else 'no'}.",
     )
 
 
-def reason_remove_colour(scene: Scene, rng: random.Random) -> QA:
+def reason_remove_colour(scene: Scene, rng: random.Random) -> QAO:
     colour = rng.choice(scene.objects).colour
     rest = [o for o in scene.objects if o.colour != colour]
     k = scene.count(colour=colour)
     q = f"What would remain in the scene if all the {colour} objects were removed?"
     head = f"The scene currently contains {number_word(k)} {colour} {noun('object', k)}."
+    own_head = f"There {be(k)} {k} {colour} {noun('object', k)}."
     if not rest:
         return (
             q,
             f"{head} Since every element in the image shares that color, nothing at all would remain, leaving only the dark background.",
+            f"{own_head} Without them, nothing is left.",
         )
-    items = join_list([teacher_object(o) for o in rest])
     return (
         q,
-        f"{head} If they were removed, the scene would still contain {items}, preserving part of the original layout.",
+        f"{head} If they were removed, the scene would still contain {join_list([teacher_object(o) for o in rest])}, preserving part of the original layout.",
+        f"{own_head} Without them, there is {join_list([own_object(o) for o in rest])}.",
     )
 
 
-def complex_reasoning(scene: Scene, rng: random.Random) -> list[QA]:
+def complex_reasoning(scene: Scene, rng: random.Random) -> list[QAO]:
     makers = [reason_topmost, reason_compare, reason_remove_colour]
     rng.shuffle(makers)
     for make in makers:
@@ -157,6 +171,19 @@ def complex_reasoning(scene: Scene, rng: random.Random) -> list[QA]:
         if qa:
             return [qa]
     raise AssertionError("reason_compare always answers")
+
+
+SOFT_MAKERS: dict[str, Callable[[Scene, random.Random], list[QAO]]] = {
+    "conversation": conversation,
+    "detail": detail,
+    "complex_reasoning": complex_reasoning,
+}
+
+
+def teacher_turns(
+    make: Callable[[Scene, random.Random], list[QAO]],
+) -> Callable[[Scene, random.Random], list[QA]]:
+    return lambda scene, rng: [(q, teacher) for q, teacher, _ in make(scene, rng)]
 
 
 # ---------------------------------------------------------------- hard subsets
@@ -228,9 +255,7 @@ def counting(scene: Scene, rng: random.Random) -> list[QA]:
 
 
 SUBSET_MAKERS: dict[str, Callable[[Scene, random.Random], list[QA]]] = {
-    "conversation": conversation,
-    "detail": detail,
-    "complex_reasoning": complex_reasoning,
+    **{name: teacher_turns(make) for name, make in SOFT_MAKERS.items()},
     "short_answer": short_answer,
     "yes_no": yes_no,
     "multiple_choice": multiple_choice,

@@ -5,10 +5,13 @@ text-retention evaluation. Each task returns (prompt, answer); answers are exact
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 
-from vialign.toyworld.language import OWN_POSITIONS, own_description, teacher_description
-from vialign.toyworld.scene import COLOURS, SHAPES, Scene, plural, sample_scene
+from vialign.align.prompts import DEFAULT_REVIEW_PROMPT, DEFAULT_REWRITE_PROMPT
+from vialign.toyworld.instructions import SOFT_MAKERS
+from vialign.toyworld.language import OWN_POSITIONS, extract_claims, own_description
+from vialign.toyworld.scene import COLOURS, SHAPES, SIZES, Scene, plural, sample_scene
 
 CORNERS = {"circle": 0, "square": 4, "triangle": 3, "diamond": 4, "cross": 12}
 MIXES = {
@@ -16,7 +19,6 @@ MIXES = {
     frozenset(("blue", "yellow")): "green",
     frozenset(("red", "blue")): "purple",
 }
-REWRITE_PROMPT = "Rewrite this text in your own words and keep every fact: "
 DESCRIBE_PROMPT = "Describe this scene: "
 
 
@@ -84,13 +86,52 @@ TEXT_TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "text_arithmetic": arithmetic_task,
 }
 CORPUS_SHARES = {
-    "text_describe": 0.25,
-    "text_rewrite": 0.25,
-    "text_facts": 0.12,
-    "text_counting": 0.13,
-    "text_reasoning": 0.12,
-    "text_arithmetic": 0.13,
+    "text_describe": 0.12,
+    "text_rewrite": 0.33,
+    "text_review": 0.22,
+    "text_facts": 0.08,
+    "text_counting": 0.09,
+    "text_reasoning": 0.08,
+    "text_arithmetic": 0.08,
 }
+
+
+def soft_answer_pair(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    """A teacher-manner answer about the scene and the own-manner answer with the same facts."""
+    _, teacher, own = rng.choice(SOFT_MAKERS[rng.choice(sorted(SOFT_MAKERS))](scene, rng))
+    return teacher, own
+
+
+def change_one_fact(text: str, rng: random.Random) -> str | None:
+    """The text with one fact changed (colour, number, position, size) or its last sentence dropped."""
+    edits = []
+    for colour in COLOURS:
+        if re.search(rf"\b{colour}\b", text):
+            edits.append((rf"\b{colour}\b", rng.choice([c for c in COLOURS if c != colour])))
+    for number in set(re.findall(r"\b\d\b", text)):
+        edits.append((rf"\b{number}\b", str((int(number) + rng.randint(1, 3)) % 5)))
+    for position in OWN_POSITIONS:
+        if position in text:
+            edits.append((re.escape(position), rng.choice([p for p in OWN_POSITIONS if p != position])))
+    for size in SIZES:
+        if re.search(rf"\b{size}\b", text):
+            edits.append((rf"\b{size}\b", next(x for x in SIZES if x != size)))
+    rng.shuffle(edits)
+    sentences = text.split(". ")
+    candidates = [re.sub(pattern, new, text, count=1) for pattern, new in edits]
+    if len(sentences) > 2:
+        candidates.append(". ".join(sentences[:-1]) + ".")
+    for candidate in candidates:
+        if extract_claims(candidate) != extract_claims(text):
+            return candidate
+    return None
+
+
+def review_example(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    teacher, own = soft_answer_pair(scene, rng)
+    changed = change_one_fact(own, rng) if rng.random() < 0.5 else None
+    verdict = "No." if changed else "Yes."
+    return DEFAULT_REVIEW_PROMPT.format(original=teacher, rewrite=changed or own), verdict
 
 
 def text_example(seed: int, stream: str, index: int, subset: str) -> tuple[str, str, Scene | None]:
@@ -103,5 +144,9 @@ def text_example(seed: int, stream: str, index: int, subset: str) -> tuple[str, 
     if subset == "text_describe":
         return DESCRIBE_PROMPT + scene_listing(scene), own_description(scene), scene
     if subset == "text_rewrite":
-        return REWRITE_PROMPT + teacher_description(scene, rng), own_description(scene), scene
+        teacher, own = soft_answer_pair(scene, rng)
+        return DEFAULT_REWRITE_PROMPT.format(text=teacher), own, scene
+    if subset == "text_review":
+        prompt, verdict = review_example(scene, rng)
+        return prompt, verdict, scene
     raise ValueError(f"unknown text subset {subset!r}")
