@@ -311,8 +311,12 @@ class ChatEncoder:
         ids: list[int] = []
         kinds: list[int] = []
         for token, (a, b) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
-            # Whitespace a tokenizer folds into a token ("▁word") belongs to the piece before it.
-            visible = [char_kind[c] for c in range(a, b) if not text[c].isspace()] or char_kind[a : a + 1]
+            # Whitespace folded into a token ("▁word") belongs to the word; a token of whitespace only
+            # (a bare "▁" word-start marker) belongs to the word that follows it.
+            visible = [char_kind[c] for c in range(a, b) if not text[c].isspace()]
+            if not visible:
+                after = next((c for c in range(b, len(text)) if not text[c].isspace()), None)
+                visible = [char_kind[after]] if after is not None else char_kind[a : a + 1]
             spanned = list(dict.fromkeys(visible))
             kind = next((k for k in spanned if k not in trained), spanned[0]) if spanned else Kind.ROLE
             self.straddling += len(spanned) > 1
