@@ -102,12 +102,21 @@ def soft_answer_pair(scene: Scene, rng: random.Random) -> tuple[str, str]:
     return teacher, own
 
 
+def replace_one(text: str, pattern: str, new: str, rng: random.Random) -> str:
+    """Replace one occurrence of `pattern`, chosen at random (not always the first: a reviewer trained
+    only on first-occurrence edits learns to check the first object only)."""
+    matches = list(re.finditer(pattern, text))
+    m = rng.choice(matches)
+    return text[: m.start()] + new + text[m.end() :]
+
+
 def change_one_fact(text: str, rng: random.Random) -> str | None:
-    """The text with one fact changed (colour, number, position, size) or its last sentence dropped."""
+    """The text with one fact changed (colour, shape, number, position, size) or its last sentence dropped."""
     edits = []
-    for colour in COLOURS:
-        if re.search(rf"\b{colour}\b", text):
-            edits.append((rf"\b{colour}\b", rng.choice([c for c in COLOURS if c != colour])))
+    for word in (*COLOURS, *SHAPES):
+        if re.search(rf"\b{word}\b", text):
+            pool = [c for c in COLOURS if c != word] if word in COLOURS else [s for s in SHAPES if s != word]
+            edits.append((rf"\b{word}\b", rng.choice(pool)))
     for number in set(re.findall(r"\b\d\b", text)):
         edits.append((rf"\b{number}\b", str((int(number) + rng.randint(1, 3)) % 5)))
     for position in OWN_POSITIONS:
@@ -117,8 +126,8 @@ def change_one_fact(text: str, rng: random.Random) -> str | None:
         if re.search(rf"\b{size}\b", text):
             edits.append((rf"\b{size}\b", next(x for x in SIZES if x != size)))
     rng.shuffle(edits)
+    candidates = [replace_one(text, pattern, new, rng) for pattern, new in edits]
     sentences = text.split(". ")
-    candidates = [re.sub(pattern, new, text, count=1) for pattern, new in edits]
     if len(sentences) > 2:
         candidates.append(". ".join(sentences[:-1]) + ".")
     for candidate in candidates:

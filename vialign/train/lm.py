@@ -30,7 +30,9 @@ def train_lm(
     torch.manual_seed(model_settings.seed)
     model = LlamaForCausalLM(text_config(tokenizer, model_settings))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    encoder = ChatEncoder(tokenizer, EncoderSettings(chat_format="vicuna_v1", mode=settings.resolved("mode"),
+    # Response-only unless asked: the prompts quote teacher-manner text (rewrite and review tasks),
+    # and an inner LLM that learned to produce that text would blur the writing-manner gap.
+    encoder = ChatEncoder(tokenizer, EncoderSettings(chat_format="vicuna_v1", mode=settings.mode or "response",
                                                      image_tokens=model_settings.image_tokens, max_length=settings.max_length))  # fmt: skip
     items, report = encode_all(encoder, read_samples(corpus))
     out.mkdir(parents=True, exist_ok=True)
