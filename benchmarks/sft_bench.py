@@ -62,7 +62,7 @@ def trl_tokens_per_s(model_dir: Path, samples: list, world: Path, out: Path, ste
     from PIL import Image
     from trl import SFTConfig, SFTTrainer
 
-    from vialign.demo import chat_messages
+    from vialign.records import chat_messages
 
     def row(s):
         messages = chat_messages(s)

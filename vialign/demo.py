@@ -1,68 +1,37 @@
 """The built-in demo. For now: the toy world, validation, statistics, a tiny LLaVA, and a smoke run
-that trains it for a few steps on toy samples and checks that the loss falls. The pipeline issue
-turns this into the full method comparison.
+of the real SFT trainer (LIT labels) that checks the loss falls. The pipeline issue turns this into
+the full method comparison.
 """
 
 from __future__ import annotations
 
-import random
+import json
 import time
 from pathlib import Path
 
-import torch
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from vialign.data.stats import dataset_stats
 from vialign.data.validate import ValidateSettings, validate_file
-from vialign.models.loading import build_tiny_from_toyworld, load_llava
+from vialign.models.loading import build_tiny_from_toyworld
 from vialign.models.tiny import TinyModelSettings
-from vialign.records import IMAGE_TAG, Sample, read_samples
 from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
+from vialign.train.settings import SFTSettings
+from vialign.train.sft import train_sft
 
 
-def chat_messages(sample: Sample) -> list[dict]:
-    """LLaVA turns → transformers chat messages with a typed image part."""
-    messages = []
-    for turn in sample.conversations:
-        if turn.role == "human" and IMAGE_TAG in turn.value:
-            text = turn.value.replace(IMAGE_TAG, "").strip()
-            messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
-        else:
-            messages.append({"role": "user" if turn.role == "human" else "assistant", "content": turn.value})
-    return messages
-
-
-def smoke_batch(samples: list[Sample], root: Path, processor) -> dict[str, torch.Tensor]:
-    """Every real token is a target here (the smoke run checks learning, not label masks)."""
-    texts = [processor.apply_chat_template(chat_messages(s)) for s in samples]
-    images = [Image.open(root / s.image).convert("RGB") for s in samples]
-    batch = processor(images=images, text=texts, return_tensors="pt", padding=True)
-    labels = batch["input_ids"].clone()
-    image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TAG)
-    labels[(batch["attention_mask"] == 0) | (labels == image_id)] = -100
-    batch["labels"] = labels
-    return batch
-
-
-def smoke_train(model_dir: Path, toyworld: Path, steps: int, seed: int) -> tuple[float, float, float]:
-    torch.manual_seed(seed)
-    model, processor = load_llava(model_dir)
-    model.train()
-    samples = [s for s in read_samples(toyworld / "corpus.jsonl") if s.meta.corruption is None]
-    rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
-    losses = []
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = model(**smoke_batch(rng.sample(samples, 8), toyworld, processor)).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    k = max(1, steps // 5)
-    return sum(losses[:k]) / k, sum(losses[-k:]) / k, time.perf_counter() - t0
+def smoke_train(
+    model_dir: Path, toyworld: Path, out: Path, steps: int, seed: int
+) -> tuple[float, float, float]:
+    """A short LIT finetune through the real trainer; (first loss, last loss, seconds)."""
+    settings = SFTSettings(
+        use_cpu=True, max_steps=steps, batch_size=8, lr=5e-4, warmup_ratio=0.05, logging_steps=1, seed=seed
+    )
+    manifest = train_sft(model_dir, toyworld / "corpus.jsonl", out, settings, image_root=toyworld)
+    losses = [row["loss"] for row in json.loads((out / "log_history.json").read_text()) if "loss" in row]
+    k = max(1, len(losses) // 5)
+    return sum(losses[:k]) / k, sum(losses[-k:]) / k, manifest.counts["train_seconds"]
 
 
 def run_demo(out: Path, *, quick: bool, seed: int, console: Console) -> None:
@@ -93,7 +62,7 @@ def run_demo(out: Path, *, quick: bool, seed: int, console: Console) -> None:
         f"[bold]tiny LLaVA[/bold]: {built.counts['parameters']:,} parameters, vocabulary {built.counts['vocab']}, saved to {model_dir}"
     )
 
-    first, last, seconds = smoke_train(model_dir, world, steps, seed)
+    first, last, seconds = smoke_train(model_dir, world, out / "smoke-sft", steps, seed)
     verdict = "[green]falls[/green]" if last < first else "[red]does not fall[/red]"
     console.print(
         f"[bold]smoke run[/bold]: {steps} steps in {seconds:.1f} s, loss {first:.3f} → {last:.3f} ({verdict})"

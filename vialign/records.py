@@ -259,3 +259,15 @@ def read_jsonl(path: str | Path) -> Iterator[Any]:
         for line in f:
             if line.strip():
                 yield orjson.loads(line)
+
+
+def chat_messages(sample: Sample) -> list[dict[str, Any]]:
+    """The sample as transformers/TRL chat messages, `<image>` as a typed image part."""
+    messages: list[dict[str, Any]] = []
+    for turn in sample.conversations:
+        if turn.role == HUMAN and IMAGE_TAG in turn.value:
+            text = turn.value.replace(IMAGE_TAG, "").strip()
+            messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
+        else:
+            messages.append({"role": "user" if turn.role == HUMAN else "assistant", "content": turn.value})
+    return messages
