@@ -22,5 +22,11 @@ def test_quick_accuracy_equals_backend_answers(toyworld, tiny_model_dir):
     requests = [ChatRequest(str(q["question_id"]), [{"role": "user", "content": f"<image>\n{q['text']}\n{SHORT_ANSWER_SUFFIX}"}],
                             [toyworld / q["image"]]) for q in questions]  # fmt: skip
     answers = [r.text for r in backend.generate(requests, GenerationParams(max_new_tokens=8))]
-    expected = sum(normalise(a) == normalise(truth[q["question_id"]]) for a, q in zip(answers, questions, strict=True)) / 12
+    expected = (
+        sum(
+            normalise(a) == normalise(truth[q["question_id"]])
+            for a, q in zip(answers, questions, strict=True)
+        )
+        / 12
+    )
     assert accuracy == expected

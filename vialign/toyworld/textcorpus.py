@@ -86,13 +86,13 @@ TEXT_TASKS: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "text_arithmetic": arithmetic_task,
 }
 CORPUS_SHARES = {
-    "text_describe": 0.12,
-    "text_rewrite": 0.33,
-    "text_review": 0.22,
-    "text_facts": 0.08,
-    "text_counting": 0.09,
-    "text_reasoning": 0.08,
-    "text_arithmetic": 0.08,
+    "text_describe": 0.08,
+    "text_rewrite": 0.30,
+    "text_review": 0.38,
+    "text_facts": 0.06,
+    "text_counting": 0.06,
+    "text_reasoning": 0.06,
+    "text_arithmetic": 0.06,
 }
 
 
