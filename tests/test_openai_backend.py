@@ -20,6 +20,19 @@ def server():
     s.close()
 
 
+def prompt_rows(client):
+    """A stage function: records with a prompt in, one row each (text or error) out."""
+
+    def process(batch):
+        requests = [ChatRequest(x["id"], [{"role": "user", "content": x["prompt"]}]) for x in batch]
+        return [
+            Row(r.id, r.texts[0] if r.texts else None, r.error)
+            for r in client.generate(requests, GenerationParams())
+        ]
+
+    return process
+
+
 def backend(server, **kw):
     return OpenAIBackend(server.url, "m", api_key_env="VIALIGN_TEST_KEY", timeout_s=0.5, max_retries=3, **kw)
 
@@ -33,12 +46,7 @@ def test_faults_end_done_or_failed_and_nothing_is_lost(server, tmp_path, monkeyp
     items = [{"id": f"r{i}", "prompt": p} for i, p in enumerate(prompts)]
     client = backend(server)
 
-    def process(batch):
-        results = client.generate(
-            [ChatRequest(x["id"], [{"role": "user", "content": x["prompt"]}]) for x in batch],
-            GenerationParams(),
-        )
-        return [Row(r.id, r.texts[0] if r.texts else None, r.error) for r in results]
+    process = prompt_rows(client)
 
     out = tmp_path / "out.jsonl"
     report = run_resumable(items, lambda x: x["id"], process, out, RunnerSettings(batch_size=5), show_progress=False,
@@ -66,12 +74,7 @@ def test_failed_records_are_retried_on_the_next_run(server, tmp_path):
     client = backend(server)
     items = [{"id": "a", "prompt": "FAULT:500x4 x"}, {"id": "b", "prompt": "fine"}]
 
-    def process(batch):
-        results = client.generate(
-            [ChatRequest(x["id"], [{"role": "user", "content": x["prompt"]}]) for x in batch],
-            GenerationParams(),
-        )
-        return [Row(r.id, r.texts[0] if r.texts else None, r.error) for r in results]
+    process = prompt_rows(client)
 
     out = tmp_path / "o.jsonl"
     first = run_resumable(items, lambda x: x["id"], process, out, RunnerSettings(), show_progress=False)
