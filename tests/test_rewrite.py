@@ -190,3 +190,59 @@ def test_ray_engine_gives_the_local_output(toyworld, tiny_model_dir, tmp_path):
     run_resumable(soft, lambda s: s.id, None, tmp_path / "ray.jsonl", ray_settings, finish=keep_original_on_failure,
                   ray_factory=rewriter_factory(str(tiny_model_dir), settings), show_progress=False)  # fmt: skip
     assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+
+
+def test_option_probs_sum_every_token_spelling_the_option(tiny_model_dir):
+    import torch
+
+    from vialign.generation.base import ChatRequest
+    from vialign.generation.local import TransformersBackend
+
+    backend = TransformersBackend.load(tiny_model_dir)
+    ids = backend.option_token_ids("No")
+    spelled = [
+        backend.tokenizer.convert_tokens_to_string([backend.tokenizer.convert_ids_to_tokens(i)])
+        .strip()
+        .lower()
+        for i in ids
+    ]
+    assert spelled and all(s.startswith("no") and (len(s) == 2 or not s[2].isalpha()) for s in spelled)
+    request = ChatRequest("r", [{"role": "user", "content": "Is a circle round?"}])
+    (probs,) = backend.option_probs([request], ["Yes", "No"])
+    with torch.no_grad():
+        logits = backend.model(input_ids=torch.tensor([backend.prompt_ids(request)])).logits[0, -1]
+    manual = torch.softmax(logits.float(), -1)
+    assert probs["No"] == pytest.approx(float(manual[ids].sum()), rel=1e-5)
+    assert probs["Yes"] == pytest.approx(float(manual[backend.option_token_ids("Yes")].sum()), rel=1e-5)
+
+
+def test_review_threshold_decides_by_the_yes_probability(toyworld, tiny_model_dir):
+    from vialign.align.prompts import DEFAULT_REVIEW_PROMPT
+    from vialign.generation.base import ChatRequest
+
+    soft = [s for s in read_samples(toyworld / "corpus.jsonl") if s.meta.subset == "conversation"][:3]
+    settings = RewriteSettings(
+        rewrite_params={"max_new_tokens": 5}, review_params={"max_new_tokens": 2}, review_min_yes=0.5
+    )
+    rewriter = make_rewriter(str(tiny_model_dir), settings)
+    rows = rewriter(soft)
+    for row in rows:
+        for turn in row.value["meta"]["provenance"][-1]["turns"]:
+            prompt = DEFAULT_REVIEW_PROMPT.format(original=turn["original"], rewrite=turn["rewrite"])
+            (p,) = rewriter.backend.option_probs(
+                [ChatRequest("x", [{"role": "user", "content": prompt}])], ["Yes", "No"]
+            )
+            assert turn["p_yes"] == pytest.approx(p["Yes"] / (p["Yes"] + p["No"]), abs=1e-4)
+            assert turn["verdict"] == ("same" if turn["p_yes"] >= 0.5 else "different")
+            assert turn["kept"] == (
+                "rewrite" if turn["verdict"] == "same" and turn["rewrite"].strip() else "original"
+            )
+
+
+def test_review_threshold_needs_a_scoring_backend():
+    server = FaultServer()
+    try:
+        with pytest.raises(ValueError, match="scores options"):
+            make_rewriter(server.url, RewriteSettings(model_name="m", review_min_yes=0.8))
+    finally:
+        server.close()

@@ -31,6 +31,13 @@ class RewriteSettings(Settings):
     review_prompt: str = DEFAULT_REVIEW_PROMPT
     rewrite_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=512))
     review_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=8))
+    review_min_yes: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="accept a rewrite only when P(Yes) / (P(Yes) + P(No)) for the review's first token reaches "
+        "this; needs a backend that scores options (transformers)",
+    )
     backend: str | None = Field(None, description="transformers | vllm | openai; default from --llm")
     chat_format: str = "vicuna_v1"
     model_name: str | None = Field(None, description="model name for the openai backend")
@@ -83,6 +90,8 @@ class Rewriter:
     """The stage function: a batch of samples in, one row per sample out."""
 
     def __init__(self, backend: Backend, settings: RewriteSettings):
+        if settings.review_min_yes is not None and not hasattr(backend, "option_probs"):
+            raise ValueError(f"review_min_yes needs a backend that scores options; {backend.name} cannot")
         self.backend, self.settings = backend, settings
         self.identity = {**backend.identity(), "rewrite_prompt": fingerprint_bytes(settings.rewrite_prompt.encode()),
                          "review_prompt": fingerprint_bytes(settings.review_prompt.encode())}  # fmt: skip
@@ -95,8 +104,10 @@ class Rewriter:
         rewrites = ask(self.backend, {key: self.settings.rewrite_prompt.format(text=text) for key, text in answers.items()},
                        self.settings.rewrite_params)  # fmt: skip
         reviewable = {key: text for key, text in rewrites.items() if isinstance(text, str)}
-        reviews = ask(self.backend, {key: self.settings.review_prompt.format(original=answers[key], rewrite=text)
-                                     for key, text in reviewable.items()}, self.settings.review_params)  # fmt: skip
+        review_prompts = {key: self.settings.review_prompt.format(original=answers[key], rewrite=text)
+                          for key, text in reviewable.items()}  # fmt: skip
+        reviews = ask(self.backend, review_prompts, self.settings.review_params)
+        yes = self.yes_probabilities(review_prompts) if self.settings.review_min_yes is not None else {}
         rows = []
         for sample in batch:
             if sample not in soft:
@@ -110,20 +121,33 @@ class Rewriter:
             if errors:
                 rows.append(Row(sample.id, error="; ".join(errors)))
                 continue
-            rows.append(Row(sample.id, self.rewritten(sample, rewrites, reviews).to_json()))
+            rows.append(Row(sample.id, self.rewritten(sample, rewrites, reviews, yes).to_json()))
         return rows
 
-    def rewritten(self, sample: Sample, rewrites: dict[str, str], reviews: dict[str, str]) -> Sample:
+    def yes_probabilities(self, prompts: dict[str, str]) -> dict[str, float]:
+        requests = [ChatRequest(key, [{"role": "user", "content": p}]) for key, p in prompts.items()]
+        probs = self.backend.option_probs(requests, ["Yes", "No"]) if requests else []
+        return {r.id: p["Yes"] / max(p["Yes"] + p["No"], 1e-12) for r, p in zip(requests, probs, strict=True)}
+
+    def verdict(self, review: str, p_yes: float | None) -> Verdict:
+        if p_yes is None:
+            return parse_verdict(review)
+        return "same" if p_yes >= self.settings.review_min_yes else "different"
+
+    def rewritten(
+        self, sample: Sample, rewrites: dict[str, str], reviews: dict[str, str], yes: dict[str, float]
+    ) -> Sample:
         out = sample.model_copy(deep=True)
         turns = []
         for k, turn in enumerate(out.conversations):
             if turn.role != GPT:
                 continue
             key = f"{sample.id}#{k}"
-            verdict = parse_verdict(reviews[key])
+            verdict = self.verdict(reviews[key], yes.get(key))
             keep_rewrite = verdict == "same" and rewrites[key].strip() != ""
             turns.append({"turn": k, "original": turn.value, "rewrite": rewrites[key], "review": reviews[key],
-                          "verdict": verdict, "kept": "rewrite" if keep_rewrite else "original"})  # fmt: skip
+                          "verdict": verdict, "kept": "rewrite" if keep_rewrite else "original",
+                          **({"p_yes": round(yes[key], 4)} if key in yes else {})})  # fmt: skip
             if keep_rewrite:
                 turn.value = rewrites[key].strip()
         out.meta.format_class = classify_sample(sample, self.settings.formats)

@@ -52,6 +52,7 @@ class TransformersBackend:
             path,
         )
         self._fingerprint: str | None = None
+        self._option_ids: dict[str, list[int]] = {}
 
     @classmethod
     def load(
@@ -113,6 +114,41 @@ class TransformersBackend:
                     except Exception as exc:
                         results[request.id] = ChatResult(request.id, error=f"{type(exc).__name__}: {exc}")
         return [results[r.id] for r in requests]
+
+    @torch.no_grad()
+    def option_probs(self, requests: list[ChatRequest], options: Sequence[str]) -> list[dict[str, float]]:
+        """Per request, the probability that the answer starts with each option's first token."""
+        prompts = [self.prompt_ids(r) for r in requests]
+        ids = {o: torch.tensor(self.option_token_ids(o)) for o in options}
+        width = max(len(p) for p in prompts)
+        pad = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
+        mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
+        )
+        probs = torch.softmax(
+            self.model(input_ids=input_ids, attention_mask=mask).logits[:, -1].float(), dim=-1
+        )
+        return [{o: float(row[i].sum()) for o, i in ids.items()} for row in probs]
+
+    def option_token_ids(self, option: str) -> list[int]:
+        """Every token that spells `option` then stops or goes on with a non-letter ("▁No", "▁No.",
+        "No"): vocabularies merge an answer's punctuation differently, so one token id is not enough."""
+        if option not in self._option_ids:
+            want = option.lower()
+            found = []
+            for token, i in self.tokenizer.get_vocab().items():
+                text = self.tokenizer.convert_tokens_to_string([token]).strip().lower()
+                if text.startswith(want) and (len(text) == len(want) or not text[len(want)].isalpha()):
+                    found.append(i)
+            if not found:
+                raise ValueError(f"no token of this vocabulary spells {option!r}")
+            self._option_ids[option] = found
+        return self._option_ids[option]
 
     @torch.no_grad()
     def generate_ids(
