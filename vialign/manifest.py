@@ -77,7 +77,3 @@ def write_manifest(out_dir: str | Path, manifest: Manifest) -> Path:
     tmp.write_bytes(orjson.dumps(manifest.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
     tmp.replace(path)
     return path
-
-
-def read_manifest(out_dir: str | Path) -> Manifest:
-    return Manifest.model_validate(orjson.loads((Path(out_dir) / MANIFEST_NAME).read_bytes()))

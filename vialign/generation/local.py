@@ -120,20 +120,28 @@ class TransformersBackend:
         """Per request, the probability that the answer starts with each option's first token."""
         prompts = [self.prompt_ids(r) for r in requests]
         ids = {o: torch.tensor(self.option_token_ids(o)) for o in options}
-        width = max(len(p) for p in prompts)
-        pad = (
+        probs = torch.softmax(self.model(**self.left_padded(prompts)).logits[:, -1].float(), dim=-1)
+        return [{o: float(row[i].sum()) for o, i in ids.items()} for row in probs]
+
+    @property
+    def pad_id(self) -> int:
+        return (
             self.tokenizer.pad_token_id
             if self.tokenizer.pad_token_id is not None
             else self.tokenizer.eos_token_id
         )
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
-        mask = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
-        )
-        probs = torch.softmax(
-            self.model(input_ids=input_ids, attention_mask=mask).logits[:, -1].float(), dim=-1
-        )
-        return [{o: float(row[i].sum()) for o, i in ids.items()} for row in probs]
+
+    def left_padded(self, prompts: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask with pads on the left, so every prompt ends at the last column."""
+        width = max(len(p) for p in prompts)
+        return {
+            "input_ids": torch.tensor(
+                [[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.model.device
+            ),
+            "attention_mask": torch.tensor(
+                [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
+            ),
+        }
 
     def option_token_ids(self, option: str) -> list[int]:
         """Every token that spells `option` then stops or goes on with a non-letter ("▁No", "▁No.",
@@ -154,19 +162,9 @@ class TransformersBackend:
     def generate_ids(
         self, prompts: Sequence[list[int]], images: Sequence[Sequence[Path]], params: GenerationParams
     ) -> list[list[str]]:
-        width = max(len(p) for p in prompts)
-        pad = (
-            self.tokenizer.pad_token_id
-            if self.tokenizer.pad_token_id is not None
-            else self.tokenizer.eos_token_id
-        )
         device = self.model.device
-        inputs: dict[str, torch.Tensor] = {
-            "input_ids": torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device),
-            "attention_mask": torch.tensor(
-                [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device
-            ),
-        }
+        inputs = self.left_padded(prompts)
+        width, pad = inputs["input_ids"].shape[1], self.pad_id
         files = [p for group in images for p in group]
         if files:
             pixels = self.image_processor(
