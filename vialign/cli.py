@@ -28,6 +28,10 @@ app.add_typer(toyworld_app, name="toyworld")
 app.add_typer(model_app, name="model")
 app.add_typer(train_app, name="train")
 app.add_typer(align_app, name="align")
+curate_app = typer.Typer(
+    help="Human-preference curation: reward models, scoring, cascade selection.", no_args_is_help=True
+)
+app.add_typer(curate_app, name="curate")
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -506,6 +510,214 @@ def align_gap(
     out_console.print(view)
     if vs:
         out_console.print(f"delta (vs − input): {summary['delta_mean_nll']:+.4f}")
+
+
+# ---------------------------------------------------------------- curation
+
+ImageRootOpt = Annotated[Path | None, typer.Option("--image-root", help="folder image paths are relative to")]
+
+
+@curate_app.command("train-rm")
+def curate_train_rm(
+    model: Annotated[
+        str, typer.Option("--model", help="LLaVA checkpoint folder: the reward model's backbone")
+    ],
+    annotations: Annotated[
+        list[Path],
+        typer.Option(
+            "--annotations", help="annotation groups JSONL (repeatable)", exists=True, dir_okay=False
+        ),
+    ],
+    kind: Annotated[str, typer.Option("--kind", help="questions | answers")],
+    out: Annotated[Path, typer.Option("--out", help="reward model folder to write")],
+    image_root: ImageRootOpt = None,
+    resume: Annotated[str | None, typer.Option(help="checkpoint folder, or 'last'")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train a question or answer reward model (LLaVA + linear head, Bradley–Terry over scored groups)."""
+    from vialign.curate.train import RewardTrainSettings, train_reward_model
+
+    if kind not in ("questions", "answers"):
+        err_console.print(f"[red]error:[/red] --kind must be questions or answers, not {kind!r}")
+        raise typer.Exit(2)
+    settings = settings_or_exit(RewardTrainSettings, config, "reward_model", {}, set_)
+    manifest = train_reward_model(model, annotations, kind, out, settings, image_root=image_root,
+                                  resume=True if resume == "last" else resume)  # fmt: skip
+    c = manifest.counts
+    heldout = c["heldout"] or {}
+    out_console.print(f"{kind} reward model → {out}: {c['train_groups']} groups, {c['pairs']} pairs "
+                      f"({c['negatives']} corrupted negatives), {c['steps']} steps, loss {c['train_loss']:.4f}; "
+                      f"held-out pairwise accuracy {heldout.get('pairwise_accuracy')} over {heldout.get('pairs', 0)} pairs; "
+                      f"{c['rejected'] + c['dropped']} groups rejected (rejects.jsonl)")  # fmt: skip
+
+
+@curate_app.command("eval-rm")
+def curate_eval_rm(
+    rm: Annotated[Path, typer.Option("--rm", help="reward model folder")],
+    annotations: Annotated[
+        list[Path],
+        typer.Option(
+            "--annotations", help="annotation groups JSONL (repeatable)", exists=True, dir_okay=False
+        ),
+    ],
+    image_root: ImageRootOpt = None,
+    all_groups: Annotated[
+        bool, typer.Option("--all", help="every group, not only those held out in training")
+    ] = False,
+) -> None:
+    """Pairwise accuracy of a reward model within annotation groups."""
+    from vialign.curate.annotations import load_groups, split_groups
+    from vialign.curate.reward import load_reward_model
+    from vialign.curate.train import RewardTrainSettings, evaluate_reward_model
+
+    loaded = load_reward_model(rm)
+    training = loaded.card.training
+    groups, rejected = load_groups(list(annotations), loaded.card.kind)
+    if not all_groups:
+        groups = split_groups(groups, training.get("heldout", 0.0), training.get("seed", 0))[1]
+    settings = RewardTrainSettings(preprocess=loaded.card.preprocess)
+    result = evaluate_reward_model(loaded.model, loaded.inputs, groups, image_root, settings)
+    out_console.print_json(data={"rm": str(rm), "groups": "all" if all_groups else "held out",
+                                 "rejected": len(rejected), **result})  # fmt: skip
+
+
+@curate_app.command("score")
+def curate_score(
+    input: Annotated[Path, typer.Argument(help="validated JSONL", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", help="scored JSONL (resumable through OUT.partial.jsonl)")],
+    questions_rm: Annotated[
+        Path | None, typer.Option("--questions-rm", help="question reward model folder")
+    ] = None,
+    answers_rm: Annotated[
+        Path | None, typer.Option("--answers-rm", help="answer reward model folder")
+    ] = None,
+    image_root: ImageRootOpt = None,
+    engine: Annotated[str | None, typer.Option(help="local | ray")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N records only")] = None,
+    shard: Annotated[str | None, typer.Option(help="i/N: every N-th record from the i-th")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="records per resumable batch")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score every sample's question set and answers with the reward models (writes meta.curation)."""
+    from vialign.curate.score import (
+        CurationScorer,
+        PreprocessMismatch,
+        ScoreSettings,
+        load_scorers,
+        scored_record,
+        scorer_factory,
+    )
+    from vialign.generation.runner import run_resumable
+    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.records import read_samples
+
+    settings = settings_or_exit(ScoreSettings, config, "score", {}, set_)
+    runner = settings.runner.model_copy(update={k: v for k, v in
+                                                {"engine": engine, "limit": limit, "shard": shard, "batch_size": batch_size}.items()
+                                                if v is not None})  # fmt: skip
+    paths = {k: p for k, p in (("questions", questions_rm), ("answers", answers_rm)) if p is not None}
+    timer = StageTimer()
+    try:
+        models = load_scorers(paths, settings)
+    except (PreprocessMismatch, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    identity = {k: {"path": str(m.path), "fingerprint": m.fingerprint, "preprocess": m.card.preprocess.model_dump()}
+                for k, m in models.items()}  # fmt: skip
+    scorer = CurationScorer(models, image_root, settings.forward_batch) if runner.engine == "local" else None
+    report = run_resumable(list(read_samples(input)), lambda s: s.id, scorer, out, runner, finish=scored_record,
+                           ray_factory=scorer_factory(paths, settings, image_root), task="score",
+                           show_progress=not quiet, identity=identity)  # fmt: skip
+    write_manifest(out.parent / f"{out.stem}.manifest", Manifest(
+        stage="curate.score", inputs={str(input): fingerprint_file(input), **{f"{k}_rm": v["fingerprint"] for k, v in identity.items()}},
+        settings={**settings.model_dump(mode="json"), "reward_models": identity},
+        counts={"selected": report.selected, "reused": report.reused, "processed": report.processed,
+                "failed": len(report.failed)},
+        outputs={str(out): fingerprint_file(out)}, started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
+    ))  # fmt: skip
+    out_console.print(f"scored {report.selected} samples ({report.reused} reused, {report.processed} processed, "
+                      f"{len(report.failed)} failed) → {out}")  # fmt: skip
+    for sample_id, error in list(report.failed.items())[:5]:
+        err_console.print(f"  failed {sample_id}: {error}")
+
+
+@curate_app.command("select")
+def curate_select(
+    input: Annotated[
+        Path, typer.Argument(help="scored JSONL from `vialign curate score`", exists=True, dir_okay=False)
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="folder for selected.jsonl, decisions, summary, histograms")
+    ],
+    question_keep: Annotated[
+        float | None, typer.Option(help="share kept by question score (default 0.3)")
+    ] = None,
+    answer_keep: Annotated[
+        float | None, typer.Option(help="share of those kept by answer score (default 0.3)")
+    ] = None,
+    question_min: Annotated[
+        float | None, typer.Option(help="question score threshold instead of a share")
+    ] = None,
+    answer_min: Annotated[
+        float | None, typer.Option(help="answer score threshold instead of a share")
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="meta field naming the subset (default: subset)")] = None,
+    subsets: Annotated[
+        str | None, typer.Option(help="comma-separated subsets to curate (default: all)")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Per subset: top share by question score, then top share of those by mean answer score."""
+    import orjson
+
+    from vialign.curate.select import (
+        SelectSettings,
+        examples_of,
+        plot_score_histograms,
+        select,
+        with_decision,
+    )
+    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.records import JsonlWriter, read_samples
+
+    options = {"question_keep": question_keep, "answer_keep": answer_keep, "question_min": question_min,
+               "answer_min": answer_min, "by": by, "subsets": subsets.split(",") if subsets else None}  # fmt: skip
+    settings = settings_or_exit(SelectSettings, config, "select", options, set_)
+    timer = StageTimer()
+    samples = list(read_samples(input))
+    decisions, summary = select(samples, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    with JsonlWriter(out / "selected.jsonl") as kept, JsonlWriter(out / "decisions.jsonl") as log:
+        for s in samples:
+            record = with_decision(s, decisions[s.id])
+            log.write({"id": s.id, **record["meta"]["curation"]})
+            if decisions[s.id] == "kept":
+                kept.write(record)
+    for subset in summary:
+        summary[subset]["examples"] = examples_of(samples, decisions, subset, settings)
+    (out / "summary.json").write_bytes(orjson.dumps({"settings": settings.model_dump(mode="json"), "subsets": summary},
+                                                    option=orjson.OPT_INDENT_2))  # fmt: skip
+    plot_score_histograms(samples, summary, settings.by, out / "score_histograms.png")
+    view = Table(title=f"selection from {input}")
+    for column in ("subset", "samples", "after questions", "kept", "question cutoff", "answer cutoff"):
+        view.add_column(column, justify="left" if column == "subset" else "right")
+    for subset, info in summary.items():
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        view.add_row(subset, str(info["samples"]), str(info.get("after_questions", "-")), str(info["kept"]),
+                     fmt(info.get("question_cutoff")), fmt(info.get("answer_cutoff")))  # fmt: skip
+    out_console.print(view)
+    n_kept = sum(d == "kept" for d in decisions.values())
+    write_manifest(out, Manifest(
+        stage="curate.select", inputs={str(input): fingerprint_file(input)}, settings=settings.model_dump(mode="json"),
+        counts={"samples": len(samples), "kept": n_kept, **{f"{k}.kept": v["kept"] for k, v in summary.items()}},
+        outputs={"selected.jsonl": fingerprint_file(out / "selected.jsonl")},
+        started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
+    ))  # fmt: skip
+    out_console.print(f"kept {n_kept} of {len(samples)} → {out / 'selected.jsonl'}")
 
 
 # ---------------------------------------------------------------- demo

@@ -98,6 +98,17 @@ def append_rows(path: Path, rows: list[Row]) -> None:
         os.fsync(f.fileno())
 
 
+def check_identity(partial: Path, identity: dict[str, Any]) -> None:
+    path = partial.with_name(partial.name.removesuffix(".partial.jsonl") + ".identity.json")
+    wanted = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+    if partial.exists() and path.exists() and path.read_bytes() != wanted:
+        raise ValueError(
+            f"{partial} holds results made with other models or settings (see {path}); "
+            "delete both files to start over, or write to another output"
+        )
+    path.write_bytes(wanted)
+
+
 def batches_of(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -114,11 +125,14 @@ def run_resumable(
     ray_factory: Callable[[], Callable[[list[Any]], list[Row]]] | None = None,
     task: str = "records",
     show_progress: bool = True,
+    identity: dict[str, Any] | None = None,
 ) -> RunReport:
     """Process every selected item once, resumably; write the outputs in input order to `out`.
 
     `finish(item, row)` turns a finished row (ok or failed) into the output record; by default an ok
     row's value. With `engine="ray"`, `ray_factory()` builds `process` once inside each Ray actor.
+    `identity` (model fingerprints, settings) is stored beside the partial file; resuming partial
+    results made with a different identity is refused rather than mixing two runs in one output.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +141,8 @@ def run_resumable(
     if len(set(ids)) != len(ids):
         raise ValueError("record ids must be unique for a resumable run; run `vialign data validate` first")
     partial = partial_path(out)
+    if identity is not None:
+        check_identity(partial, identity)
     done = {i: row for i, row in load_partial(partial).items() if row["ok"]}
     pending = [x for x, i in zip(chosen, ids, strict=True) if i not in done]
     report = RunReport(selected=len(chosen), reused=len(chosen) - len(pending))

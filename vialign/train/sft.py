@@ -166,14 +166,15 @@ class TrainResult:
 
 def run_trainer(
     model: PreTrainedModel,
-    dataset: SFTDataset,
-    collator: SFTCollator,
+    dataset: Any,
+    collator: Any,
     out: Path,
     settings: SFTSettings,
     resume: str | bool | None = None,
     callbacks: list | None = None,
+    trainer_cls: type[VialignTrainer] = VialignTrainer,
 ) -> TrainResult:
-    trainer = VialignTrainer(
+    trainer = trainer_cls(
         model=model,
         args=training_arguments(out, settings),
         train_dataset=dataset,

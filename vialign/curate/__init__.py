@@ -1,0 +1,1 @@
+"""Human-preference curation (Align2LLaVA): reward models on quality ratings, scoring, cascade selection."""

@@ -1,0 +1,141 @@
+"""Score a corpus with the question and/or answer reward models, resumably and in batches.
+
+Each sample gets `meta.curation`: `question_score` (its questions as one set), `answer_scores` (one per
+question/answer turn) and `answer_score` (their mean). Preprocessing comes from each reward model's card;
+asking for different preprocessing is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from vialign.config import Settings
+from vialign.curate.reward import (
+    InputTooLong,
+    LoadedRewardModel,
+    PreprocessSettings,
+    RewardInputs,
+    RewardKind,
+    answer_text,
+    load_reward_model,
+    questions_text,
+)
+from vialign.curate.train import RewardCollator, RewardExample, score_examples
+from vialign.generation.runner import Row, RunnerSettings
+from vialign.records import ImagePathError, Sample, confined_image_path
+
+
+class ScoreSettings(Settings):
+    runner: RunnerSettings = Field(default_factory=lambda: RunnerSettings(batch_size=32))
+    forward_batch: int = Field(8, ge=1, description="samples per forward pass (all their turns together)")
+    preprocess: PreprocessSettings | None = Field(
+        None, description="if given, must equal what the reward models were trained with"
+    )
+    device: str | None = Field(None, description="cpu, cuda, cuda:1 ...; default: cuda when available")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class PreprocessMismatch(ValueError):
+    pass
+
+
+def check_preprocess(loaded: LoadedRewardModel, wanted: PreprocessSettings | None) -> None:
+    trained = loaded.card.preprocess
+    if wanted is not None and wanted != trained:
+        diff = {
+            k: (v, getattr(wanted, k)) for k, v in trained.model_dump().items() if getattr(wanted, k) != v
+        }
+        raise PreprocessMismatch(
+            f"{loaded.path} was trained with preprocessing {trained.model_dump()}; scoring asked for "
+            + ", ".join(f"{k}={w!r} (trained: {t!r})" for k, (t, w) in diff.items())
+            + ". Scores are only meaningful with the training preprocessing; drop the override."
+        )
+
+
+def model_inputs(sample: Sample, kind: RewardKind) -> list[str]:
+    n = len(sample.images)
+    if kind == "questions":
+        return [questions_text(sample.questions, n)] if sample.questions else []
+    return [answer_text(q, a, n) for q, a in zip(sample.questions, sample.answers, strict=False)]
+
+
+class CurationScorer:
+    """The runner's `process`: a batch of samples → one row of scores per sample."""
+
+    def __init__(
+        self, models: dict[RewardKind, LoadedRewardModel], image_root: str | Path | None, forward_batch: int
+    ):
+        self.models, self.image_root, self.forward_batch = models, image_root, forward_batch
+        self.inputs: dict[RewardKind, RewardInputs] = {k: m.inputs for k, m in models.items()}
+
+    def example(self, sample: Sample, kind: RewardKind) -> RewardExample:
+        images = [confined_image_path(self.image_root or ".", p) for p in sample.images]
+        missing = [str(p) for p in images if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"image not found: {missing[0]}")
+        candidates = [self.inputs[kind].ids(t) for t in model_inputs(sample, kind)]
+        return RewardExample(sample.id, candidates, images, [], len(candidates))
+
+    def __call__(self, batch: list[Sample]) -> list[Row]:
+        values: dict[str, dict[str, Any]] = {s.id: {} for s in batch}
+        errors: dict[str, str] = {}
+        for kind, loaded in self.models.items():
+            examples = []
+            for sample in batch:
+                if sample.id in errors:
+                    continue
+                try:
+                    examples.append(self.example(sample, kind))
+                except (ImagePathError, FileNotFoundError, InputTooLong) as exc:
+                    errors[sample.id] = f"{kind}: {exc}"
+            usable = [e for e in examples if e.candidates]
+            collator = RewardCollator(self.inputs[kind].tokenizer.pad_token_id, self.inputs[kind])
+            scores = dict(zip([e.group_id for e in usable],
+                              score_examples(loaded.model, collator, usable, self.forward_batch), strict=True))  # fmt: skip
+            for e in examples:
+                values[e.group_id].update(scores_value(kind, scores.get(e.group_id, [])))
+        return [Row(s.id, error=errors[s.id]) if s.id in errors else Row(s.id, values[s.id]) for s in batch]
+
+
+def scores_value(kind: RewardKind, scores: list[float]) -> dict[str, Any]:
+    if kind == "questions":
+        return {"question_score": scores[0] if scores else None}
+    return {"answer_scores": scores, "answer_score": sum(scores) / len(scores) if scores else None}
+
+
+def resolve_device(device: str | None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_scorers(
+    paths: dict[RewardKind, str | Path], settings: ScoreSettings
+) -> dict[RewardKind, LoadedRewardModel]:
+    if not paths:
+        raise ValueError("give at least one reward model (--questions-rm and/or --answers-rm)")
+    models = {}
+    for kind, path in paths.items():
+        loaded = load_reward_model(path, device=resolve_device(settings.device),
+                                   dtype=None if settings.dtype == "auto" else getattr(torch, settings.dtype))  # fmt: skip
+        if loaded.card.kind != kind:
+            raise ValueError(f"{path} is a {loaded.card.kind!r} reward model, given as the {kind!r} one")
+        check_preprocess(loaded, settings.preprocess)
+        models[kind] = loaded
+    return models
+
+
+def scorer_factory(
+    paths: dict[RewardKind, str | Path], settings: ScoreSettings, image_root: str | Path | None
+):
+    """Builds the scorer inside a Ray actor (one copy of the models per actor)."""
+    return lambda: CurationScorer(load_scorers(paths, settings), image_root, settings.forward_batch)
+
+
+def scored_record(sample: Sample, row: dict[str, Any]) -> dict[str, Any]:
+    record = sample.to_json()
+    curation = row["value"] if row["ok"] else {"error": row["error"]}
+    record.setdefault("meta", {})["curation"] = curation
+    return record

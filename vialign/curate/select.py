@@ -1,0 +1,160 @@
+"""Cascade selection (Align2LLaVA): per subset, keep the top share by question score, then the top share
+of those by mean answer score. Thresholds can replace either share."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from vialign.config import Settings
+from vialign.records import Sample
+
+
+class SelectSettings(Settings):
+    by: str = Field("subset", description="meta field that names a sample's subset")
+    subsets: list[str] | None = Field(None, description="subsets to curate; default: every subset")
+    others: Literal["keep", "drop"] = Field("keep", description="what happens to samples of other subsets")
+    question_keep: float = Field(0.3, gt=0.0, le=1.0, description="share kept by question score")
+    answer_keep: float = Field(0.3, gt=0.0, le=1.0, description="share of those kept by answer score")
+    question_min: float | None = Field(None, description="keep question score >= this instead of a share")
+    answer_min: float | None = Field(None, description="keep answer score >= this instead of a share")
+    examples: int = Field(3, ge=0, description="kept and dropped examples per subset in the summary")
+
+    @model_validator(mode="after")
+    def _one_rule_per_stage(self) -> SelectSettings:
+        fields = self.model_fields_set
+        for stage in ("question", "answer"):
+            if f"{stage}_keep" in fields and getattr(self, f"{stage}_min") is not None:
+                raise ValueError(f"give {stage}_keep or {stage}_min, not both")
+        return self
+
+
+def subset_of(sample: Sample, by: str) -> str:
+    value = getattr(sample.meta, by, None)
+    if value is None:
+        value = (sample.meta.model_extra or {}).get(by)
+    return str(value) if value is not None else "(none)"
+
+
+def curation_of(sample: Sample) -> dict[str, Any]:
+    return (sample.meta.model_extra or {}).get("curation") or {}
+
+
+def top(
+    scored: Sequence[tuple[str, float]], keep: float, minimum: float | None
+) -> tuple[list[str], float | None]:
+    """Ids kept by a share (ceil of keep × n, best first, ties by id) or a threshold; and the cutoff score."""
+    ranked = sorted(scored, key=lambda x: (-x[1], x[0]))
+    if minimum is not None:
+        kept = [i for i, s in ranked if s >= minimum]
+        return kept, minimum
+    n = math.ceil(keep * len(ranked) - 1e-9)
+    return [i for i, _ in ranked[:n]], ranked[n - 1][1] if n else None
+
+
+def select_subset(
+    samples: Sequence[Sample], settings: SelectSettings
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Decision per id ('kept' or the stage that dropped it) and this subset's cutoffs."""
+    decisions: dict[str, str] = {}
+    scored_q = []
+    for s in samples:
+        score = curation_of(s).get("question_score")
+        if score is None:
+            decisions[s.id] = "dropped: no question score"
+        else:
+            scored_q.append((s.id, score))
+    kept_q, q_cut = top(scored_q, settings.question_keep, settings.question_min)
+    decisions.update({i: "dropped: question score" for i, _ in scored_q})
+    answer = {s.id: curation_of(s).get("answer_score") for s in samples}
+    scored_a = [(i, answer[i]) for i in kept_q if answer[i] is not None]
+    decisions.update({i: "dropped: no answer score" for i in kept_q if answer[i] is None})
+    kept_a, a_cut = top(scored_a, settings.answer_keep, settings.answer_min)
+    decisions.update({i: "dropped: answer score" for i, _ in scored_a})
+    decisions.update(dict.fromkeys(kept_a, "kept"))
+    return decisions, {"question_cutoff": q_cut, "answer_cutoff": a_cut,
+                       "after_questions": len(kept_q), "kept": len(kept_a)}  # fmt: skip
+
+
+def select(
+    samples: Sequence[Sample], settings: SelectSettings
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    by_subset: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_subset[subset_of(s, settings.by)].append(s)
+    decisions: dict[str, str] = {}
+    summary: dict[str, dict[str, Any]] = {}
+    for subset, members in sorted(by_subset.items()):
+        if settings.subsets is not None and subset not in settings.subsets:
+            verdict = "kept" if settings.others == "keep" else "dropped: subset not curated"
+            decisions.update(dict.fromkeys((s.id for s in members), verdict))
+            summary[subset] = {"samples": len(members), "curated": False,
+                               "kept": len(members) if settings.others == "keep" else 0}  # fmt: skip
+            continue
+        subset_decisions, cutoffs = select_subset(members, settings)
+        decisions.update(subset_decisions)
+        summary[subset] = {"samples": len(members), "curated": True, **cutoffs}
+    return decisions, summary
+
+
+def with_decision(sample: Sample, decision: str) -> dict[str, Any]:
+    record = sample.to_json()
+    curation = {**curation_of(sample), "kept": decision == "kept", "decision": decision}
+    record.setdefault("meta", {})["curation"] = curation
+    return record
+
+
+def examples_of(
+    samples: Sequence[Sample], decisions: dict[str, str], subset: str, settings: SelectSettings
+) -> dict[str, list[dict[str, Any]]]:
+    """Best kept and worst dropped samples of a subset, by answer score then question score."""
+    members = [s for s in samples if subset_of(s, settings.by) == subset]
+
+    def key(s: Sample) -> tuple[float, float]:
+        c = curation_of(s)
+        return (c.get("answer_score") or -math.inf, c.get("question_score") or -math.inf)
+
+    def show(s: Sample) -> dict[str, Any]:
+        c = curation_of(s)
+        return {"id": s.id, "image": s.image, "question_score": c.get("question_score"),
+                "answer_score": c.get("answer_score"), "decision": decisions[s.id],
+                "first_turn": [t.value for t in s.conversations[:2]]}  # fmt: skip
+
+    kept = sorted((s for s in members if decisions[s.id] == "kept"), key=key, reverse=True)
+    dropped = sorted((s for s in members if decisions[s.id] != "kept"), key=key)
+    return {"kept": [show(s) for s in kept[: settings.examples]],
+            "dropped": [show(s) for s in dropped[: settings.examples]]}  # fmt: skip
+
+
+def plot_score_histograms(
+    samples: Sequence[Sample], summary: dict[str, dict[str, Any]], by: str, out: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    subsets = [s for s, info in summary.items() if info.get("curated")]
+    if not subsets:
+        return
+    fig, axes = plt.subplots(len(subsets), 2, figsize=(9, 2.6 * len(subsets)), squeeze=False)
+    for row, subset in enumerate(subsets):
+        members = [curation_of(s) for s in samples if subset_of(s, by) == subset]
+        for col, (field, cut) in enumerate(
+            (("question_score", "question_cutoff"), ("answer_score", "answer_cutoff"))
+        ):
+            ax = axes[row][col]
+            values = [m[field] for m in members if m.get(field) is not None]
+            ax.hist(values, bins=30, color="#4c72b0")
+            if summary[subset].get(cut) is not None:
+                ax.axvline(summary[subset][cut], color="#c44e52", linestyle="--", label="cutoff")
+                ax.legend(loc="upper left", fontsize=8)
+            ax.set_title(f"{subset}: {field.replace('_', ' ')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
