@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from vialign.align.prompts import DEFAULT_REVIEW_PROMPT, DEFAULT_REWRITE_PROMPT
 from vialign.config import Settings
 from vialign.data.formats import FormatSettings, classify_sample, is_soft
-from vialign.generation.base import Backend, ChatRequest, GenerationParams, open_backend
+from vialign.generation.base import Backend, ChatRequest, GenerationParams, ModelSettings
 from vialign.generation.runner import Row, RunnerSettings
 from vialign.manifest import fingerprint_bytes
 from vialign.records import GPT, Sample
@@ -67,15 +67,9 @@ def parse_verdict(text: str) -> Verdict:
     return {"yes": "same", "no": "different"}.get(words[0], "unparsable")
 
 
-def backend_options(settings: RewriteSettings, target: str) -> dict[str, Any]:
-    name = settings.backend or ("openai" if target.startswith(("http://", "https://")) else "transformers")
-    if name == "openai":
-        return {"model": settings.model_name, "api_key_env": settings.api_key_env}
-    return {"chat_format": settings.chat_format}
-
-
 def open_rewriter(target: str, settings: RewriteSettings) -> Backend:
-    return open_backend(target, settings.backend, **backend_options(settings, target))
+    return ModelSettings(backend=settings.backend, chat_format=settings.chat_format, model_name=settings.model_name,
+                         api_key_env=settings.api_key_env).open(target)  # fmt: skip
 
 
 def ask(backend: Backend, prompts: dict[str, str], params: GenerationParams) -> dict[str, Any]:

@@ -68,7 +68,28 @@ def backend_class(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
+def backend_name(target: str, backend: str | None = None) -> str:
+    return backend or ("openai" if target.startswith(("http://", "https://")) else "transformers")
+
+
 def open_backend(target: str, backend: str | None = None, **options: Any) -> Backend:
     """`target` is a checkpoint folder (transformers, or vllm when asked) or an http(s) URL (openai)."""
-    name = backend or ("openai" if target.startswith(("http://", "https://")) else "transformers")
-    return backend_class(name).load(target, **options)
+    return backend_class(backend_name(target, backend)).load(target, **options)
+
+
+class ModelSettings(Settings):
+    """Which model answers, and how to reach it; shared by every stage that generates."""
+
+    backend: str | None = Field(None, description="transformers | vllm | openai; default from the target")
+    chat_format: str = Field("vicuna_v1", description="prompt layout for local checkpoints")
+    model_name: str | None = Field(None, description="model name for an OpenAI-compatible server")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    device: str | None = Field(None, description="local checkpoints: cpu, cuda, ...")
+    dtype: str | None = Field(None, description="local checkpoints: float32, bfloat16, ...")
+
+    def open(self, target: str) -> Backend:
+        name = backend_name(target, self.backend)
+        if name == "openai":
+            return open_backend(target, name, model=self.model_name, api_key_env=self.api_key_env)
+        options = {"chat_format": self.chat_format, "device": self.device, "dtype": self.dtype}
+        return open_backend(target, name, **{k: v for k, v in options.items() if v is not None})

@@ -12,7 +12,16 @@ import string
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import (
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import PreTrainedTokenizerFast
 
 from vialign.records import IMAGE_TAG, read_samples
@@ -75,6 +84,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTo
         show_progress=False,
     )
     core.train_from_iterator(texts, trainer)
+    # Like Llama's tokenizers, add BOS when special tokens are asked for, so plain-transformers users
+    # (lmms-eval's llava_hf: chat template, then the processor) get the prompt vialign trains on.
+    bos = (BOS, core.token_to_id(BOS))
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[bos]
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         unk_token=UNK,

@@ -5,7 +5,8 @@
 - captions: a COCO captions JSON (`images`, `annotations`) with several references per image;
 - VQA: LLaVA-eval question JSONL plus VQAv2-style annotations (10 answers per question);
 - multiple choice: question, options A–D and the answer letter;
-- text: own-manner text-only tasks with exact answers (the retention measure).
+- text: own-manner text-only tasks with exact answers (the retention measure);
+- judge: open questions with a reference answer, for single-answer grading by a judge model.
 """
 
 from __future__ import annotations
@@ -113,3 +114,15 @@ def text_rows(n_per_task: int, seed: int) -> list[dict[str, Any]]:
             prompt, answer = make(random.Random(f"vialign-toyworld:{seed}:eval-text:{task}:{k}"))
             rows.append({"question_id": len(rows) + 1, "task": task, "text": prompt, "answer": answer})
     return rows
+
+
+JUDGE_QUESTIONS = (
+    "Describe the image in detail.",
+    "What objects can you see in the image, and where are they?",
+)
+
+
+def judge_rows(scenes: list[tuple[Scene, str]], seed: int, limit: int = 50) -> list[dict[str, Any]]:
+    rng = random.Random(f"vialign-toyworld:{seed}:judge")
+    return [{"question_id": k, "image": image, "text": rng.choice(JUDGE_QUESTIONS), "reference": neutral_caption(scene, 0)}
+            for k, (scene, image) in enumerate(scenes[:limit], start=1)]  # fmt: skip

@@ -8,7 +8,7 @@ Layout of the output folder (also the image root: every image path is relative t
     text/corpus.jsonl                 own-manner text-only corpus for the inner LLM
     annotations/{questions,answers}.jsonl   reward-model annotations (Align2LLaVA shape)
     eval/pope/{random,popular,adversarial}.jsonl, eval/caption/references.json,
-    eval/vqa/{questions.jsonl,annotations.json}, eval/mc/questions.jsonl, eval/text/tasks.jsonl
+    eval/vqa/{questions.jsonl,annotations.json}, eval/mc/questions.jsonl, eval/text/tasks.jsonl, eval/judge/questions.jsonl
     manifest.json
 """
 
@@ -268,6 +268,9 @@ def write_eval_sets(out: Path, settings: ToyWorldSettings) -> dict[str, int]:
     )
     counts["text"] = write_jsonl(
         evalsets.text_rows(settings.eval_text_per_task, settings.seed), out / "eval" / "text" / "tasks.jsonl"
+    )
+    counts["judge"] = write_jsonl(
+        evalsets.judge_rows(scenes, settings.seed), out / "eval" / "judge" / "questions.jsonl"
     )
     return counts
 

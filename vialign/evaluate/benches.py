@@ -1,0 +1,232 @@
+"""The benchmarks: how each reads its usual file format, prompts the model, and scores the answers.
+
+Each benchmark turns its files into `EvalItem`s, and the predictions into per-sample records plus
+metrics. `aggregate(records)` recomputes the resamplable metrics from records alone, which is what
+`vialign eval compare` bootstraps.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import orjson
+
+from vialign.evaluate.metrics import (
+    POPE_PARSERS,
+    caption_scores,
+    normalise_text,
+    parse_option_letter,
+    pope_metrics,
+    vqa_score,
+)
+from vialign.records import read_jsonl
+
+
+@dataclass
+class EvalItem:
+    id: str
+    text: str  # the user prompt, after the template, without image tags
+    images: list[str] = field(default_factory=list)
+    truth: dict[str, Any] = field(default_factory=dict)
+
+
+def by_group(records: Sequence[dict], key: str) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[str(r.get(key))].append(r)
+    return dict(sorted(groups.items()))
+
+
+class Pope:
+    """POPE jsonl per negative sampling: `{question_id, image, text, label, category}`."""
+
+    name = "pope"
+    default_prompt = "{question}\nAnswer the question using a single word or phrase."
+    max_new_tokens = 8
+
+    def files(self, data: Path) -> list[Path]:
+        # with none present, the pattern itself is reported missing
+        return sorted((data / "pope").glob("*.jsonl")) or [data / "pope" / "*.jsonl"]
+
+    def items(self, data: Path, prompt: str) -> list[EvalItem]:
+        return [EvalItem(f"{f.stem}/{r['question_id']}", prompt.format(question=r["text"]), [r["image"]],
+                         {"label": r["label"].lower().strip(), "category": r.get("category", f.stem)})
+                for f in self.files(data) for r in read_jsonl(f)]  # fmt: skip
+
+    def score(
+        self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
+    ) -> tuple[list[dict], dict]:
+        parse = POPE_PARSERS[settings.pope_parser]
+        return [{"id": i.id, "category": i.truth["category"], "prediction": predictions[i.id],
+                 "parsed": parse(predictions[i.id]), "label": i.truth["label"]} for i in items], {}  # fmt: skip
+
+    def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
+        out = pope_metrics([r["parsed"] for r in records], [r["label"] for r in records])
+        for category, group in by_group(records, "category").items():
+            for k, v in pope_metrics([r["parsed"] for r in group], [r["label"] for r in group]).items():
+                out[f"{category}/{k}"] = v
+        return out
+
+
+class Caption:
+    """COCO captions JSON (`images` with `id`, `file_name`; `annotations` with `image_id`, `caption`)."""
+
+    name = "caption"
+    default_prompt = "Provide a one-sentence caption for the provided image."
+    max_new_tokens = 48
+
+    def files(self, data: Path) -> list[Path]:
+        return [data / "caption" / "references.json"]
+
+    def items(self, data: Path, prompt: str) -> list[EvalItem]:
+        coco = orjson.loads(self.files(data)[0].read_bytes())
+        refs: dict[int, list[str]] = defaultdict(list)
+        for a in coco["annotations"]:
+            refs[a["image_id"]].append(a["caption"])
+        return [EvalItem(str(im["id"]), prompt, [im["file_name"]], {"references": refs[im["id"]]})
+                for im in coco["images"]]  # fmt: skip
+
+    def score(
+        self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
+    ) -> tuple[list[dict], dict]:
+        result = caption_scores(
+            {i.id: i.truth["references"] for i in items}, {i.id: predictions[i.id] for i in items}
+        )
+        records = [{"id": i.id, "prediction": predictions[i.id], "cider": result["per_image_cider"][i.id]}
+                   for i in items]  # fmt: skip
+        return records, {
+            "metrics": result["metrics"],
+            "tokenizer": result["tokenizer"],
+            "notes": result["notes"],
+        }
+
+    def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
+        # pycocoevalcap's CIDEr is the mean of per-image scores (document frequencies from the full set)
+        return {"CIDEr": mean(r["cider"] for r in records)}
+
+
+class Vqa:
+    """LLaVA-eval question jsonl `{question_id, image, text}` + VQAv2 annotations JSON (10 answers each)."""
+
+    name = "vqa"
+    default_prompt = "{question}\nAnswer the question using a single word or phrase."
+    max_new_tokens = 12
+
+    def files(self, data: Path) -> list[Path]:
+        return [data / "vqa" / "questions.jsonl", data / "vqa" / "annotations.json"]
+
+    def items(self, data: Path, prompt: str) -> list[EvalItem]:
+        questions, annotations = self.files(data)
+        answers = {a["question_id"]: [x["answer"] for x in a["answers"]]
+                   for a in orjson.loads(annotations.read_bytes())["annotations"]}  # fmt: skip
+        return [EvalItem(str(q["question_id"]), prompt.format(question=q["text"]), [q["image"]],
+                         {"answers": answers[q["question_id"]], "category": q.get("category", "all")})
+                for q in read_jsonl(questions)]  # fmt: skip
+
+    def score(
+        self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
+    ) -> tuple[list[dict], dict]:
+        return [{"id": i.id, "category": i.truth["category"], "prediction": predictions[i.id],
+                 "score": vqa_score(predictions[i.id], i.truth["answers"])} for i in items], {}  # fmt: skip
+
+    def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
+        out = {"accuracy": mean(r["score"] for r in records)}
+        for category, group in by_group(records, "category").items():
+            out[f"{category}/accuracy"] = mean(r["score"] for r in group)
+        return out
+
+
+class MultipleChoice:
+    """`{question_id, image, question, options: {letter: text}, answer: letter}` jsonl."""
+
+    name = "mc"
+    default_prompt = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
+    max_new_tokens = 8
+
+    def files(self, data: Path) -> list[Path]:
+        return [data / "mc" / "questions.jsonl"]
+
+    def items(self, data: Path, prompt: str) -> list[EvalItem]:
+        rows = read_jsonl(self.files(data)[0])
+        return [EvalItem(str(r["question_id"]),
+                         prompt.format(question=r["question"], options="\n".join(f"{k}. {v}" for k, v in r["options"].items())),
+                         [r["image"]] if r.get("image") else [], {"options": r["options"], "answer": r["answer"]})
+                for r in rows]  # fmt: skip
+
+    def score(
+        self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
+    ) -> tuple[list[dict], dict]:
+        out = []
+        for i in items:
+            letter = parse_option_letter(predictions[i.id], i.truth["options"])
+            out.append({"id": i.id, "prediction": predictions[i.id], "parsed": letter, "answer": i.truth["answer"],
+                        "correct": letter == i.truth["answer"]})  # fmt: skip
+        return out, {}
+
+    def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
+        return {"accuracy": mean(r["correct"] for r in records),
+                "unparsed": mean(r["parsed"] is None for r in records)}  # fmt: skip
+
+
+class TextTasks:
+    """Text-only tasks `{question_id, task, text, answer}`: the retention measure."""
+
+    name = "text"
+    default_prompt = "{question}"
+    max_new_tokens = 64
+
+    def files(self, data: Path) -> list[Path]:
+        return [data / "text" / "tasks.jsonl"]
+
+    def items(self, data: Path, prompt: str) -> list[EvalItem]:
+        return [EvalItem(str(r["question_id"]), prompt.format(question=r["text"]), [],
+                         {"answer": r["answer"], "task": r.get("task", "all")})
+                for r in read_jsonl(self.files(data)[0])]  # fmt: skip
+
+    def score(
+        self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
+    ) -> tuple[list[dict], dict]:
+        return [{"id": i.id, "task": i.truth["task"], "prediction": predictions[i.id],
+                 "exact": predictions[i.id].strip() == i.truth["answer"].strip(),
+                 "normalised": normalise_text(predictions[i.id]) == normalise_text(i.truth["answer"])}
+                for i in items], {}  # fmt: skip
+
+    def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
+        out = {
+            "exact_match": mean(r["exact"] for r in records),
+            "normalised_match": mean(r["normalised"] for r in records),
+        }
+        for task, group in by_group(records, "task").items():
+            out[f"{task}/normalised_match"] = mean(r["normalised"] for r in group)
+        return out
+
+
+class Judge:
+    """Open questions `{question_id, text, image?, reference?}` rated 1–10 by a judge (MT-Bench single
+    answer grading)."""
+
+    name = "judge"
+    default_prompt = "{question}"
+    max_new_tokens = 128
+
+    def files(self, data: Path) -> list[Path]:
+        return [data / "judge" / "questions.jsonl"]
+
+    def items(self, data: Path, prompt: str) -> list[EvalItem]:
+        return [EvalItem(str(r["question_id"]), prompt.format(question=r["text"]), [r["image"]] if r.get("image") else [],
+                         {"question": r["text"], "reference": r.get("reference")})
+                for r in read_jsonl(self.files(data)[0])]  # fmt: skip
+
+    def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
+        rated = [r["rating"] for r in records if r.get("rating") is not None]
+        return {"mean_rating": mean(rated) if rated else float("nan"), "rated": len(rated) / len(records)}
+
+
+BENCHES: dict[str, Any] = {
+    b.name: b for b in (Pope(), Caption(), Vqa(), MultipleChoice(), TextTasks(), Judge())
+}

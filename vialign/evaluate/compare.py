@@ -1,0 +1,85 @@
+"""`vialign eval compare`: metrics of several results files side by side, with bootstrap 95% intervals
+for each value and paired-bootstrap intervals for each delta against the first file."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from vialign.evaluate.benches import BENCHES
+
+
+def bootstrap_metrics(
+    records: Sequence[dict],
+    aggregate: Callable[[Sequence[dict]], dict[str, float]],
+    resamples: int,
+    seed: int,
+) -> dict[str, tuple[float, float]]:
+    """Percentile 95% interval of every metric `aggregate` computes, over resamples of the records."""
+    rng = random.Random(seed)
+    n = len(records)
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        for k, v in aggregate([records[rng.randrange(n)] for _ in range(n)]).items():
+            draws.setdefault(k, []).append(v)
+    return {k: percentile_interval(v) for k, v in draws.items()}
+
+
+def paired_delta(
+    base: Sequence[dict], other: Sequence[dict], aggregate: Callable[[Sequence[dict]], dict[str, float]],
+    resamples: int, seed: int,
+) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """Interval of aggregate(other) − aggregate(base) resampling the shared ids together."""
+    by_id = {r["id"]: r for r in other}
+    shared = [(r, by_id[r["id"]]) for r in base if r["id"] in by_id]
+    if not shared:
+        return {}
+    rng = random.Random(seed)
+    n = len(shared)
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        picks = [shared[rng.randrange(n)] for _ in range(n)]
+        a, b = aggregate([p[0] for p in picks]), aggregate([p[1] for p in picks])
+        for k in a.keys() & b.keys():
+            draws.setdefault(k, []).append(b[k] - a[k])
+    return {k: percentile_interval(v) for k, v in draws.items()}
+
+
+def percentile_interval(values: list[float]) -> tuple[float, float]:
+    finite = sorted(v for v in values if not math.isnan(v))
+    if not finite:
+        return (math.nan, math.nan)
+    last = len(finite) - 1
+    return finite[math.floor(0.025 * last)], finite[math.ceil(0.975 * last)]
+
+
+def compare_results(
+    paths: Sequence[Path], resamples: int = 1000, seed: int = 0, all_metrics: bool = False
+) -> list[dict[str, Any]]:
+    """One row per (benchmark, metric): each file's value and interval, and the delta against the first."""
+    results = [orjson.loads(Path(p).read_bytes()) for p in paths]
+    rows = []
+    benches = [b for b in results[0]["benchmarks"] if all(b in r["benchmarks"] for r in results)]
+    for bench in benches:
+        entries = [r["benchmarks"][bench] for r in results]
+        aggregate = BENCHES[bench].aggregate
+        intervals = [bootstrap_metrics(e["samples"], aggregate, resamples, seed) for e in entries]
+        deltas = [
+            paired_delta(entries[0]["samples"], e["samples"], aggregate, resamples, seed) for e in entries[1:]
+        ]
+        for metric in entries[0]["metrics"]:
+            if "/" in metric and not all_metrics:
+                continue
+            values = [e["metrics"].get(metric) for e in entries]
+            rows.append({
+                "bench": bench, "metric": metric, "values": values,
+                "intervals": [iv.get(metric) for iv in intervals],
+                "deltas": [None if v is None or values[0] is None else v - values[0] for v in values[1:]],
+                "delta_intervals": [d.get(metric) for d in deltas],
+            })  # fmt: skip
+    return rows

@@ -1,0 +1,129 @@
+"""Single-answer grading by a judge model (MT-Bench style, 1–10), from any backend, with a cache.
+
+The cache is a JSONL log appended with fsync; an entry's key hashes the judge's identity, the prompt
+template, the question, the reference, the image names and the answer, so a rerun (or another model's
+run with the same answers) pays for nothing twice and a changed judge or prompt is never served stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import Field, field_validator
+
+from vialign.config import Settings
+from vialign.generation.base import Backend, ChatRequest, GenerationParams, ModelSettings
+
+DEFAULT_JUDGE_PROMPT = (
+    "[Instruction]\nYou are an impartial judge. Rate the quality of the AI assistant's response to the user "
+    "question below: its helpfulness, relevance, accuracy, depth and level of detail. Explain briefly and "
+    'objectively, then give your rating on a scale of 1 to 10 in exactly this format: "Rating: [[5]]".\n\n'
+    "[Question]\n{question}\n\n{reference}[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"
+)
+RATING = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
+
+
+class JudgeSettings(Settings):
+    target: str | None = Field(None, description="judge: checkpoint folder or OpenAI-compatible URL")
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    prompt: str = DEFAULT_JUDGE_PROMPT
+    params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=256))
+    batch_size: int = Field(16, ge=1)
+    cache: Path | None = Field(None, description="default: OUT/judge_cache.jsonl")
+
+    @field_validator("prompt")
+    @classmethod
+    def _slots(cls, value: str) -> str:
+        for slot in ("{question}", "{answer}"):
+            if slot not in value:
+                raise ValueError(f"the judge prompt needs the placeholder {slot}")
+        return value
+
+
+def parse_rating(reply: str) -> float | None:
+    """The last `[[n]]` in the reply, when 1 ≤ n ≤ 10."""
+    found = RATING.findall(reply or "")
+    if not found:
+        return None
+    value = float(found[-1])
+    return value if 1.0 <= value <= 10.0 else None
+
+
+def judge_prompt(template: str, question: str, answer: str, reference: str | None) -> str:
+    ref = f"[Reference Answer]\n{reference}\n\n" if reference else ""
+    return template.replace("{question}", question).replace("{answer}", answer).replace("{reference}", ref)
+
+
+def cache_key(identity: dict[str, Any], template: str, question: str, reference: str | None,
+              images: Sequence[str], answer: str) -> str:  # fmt: skip
+    blob = orjson.dumps(
+        [identity, template, question, reference, list(images), answer], option=orjson.OPT_SORT_KEYS
+    )
+    return hashlib.sha256(blob).hexdigest()
+
+
+class JudgeCache:
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            data = path.read_bytes()
+            for line in data[: data.rfind(b"\n") + 1].splitlines():
+                if line.strip():
+                    entry = orjson.loads(line)
+                    self.entries[entry["key"]] = entry
+
+    def add(self, entries: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab") as f:
+            f.write(b"".join(orjson.dumps(e) + b"\n" for e in entries))
+            f.flush()
+            os.fsync(f.fileno())
+        self.entries.update({e["key"]: e for e in entries})
+
+
+def rate_answers(
+    judge: Backend,
+    settings: JudgeSettings,
+    cache: JudgeCache,
+    items: Sequence[dict[str, Any]],
+    image_root: Path,
+) -> list[dict[str, Any]]:
+    """One record per item (`id`, `question`, `reference`, `images`, `answer`): rating, judge reply,
+    and whether it came from the cache. An unparsable reply is asked once more, then recorded unrated."""
+    identity = judge.identity()
+    keyed = [(item, cache_key(identity, settings.prompt, item["question"], item.get("reference"),
+                              item.get("images", []), item["answer"])) for item in items]  # fmt: skip
+    hits = {key for _, key in keyed if key in cache.entries}
+    todo = [(item, key) for item, key in keyed if key not in cache.entries]
+    for attempt in (1, 2):
+        retry = []
+        for start in range(0, len(todo), settings.batch_size):
+            chunk = todo[start : start + settings.batch_size]
+            requests = [ChatRequest(key, [{"role": "user", "content": judge_prompt(settings.prompt, item["question"],
+                                    item["answer"], item.get("reference"))}],
+                                    [image_root / p for p in item.get("images", [])]) for item, key in chunk]  # fmt: skip
+            results = judge.generate(requests, settings.params)
+            entries = []
+            for (item, key), result in zip(chunk, results, strict=True):
+                reply = result.texts[0] if result.texts else None
+                rating = parse_rating(reply) if reply is not None else None
+                if rating is None and attempt == 1:
+                    retry.append((item, key))
+                    continue
+                if result.error is None:  # transport errors are not cached: the next run asks again
+                    entries.append({"key": key, "rating": rating, "reply": reply, "judge": identity})
+            cache.add(entries)
+        todo = retry
+    out = []
+    for item, key in keyed:
+        entry = cache.entries.get(key, {})
+        out.append({"id": item["id"], "rating": entry.get("rating"), "judge_reply": entry.get("reply"),
+                    "cached": key in hits})  # fmt: skip
+    return out
