@@ -31,7 +31,9 @@ BENCHES = ["pope", "vqa", "mc"]
 def timed_run(root: Path, name: str, limit: int, batch: int) -> tuple[float, dict]:
     settings = EvalSettings(benches=BENCHES, limit=limit, runner=RunnerSettings(batch_size=batch))
     t0 = time.perf_counter()
-    result = run_eval(str(root / "tiny"), root / "world" / "eval", root / name, settings, root / "world", False)
+    result = run_eval(
+        str(root / "tiny"), root / "world" / "eval", root / name, settings, root / "world", False
+    )
     return time.perf_counter() - t0, result
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from vialign.evaluate.benches import BENCHES
 from vialign.evaluate.compare import compare_results
-from vialign.evaluate.judge import JudgeCache, JudgeSettings, parse_rating, rate_answers
+from vialign.evaluate.judge import JudgeSettings, parse_rating, rate_answers
 from vialign.evaluate.metrics import (
     caption_scores,
     fallback_tokenize,
@@ -23,6 +23,7 @@ from vialign.evaluate.metrics import (
 )
 from vialign.evaluate.run import EvalSettings, run_eval
 from vialign.generation.base import ModelSettings
+from vialign.generation.cache import ResponseCache
 from vialign.generation.openai_backend import OpenAIBackend
 
 # ---------------------------------------------------------------- POPE
@@ -266,17 +267,17 @@ def test_judge_ratings_are_cached_and_malformed_replies_never_crash(tmp_path):
     items = [{"id": "1", "question": "What is it?", "answer": "A red circle.", "images": []},
              {"id": "2", "question": "What is it?", "answer": "A thing.", "images": []},
              {"id": "3", "question": "What is it?", "answer": "garbled", "images": []}]  # fmt: skip
-    cache = JudgeCache(tmp_path / "cache.jsonl")
+    cache = ResponseCache(tmp_path / "cache.jsonl")
     rated = rate_answers(judge, settings, cache, items, tmp_path)
     assert [r["rating"] for r in rated] == [9.0, 2.0, None]
     assert rated[2]["judge_reply"] == "I cannot decide."
     asked = sum(server.attempts.values())
     assert asked == 4  # the unparsable reply was asked once more
-    again = rate_answers(judge, settings, JudgeCache(tmp_path / "cache.jsonl"), items, tmp_path)
+    again = rate_answers(judge, settings, ResponseCache(tmp_path / "cache.jsonl"), items, tmp_path)
     assert [r["rating"] for r in again] == [9.0, 2.0, None] and all(r["cached"] for r in again)
     assert sum(server.attempts.values()) == asked, "a cached rating was asked again"
     other_prompt = settings.model_copy(update={"prompt": settings.prompt + "\nBe strict."})
-    rate_answers(judge, other_prompt, JudgeCache(tmp_path / "cache.jsonl"), items[:1], tmp_path)
+    rate_answers(judge, other_prompt, ResponseCache(tmp_path / "cache.jsonl"), items[:1], tmp_path)
     assert sum(server.attempts.values()) == asked + 1, "a changed prompt must not be served from the cache"
     entry = json.loads((tmp_path / "cache.jsonl").read_text().splitlines()[0])
     assert entry["judge"] == {"backend": "openai", "base_url": server.url, "model": "judge-x"}

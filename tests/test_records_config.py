@@ -91,3 +91,19 @@ def test_override_values_with_colons_stay_strings_and_braces_make_mappings():
 
     s = load_settings(Prompted, overrides=["prompt=Rewrite this: {text}", "extra={a: 1}"])
     assert s.prompt == "Rewrite this: {text}" and s.extra == {"a": 1}
+
+
+def test_a_partly_overridden_section_keeps_the_stage_defaults_of_its_other_keys():
+    from vialign.curate.train import RewardTrainSettings
+    from vialign.prefer.sample import SampleSettings
+
+    sample = load_settings(SampleSettings, overrides=["params.max_new_tokens=24"])
+    assert (sample.params.max_new_tokens, sample.params.temperature, sample.params.top_p) == (24, 1.0, 0.95)
+    rm = load_settings(RewardTrainSettings, overrides=["train.max_steps=3", "train.lora.r=8"])
+    assert (rm.train.max_steps, rm.train.lr, rm.train.batch_size, rm.train.lora.r, rm.train.lora.alpha) == (
+        3,
+        1e-5,
+        4,
+        8,
+        256,
+    )

@@ -35,6 +35,8 @@ app.add_typer(curate_app, name="curate")
 eval_app = typer.Typer(help="Evaluate models: POPE, captions, VQA, multiple choice, text retention, judge.",
                        no_args_is_help=True)  # fmt: skip
 app.add_typer(eval_app, name="eval")
+prefer_app = typer.Typer(help="AI-feedback preference data: sample, judge, pairs.", no_args_is_help=True)
+app.add_typer(prefer_app, name="prefer")
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -721,6 +723,156 @@ def curate_select(
         started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
     ))  # fmt: skip
     out_console.print(f"kept {n_kept} of {len(samples)} → {out / 'selected.jsonl'}")
+
+
+# ---------------------------------------------------------------- preference data and DPO
+
+
+def runner_overrides(runner, **values):
+    return runner.model_copy(update={k: v for k, v in values.items() if v is not None})
+
+
+@prefer_app.command("sample")
+def prefer_sample(
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="samples JSONL: each sample's first question is a prompt", exists=True, dir_okay=False
+        ),
+    ],
+    model: Annotated[
+        str, typer.Option("--model", help="the SFT model: checkpoint folder or OpenAI-compatible URL")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="groups JSONL (resumable through OUT.partial.jsonl)")],
+    image_root: ImageRootOpt = None,
+    k: Annotated[int | None, typer.Option("--k", help="responses per prompt (default 4)")] = None,
+    limit: Annotated[int | None, typer.Option(help="first N prompts only")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="prompts per batch")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sample K responses per prompt (temperature/top-p in --set params.*)."""
+    from vialign.generation.runner import run_resumable
+    from vialign.prefer.sample import ResponseSampler, SampleSettings, sampled_group
+    from vialign.records import read_samples
+
+    settings = settings_or_exit(SampleSettings, config, "sample", {"k": k}, set_)
+    runner = runner_overrides(settings.runner, limit=limit, batch_size=batch_size)
+    backend = settings.model.open(model)
+    sampler = ResponseSampler(backend, settings, image_root)
+    identity = {**backend.identity(), "params": sampler.params.model_dump()}
+    report = run_resumable(list(read_samples(input)), lambda s: s.id, sampler, out, runner,
+                           finish=lambda s, row: sampled_group(s, row, backend.identity(), sampler.params),
+                           task="sample", show_progress=not quiet, identity=identity)  # fmt: skip
+    out_console.print(f"sampled {settings.k} responses for {report.selected - len(report.failed)} prompts "
+                      f"({report.reused} reused, {len(report.failed)} failed) → {out}")  # fmt: skip
+
+
+@prefer_app.command("judge")
+def prefer_judge(
+    input: Annotated[
+        Path, typer.Argument(help="groups from `vialign prefer sample`", exists=True, dir_okay=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", help="rated groups JSONL (resumable)")],
+    judge: Annotated[
+        str | None, typer.Option("--judge", help="judge model: checkpoint folder or OpenAI-compatible URL")
+    ] = None,
+    oracle: Annotated[
+        bool, typer.Option("--oracle", help="toy world: rate from scene facts instead")
+    ] = False,
+    image_root: ImageRootOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Rate each response 0–4 on helpfulness, correctness, coherence, complexity, verbosity."""
+    from vialign.generation.cache import ResponseCache
+    from vialign.generation.runner import Row, RunnerSettings, run_resumable
+    from vialign.prefer.judge import PreferenceJudgeSettings, judged_group, open_judge
+    from vialign.records import read_jsonl
+
+    options = {"target": judge, "judge": "toyworld-oracle" if oracle else None}
+    settings = settings_or_exit(PreferenceJudgeSettings, config, "judge", options, set_)
+    try:
+        rater = open_judge(
+            settings, ResponseCache(settings.cache or out.with_name(out.name + ".cache.jsonl")), image_root
+        )
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    groups = [g for g in read_jsonl(input) if g.get("responses")]
+
+    def process(batch):
+        return [Row(g["id"], r) for g, r in zip(batch, rater.rate(batch), strict=True)]
+
+    report = run_resumable(groups, lambda g: g["id"], process, out, RunnerSettings(batch_size=settings.batch_size),
+                           finish=lambda g, row: judged_group(g, row["value"], rater.identity), task="judge",
+                           show_progress=not quiet, identity=rater.identity)  # fmt: skip
+    rated = [g for g in read_jsonl(out) if g.get("ratings")]
+    out_console.print(f"rated {len(rated)} of {report.selected} groups; {report.selected - len(rated)} excluded "
+                      f"(malformed or unreachable judge, recorded with the reason) → {out}")  # fmt: skip
+
+
+@prefer_app.command("pairs")
+def prefer_pairs(
+    input: Annotated[
+        Path, typer.Argument(help="rated groups from `vialign prefer judge`", exists=True, dir_okay=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", help="pairs JSONL in vialign format")],
+    trl_out: Annotated[
+        Path | None, typer.Option("--trl-out", help="also write TRL's conversational preference JSONL")
+    ] = None,
+    gap: Annotated[int | None, typer.Option(help="least score gap (default 2)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Chosen = best by helpfulness + correctness + coherence; rejected = seeded pick ≤ best − gap."""
+    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.prefer.pairs import PairSettings, build_pairs, trl_record
+    from vialign.records import read_jsonl, write_jsonl
+
+    settings = settings_or_exit(PairSettings, config, "pairs", {"gap": gap}, set_)
+    timer = StageTimer()
+    pairs, counts = build_pairs(list(read_jsonl(input)), settings)
+    write_jsonl(pairs, out)
+    if trl_out:
+        write_jsonl([trl_record(p) for p in pairs], trl_out)
+    write_manifest(out.parent / f"{out.stem}.manifest", Manifest(
+        stage="prefer.pairs", inputs={str(input): fingerprint_file(input)}, settings=settings.model_dump(mode="json"),
+        counts=counts, outputs={str(out): fingerprint_file(out)}, started_at=timer.started_at,
+        duration_s=round(timer.elapsed, 3),
+    ))  # fmt: skip
+    out_console.print(f"{counts['pairs']} pairs from {counts['groups']} groups ({counts['small_gap']} below the gap, "
+                      f"{counts['unrated']} unrated) → {out}")  # fmt: skip
+
+
+@train_app.command("dpo")
+def train_dpo_command(
+    model: Annotated[str, typer.Option("--model", help="the SFT checkpoint: start and frozen reference")],
+    data: Annotated[
+        Path,
+        typer.Option("--data", help="pairs JSONL from `vialign prefer pairs`", exists=True, dir_okay=False),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="run folder")],
+    image_root: ImageRootOpt = None,
+    resume: Annotated[str | None, typer.Option(help="checkpoint folder, or 'last'")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """DPO (sigmoid, IPO or hinge) with reference log-probs cached on disk."""
+    from vialign.train.dpo import DPOSettings, train_dpo
+
+    settings = settings_or_exit(DPOSettings, config, "dpo", {}, set_)
+    manifest = train_dpo(
+        model, data, out, settings, image_root=image_root, resume=True if resume == "last" else resume
+    )
+    if manifest is None:
+        return
+    c = manifest.counts
+    out_console.print(f"DPO: {c['pairs']} pairs ({c['quarantined']} quarantined), reference log-probs "
+                      f"{c['reference_reused']} reused / {c['reference_computed']} computed; {c['steps']} steps, "
+                      f"loss {c['train_loss']:.4f} → {out}")  # fmt: skip
 
 
 # ---------------------------------------------------------------- evaluation

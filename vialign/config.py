@@ -47,6 +47,20 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def with_section_defaults(cls: type[BaseModel], tree: dict[str, Any]) -> dict[str, Any]:
+    """A partly given section keeps the values its default carries: `params.max_new_tokens=24` must not
+    reset the temperature that a stage's default `params` sets."""
+    merged = dict(tree)
+    for name, field in cls.model_fields.items():
+        if not isinstance(tree.get(name), dict):
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            nested = with_section_defaults(type(default), tree[name])
+            merged[name] = {**default.model_dump(exclude_unset=True), **nested}
+    return merged
+
+
 def load_settings(
     cls: type[S],
     *,
@@ -72,7 +86,7 @@ def load_settings(
             path = path[1:]
         _set_path(tree, path, value)
     try:
-        return cls.model_validate(tree)
+        return cls.model_validate(with_section_defaults(cls, tree))
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise SettingsError(f"invalid {cls.__name__}: {problems}") from exc

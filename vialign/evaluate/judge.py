@@ -1,24 +1,21 @@
 """Single-answer grading by a judge model (MT-Bench style, 1–10), from any backend, with a cache.
 
-The cache is a JSONL log appended with fsync; an entry's key hashes the judge's identity, the prompt
-template, the question, the reference, the image names and the answer, so a rerun (or another model's
-run with the same answers) pays for nothing twice and a changed judge or prompt is never served stale.
+A rating is cached under a key that hashes the judge's identity, the prompt template, the question, the
+reference, the image names and the answer.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pydantic import Field, field_validator
 
 from vialign.config import Settings
 from vialign.generation.base import Backend, ChatRequest, GenerationParams, ModelSettings
+from vialign.generation.cache import ResponseCache, cache_key
 
 DEFAULT_JUDGE_PROMPT = (
     "[Instruction]\nYou are an impartial judge. Rate the quality of the AI assistant's response to the user "
@@ -60,38 +57,10 @@ def judge_prompt(template: str, question: str, answer: str, reference: str | Non
     return template.replace("{question}", question).replace("{answer}", answer).replace("{reference}", ref)
 
 
-def cache_key(identity: dict[str, Any], template: str, question: str, reference: str | None,
-              images: Sequence[str], answer: str) -> str:  # fmt: skip
-    blob = orjson.dumps(
-        [identity, template, question, reference, list(images), answer], option=orjson.OPT_SORT_KEYS
-    )
-    return hashlib.sha256(blob).hexdigest()
-
-
-class JudgeCache:
-    def __init__(self, path: Path):
-        self.path = path
-        self.entries: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            data = path.read_bytes()
-            for line in data[: data.rfind(b"\n") + 1].splitlines():
-                if line.strip():
-                    entry = orjson.loads(line)
-                    self.entries[entry["key"]] = entry
-
-    def add(self, entries: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as f:
-            f.write(b"".join(orjson.dumps(e) + b"\n" for e in entries))
-            f.flush()
-            os.fsync(f.fileno())
-        self.entries.update({e["key"]: e for e in entries})
-
-
 def rate_answers(
     judge: Backend,
     settings: JudgeSettings,
-    cache: JudgeCache,
+    cache: ResponseCache,
     items: Sequence[dict[str, Any]],
     image_root: Path,
 ) -> list[dict[str, Any]]:

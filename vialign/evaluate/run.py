@@ -13,8 +13,9 @@ from pydantic import Field, field_validator
 
 from vialign.config import Settings
 from vialign.evaluate.benches import BENCHES, EvalItem
-from vialign.evaluate.judge import JudgeCache, JudgeSettings, rate_answers
+from vialign.evaluate.judge import JudgeSettings, rate_answers
 from vialign.generation.base import Backend, ChatRequest, GenerationParams, ModelSettings
+from vialign.generation.cache import ResponseCache
 from vialign.generation.runner import Row, RunnerSettings, run_resumable
 from vialign.manifest import StageTimer, fingerprint_bytes, fingerprint_file
 from vialign.records import IMAGE_TAG, confined_image_path
@@ -152,7 +153,7 @@ def judge_records(
 ) -> tuple[list[dict], dict]:  # fmt: skip
     judge_settings = settings.judge
     judge = judge_settings.model.open(judge_settings.target)
-    cache = JudgeCache(judge_settings.cache or out / "judge_cache.jsonl")
+    cache = ResponseCache(judge_settings.cache or out / "judge_cache.jsonl")
     asked = [{"id": i.id, "question": i.truth["question"], "reference": i.truth.get("reference"),
               "images": i.images, "answer": texts[i.id]} for i in items]  # fmt: skip
     rated = rate_answers(judge, judge_settings, cache, asked, image_root)

@@ -181,6 +181,10 @@ class TransformersBackend:
             top_p=params.top_p if sampling else None,
             num_return_sequences=params.n,
             pad_token_id=pad,
+            # an answer that writes an image token would break every later encoding of it
+            suppress_tokens=[self.encoder.image_token_id]
+            if self.encoder.image_token_id is not None
+            else None,
         )
         texts = [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
         return [texts[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]

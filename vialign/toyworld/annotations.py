@@ -12,6 +12,7 @@ from typing import Any
 
 from vialign.toyworld.instructions import (
     LISTING_QUESTIONS,
+    SOFT_MAKERS,
     absent_pairs,
     conv_colour,
     conv_count,
@@ -47,13 +48,16 @@ def coverage(scene: Scene, questions: list[str]) -> float:
     return sum(any(o.name in q for q in questions) for o in scene.objects) / len(scene.objects)
 
 
-def question_candidates(scene: Scene, rng: random.Random) -> list[dict[str, Any]]:
+def question_candidates(scene: Scene, other: Scene, rng: random.Random) -> list[dict[str, Any]]:
+    """Question sets for one image. The irrelevant set borrows questions written for another scene, so
+    only the image tells it apart from a good set."""
     good = [q for q, _ in good_questions(scene, rng)]
-    colour, shape = rng.choice(absent_pairs(scene))
-    irrelevant = [
-        f"Where is the {colour} {shape} located?",
-        f"What color is the {shape} next to the {colour} one?",
-    ]
+    borrowed = [q for q, _ in good_questions(other, rng) if q not in good and q not in LISTING_QUESTIONS]
+    irrelevant = (
+        borrowed[:2]
+        if len(borrowed) >= 2
+        else [f"Where is the {c} {s} located?" for c, s in absent_pairs(scene)[:2]]
+    )
     sets = {
         "none": good,
         "narrow": good[1:2],
@@ -100,18 +104,25 @@ def answer_candidates(scene: Scene, question: str, answer: str, rng: random.Rand
     return out
 
 
+def annotated_turns(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    """Question/answer turns of every soft subset (conversation, detail, complex reasoning), as the
+    corpus has them, so the answer model is trained on the kind of answers it will score."""
+    return [(q.replace("<image>", "").strip(), teacher) for make in SOFT_MAKERS.values()
+            for q, teacher, _ in make(scene, rng)]  # fmt: skip
+
+
 def annotation_groups(
-    scene: Scene, image: str, rng: random.Random, answers_per_image: int = 2
+    scene: Scene, image: str, rng: random.Random, other: Scene, answers_per_image: int = 2
 ) -> tuple[dict, list[dict]]:
     question_group = {
         "group_id": f"q-{scene.scene_id}",
         "kind": "questions",
         "image": image,
-        "candidates": question_candidates(scene, rng),
+        "candidates": question_candidates(scene, other, rng),
         "truth": scene.to_json(),
     }
     answer_groups = []
-    for k, (question, answer) in enumerate(rng.sample(good_questions(scene, rng), answers_per_image)):
+    for k, (question, answer) in enumerate(rng.sample(annotated_turns(scene, rng), answers_per_image)):
         answer_groups.append({
             "group_id": f"a-{scene.scene_id}-{k}",
             "kind": "answers",

@@ -331,8 +331,9 @@ def generate_toyworld(
     ):
         for k in range(settings.annotation_images):
             scene = sample_scene(settings.seed, "ann", k)
+            other = sample_scene(settings.seed, "ann", (k + 1) % settings.annotation_images)
             question_group, answer_groups = annotation_groups(
-                scene, image_path("ann", k), seeded_rng(settings.seed, "ann-groups", k)
+                scene, image_path("ann", k), seeded_rng(settings.seed, "ann-groups", k), other
             )
             qs.write(question_group)
             for group in answer_groups:

@@ -1,0 +1,1 @@
+"""AI-feedback preference data: sample K answers per prompt, let a judge rate them, build pairs."""

@@ -1,0 +1,204 @@
+"""`vialign prefer judge`: a judge rates each of a group's K responses 0–4 on five aspects, reasoning first.
+
+Two judges, chosen by exact name:
+- `model`: any backend (a checkpoint or an OpenAI-compatible URL) with a configurable prompt. The reply
+  must end with a JSON object `{"ratings": [{aspect: 0..4, ...}, ...]}`, one entry per response, every
+  aspect an integer; anything else is malformed, asked once more, then recorded with the group excluded.
+  Ratings are cached by judge identity, prompt, image, question and responses.
+- `toyworld-oracle`: the same five ratings computed from the scene facts the toy world stores with each
+  sample, so the pipeline runs without a large judge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from vialign.config import Settings
+from vialign.generation.base import ChatRequest, GenerationParams, ModelSettings
+from vialign.generation.cache import ResponseCache, cache_key
+from vialign.manifest import fingerprint_bytes
+from vialign.records import IMAGE_TAG, confined_image_path
+
+ASPECTS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+DEFAULT_PREFERENCE_PROMPT = (
+    "You are an expert judge of answers about images. Look at the image and the question, then at each "
+    "of the {k} responses. First reason briefly about each response. Then rate every response from 0 to 4 "
+    "on helpfulness, correctness (is everything it says true of the image?), coherence, complexity and "
+    "verbosity. End your reply with one JSON object and nothing after it:\n"
+    '{{"ratings": [{{"helpfulness": h, "correctness": c, "coherence": o, "complexity": x, "verbosity": v}}, ...]}}\n'
+    "with one entry per response, in order.\n\n[Question]\n{question}\n\n{responses}"
+)
+
+
+class PreferenceJudgeSettings(Settings):
+    judge: str = Field("model", description="model | toyworld-oracle")
+    target: str | None = Field(None, description="model judge: checkpoint folder or OpenAI-compatible URL")
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    prompt: str = DEFAULT_PREFERENCE_PROMPT
+    params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=512))
+    batch_size: int = Field(8, ge=1)
+    cache: Path | None = Field(None, description="default: OUT.cache.jsonl")
+
+    @field_validator("prompt")
+    @classmethod
+    def _slots(cls, value: str) -> str:
+        missing = [s for s in ("{question}", "{responses}") if s not in value]
+        if missing:
+            raise ValueError(f"the judge prompt needs the placeholders {missing}")
+        return value
+
+    @field_validator("judge")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in JUDGES:
+            raise ValueError(f"unknown judge {value!r}; known: {sorted(JUDGES)}")
+        return value
+
+
+class MalformedRatings(ValueError):
+    pass
+
+
+def parse_ratings(reply: str, k: int) -> list[dict[str, int]]:
+    """The ratings from the last JSON object of the reply; strict about shape, count, names and range."""
+    start = (reply or "").rfind('{"ratings"')
+    if start < 0:
+        start = (reply or "").rfind("{")
+        while start > 0 and '"ratings"' not in reply[start:]:
+            start = reply.rfind("{", 0, start)
+    if start < 0:
+        raise MalformedRatings("no JSON object with 'ratings' in the reply")
+    try:
+        data, end = json.JSONDecoder().raw_decode(reply[start:])
+    except json.JSONDecodeError as exc:
+        raise MalformedRatings(f"the ratings object is not valid JSON: {exc}") from exc
+    if reply[start + end :].strip():
+        raise MalformedRatings("text after the ratings object")
+    ratings = data.get("ratings") if isinstance(data, dict) else None
+    if not isinstance(ratings, list) or len(ratings) != k:
+        raise MalformedRatings(f"expected a list of {k} ratings, got {ratings!r:.80}")
+    out = []
+    for n, r in enumerate(ratings):
+        if not isinstance(r, dict) or set(r) != set(ASPECTS):
+            raise MalformedRatings(f"rating {n} must have exactly the aspects {list(ASPECTS)}")
+        if not all(isinstance(r[a], int) and not isinstance(r[a], bool) and 0 <= r[a] <= 4 for a in ASPECTS):
+            raise MalformedRatings(f"rating {n}: every aspect must be an integer from 0 to 4, got {r}")
+        out.append({a: r[a] for a in ASPECTS})
+    return out
+
+
+def render_prompt(template: str, question: str, responses: Sequence[str]) -> str:
+    listed = "\n\n".join(f"[Response {n}]\n{text}" for n, text in enumerate(responses, start=1))
+    clean = question.replace(IMAGE_TAG, "").strip()
+    return (
+        template.replace("{k}", str(len(responses)))
+        .replace("{question}", clean)
+        .replace("{responses}", listed)
+    )
+
+
+class ModelJudge:
+    """Asks a judge model; every outcome for a group is cached, transport errors excepted."""
+
+    def __init__(
+        self, settings: PreferenceJudgeSettings, cache: ResponseCache, image_root: str | Path | None
+    ):
+        if not settings.target:
+            raise ValueError("the model judge needs a target: --judge PATH_OR_URL")
+        self.settings, self.cache, self.image_root = settings, cache, image_root
+        self.backend = settings.model.open(settings.target)
+        self.identity = {
+            **self.backend.identity(),
+            "prompt_sha256": fingerprint_bytes(settings.prompt.encode()),
+        }
+
+    def key(self, group: dict[str, Any]) -> str:
+        return cache_key(
+            self.identity, self.settings.prompt, group.get("image"), group["question"], group["responses"]
+        )
+
+    def request(self, group: dict[str, Any], key: str) -> ChatRequest:
+        images = [group["image"]] if isinstance(group.get("image"), str) else group.get("image") or []
+        content = f"{IMAGE_TAG}\n" * len(images) + render_prompt(
+            self.settings.prompt, group["question"], group["responses"]
+        )
+        return ChatRequest(key, [{"role": "user", "content": content}],
+                           [confined_image_path(self.image_root or ".", p) for p in images])  # fmt: skip
+
+    def rate(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        keys = [self.key(g) for g in groups]
+        todo = [(g, k) for g, k in zip(groups, keys, strict=True) if k not in self.cache]
+        for attempt in (1, 2):
+            retry = []
+            results = (
+                self.backend.generate([self.request(g, k) for g, k in todo], self.settings.params)
+                if todo
+                else []
+            )
+            entries = []
+            for (group, key), result in zip(todo, results, strict=True):
+                if result.texts is None:
+                    entries.append(None)
+                    continue
+                try:
+                    ratings = parse_ratings(result.texts[0], len(group["responses"]))
+                    entries.append({"key": key, "ratings": ratings, "reply": result.texts[0]})
+                except MalformedRatings as exc:
+                    if attempt == 1:
+                        retry.append((group, key))
+                    else:
+                        entries.append(
+                            {"key": key, "ratings": None, "reply": result.texts[0], "error": str(exc)}
+                        )
+            self.cache.add([e for e in entries if e is not None])
+            todo = retry
+        out = []
+        for key in keys:
+            entry = self.cache.get(key)
+            if entry is None:
+                out.append({"ratings": None, "error": "the judge could not be reached; rerun to retry"})
+            else:
+                out.append(
+                    {"ratings": entry["ratings"], "reply": entry["reply"], "error": entry.get("error")}
+                )
+        return out
+
+
+class ToyWorldOracle:
+    """Ratings from scene facts: true and false claims, truncation, repetition and length."""
+
+    def __init__(
+        self, settings: PreferenceJudgeSettings, cache: ResponseCache, image_root: str | Path | None
+    ):
+        self.identity = {"judge": "toyworld-oracle", "version": 1}
+
+    def rate(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from vialign.toyworld.oracle import oracle_ratings
+
+        out = []
+        for group in groups:
+            truth = group.get("truth") or {}
+            if "scene" not in truth:
+                out.append({"ratings": None, "error": "no toy-world scene in the group's truth"})
+                continue
+            out.append(
+                {"ratings": [oracle_ratings(r, truth["scene"]) for r in group["responses"]], "error": None}
+            )
+        return out
+
+
+JUDGES = {"model": ModelJudge, "toyworld-oracle": ToyWorldOracle}
+
+
+def open_judge(settings: PreferenceJudgeSettings, cache: ResponseCache, image_root: str | Path | None):
+    return JUDGES[settings.judge](settings, cache, image_root)
+
+
+def judged_group(group: dict[str, Any], rating: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
+    return {**group, "ratings": rating["ratings"], "judge": identity, "judge_reply": rating.get("reply"),
+            "error": rating.get("error")}  # fmt: skip

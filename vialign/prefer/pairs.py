@@ -1,0 +1,82 @@
+"""`vialign prefer pairs`: score = helpfulness + correctness + coherence; a group whose best and worst
+differ by less than `gap` gives no pair; chosen = the best (first among equals), rejected = a seeded
+random pick among those scoring ≤ best − gap."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import Field
+
+from vialign.config import Settings
+
+SCORED_ASPECTS = ("helpfulness", "correctness", "coherence")
+
+
+class PairSettings(Settings):
+    gap: int = Field(2, ge=1, description="least score difference between chosen and rejected")
+    seed: int = 0
+
+
+def response_score(rating: dict[str, int]) -> int:
+    return sum(rating[a] for a in SCORED_ASPECTS)
+
+
+def pick_pair(
+    group_id: str, ratings: Sequence[dict[str, int]], settings: PairSettings
+) -> tuple[int, int] | None:
+    scores = [response_score(r) for r in ratings]
+    best = max(scores)
+    if best - min(scores) < settings.gap:
+        return None
+    chosen = scores.index(best)
+    low = [i for i, s in enumerate(scores) if s <= best - settings.gap]
+    return chosen, random.Random(f"{settings.seed}:{group_id}").choice(low)
+
+
+def pair_record(group: dict[str, Any], chosen: int, rejected: int) -> dict[str, Any]:
+    """vialign's preference record: a sample (id, image, the question) plus `chosen` and `rejected`."""
+    scores = [response_score(r) for r in group["ratings"]]
+    return {
+        "id": group["id"],
+        **({"image": group["image"]} if group.get("image") is not None else {}),
+        "conversations": [{"from": "human", "value": group["question"]}],
+        "chosen": group["responses"][chosen],
+        "rejected": group["responses"][rejected],
+        "meta": {"preference": {"scores": scores, "chosen_index": chosen, "rejected_index": rejected,
+                                "ratings": group["ratings"], "judge": group.get("judge")},
+                 **({"truth": group["truth"]} if group.get("truth") else {})},
+    }  # fmt: skip
+
+
+def trl_record(pair: dict[str, Any]) -> dict[str, Any]:
+    """TRL's conversational preference format (images, prompt, chosen, rejected)."""
+    question = pair["conversations"][0]["value"]
+    images = [pair["image"]] if isinstance(pair.get("image"), str) else pair.get("image") or []
+    text = question.replace("<image>", "").strip()
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+    return {
+        "images": images,
+        "prompt": [{"role": "user", "content": content}],
+        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": pair["chosen"]}]}],
+        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": pair["rejected"]}]}],
+    }
+
+
+def build_pairs(
+    groups: Sequence[dict[str, Any]], settings: PairSettings
+) -> tuple[list[dict], dict[str, int]]:
+    pairs, counts = [], {"groups": len(groups), "unrated": 0, "small_gap": 0, "pairs": 0}
+    for group in groups:
+        if not group.get("ratings"):
+            counts["unrated"] += 1
+            continue
+        picked = pick_pair(group["id"], group["ratings"], settings)
+        if picked is None:
+            counts["small_gap"] += 1
+            continue
+        pairs.append(pair_record(group, *picked))
+    counts["pairs"] = len(pairs)
+    return pairs, counts
