@@ -7,7 +7,7 @@ STAMP := $(VENV)/.vialign-installed
 TORCH := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test lint clean-venv browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/vialign demo --out runs/demo
 
-test: $(STAMP)
+# Browser tests drive Debian's headless Chromium; install it when missing (they skip, saying so, where
+# it cannot be installed).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian chromium for the browser tests"; \
+	  (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)) || \
+	  echo "could not install chromium: browser tests will be skipped"; }
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -n 2 $(PYTEST_ARGS)
 

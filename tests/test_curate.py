@@ -389,6 +389,19 @@ def test_cascade_selection_on_a_fixed_table_picks_exactly_the_expected_ids():
     assert thresholds["s14"] == "dropped: subset not curated"
 
 
+def test_the_worst_turn_can_decide_instead_of_the_mean():
+    samples = []
+    for i, turns in enumerate([[0.9, 0.9], [1.0, 0.1], [0.6, 0.5], [0.2, 0.3]]):
+        s = table_sample(i, "conversation", 0.5, sum(turns) / 2)
+        s.meta.curation["answer_scores"] = turns
+        samples.append(s)
+    mean, _ = select(samples, SelectSettings(question_keep=1.0, answer_keep=0.5))
+    worst, _ = select(samples, SelectSettings(question_keep=1.0, answer_keep=0.5, answer_reduce="min"))
+    # means 0.9, 0.55, 0.55, 0.25 (the tie goes to the smaller id); worst turns 0.9, 0.1, 0.5, 0.2
+    assert sorted(i for i, d in mean.items() if d == "kept") == ["s0", "s1"]
+    assert sorted(i for i, d in worst.items() if d == "kept") == ["s0", "s2"]
+
+
 def test_a_share_and_a_threshold_for_one_stage_are_refused():
     with pytest.raises(ValueError, match="question_keep or question_min"):
         SelectSettings(question_keep=0.3, question_min=0.5)

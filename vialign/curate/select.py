@@ -23,6 +23,9 @@ class SelectSettings(Settings):
     answer_keep: float = Field(0.3, gt=0.0, le=1.0, description="share of those kept by answer score")
     question_min: float | None = Field(None, description="keep question score >= this instead of a share")
     answer_min: float | None = Field(None, description="keep answer score >= this instead of a share")
+    answer_reduce: Literal["mean", "min"] = Field(
+        "mean", description="a sample's answer score from its turns: mean (Align2LLaVA) or the worst turn"
+    )
     examples: int = Field(3, ge=0, description="kept and dropped examples per subset in the summary")
 
     @model_validator(mode="after")
@@ -43,6 +46,13 @@ def subset_of(sample: Sample, by: str) -> str:
 
 def curation_of(sample: Sample) -> dict[str, Any]:
     return (sample.meta.model_extra or {}).get("curation") or {}
+
+
+def answer_score(curation: dict[str, Any], reduce: str) -> float | None:
+    if reduce == "min":
+        turns = curation.get("answer_scores") or []
+        return min(turns) if turns else None
+    return curation.get("answer_score")
 
 
 def top(
@@ -71,7 +81,7 @@ def select_subset(
             scored_q.append((s.id, score))
     kept_q, q_cut = top(scored_q, settings.question_keep, settings.question_min)
     decisions.update({i: "dropped: question score" for i, _ in scored_q})
-    answer = {s.id: curation_of(s).get("answer_score") for s in samples}
+    answer = {s.id: answer_score(curation_of(s), settings.answer_reduce) for s in samples}
     scored_a = [(i, answer[i]) for i in kept_q if answer[i] is not None]
     decisions.update({i: "dropped: no answer score" for i in kept_q if answer[i] is None})
     kept_a, a_cut = top(scored_a, settings.answer_keep, settings.answer_min)
