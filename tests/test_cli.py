@@ -94,14 +94,6 @@ def test_model_tiny_and_info(tmp_path, toyworld):
     assert "language_model" in info.output and "vision_tower" in info.output
 
 
-def test_quick_demo_runs_and_loss_falls(tmp_path):
-    result = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "demo")])
-    assert result.exit_code == 0, result.output
-    assert "(falls)" in result.output
-    assert (tmp_path / "demo" / "tiny-llava" / "model.safetensors").exists()
-    assert (tmp_path / "demo" / "validated" / "valid.jsonl").exists()
-
-
 def test_templates_and_label_preview(tmp_path, toyworld, tiny_model_dir):
     out = tmp_path / "templates.json"
     result = runner.invoke(

@@ -427,28 +427,13 @@ def align_rewrite(
     quiet: QuietOpt = False,
 ) -> None:
     """Rewrite soft-format answers in the inner LLM's own manner, then review each for unchanged meaning."""
-    from vialign.align.rewrite import (
-        RewriteSettings,
-        keep_original_on_failure,
-        make_rewriter,
-        rewriter_factory,
-        summarize,
-    )
-    from vialign.generation.runner import run_resumable
-    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
-    from vialign.records import read_jsonl, read_samples
+    from vialign.align.rewrite import RewriteSettings, rewrite_file
 
     settings = settings_or_exit(RewriteSettings, config, "rewrite", {"backend": backend}, set_)
-    runner = settings.runner.model_copy(update={k: v for k, v in
-                                                {"engine": engine, "limit": limit, "shard": shard, "batch_size": batch_size}.items()
-                                                if v is not None})  # fmt: skip
-    timer = StageTimer()
-    samples = list(read_samples(input))
-    local = runner.engine == "local"
-    report = run_resumable(samples, lambda s: s.id, make_rewriter(llm, settings) if local else None, out, runner,
-                           finish=keep_original_on_failure, ray_factory=rewriter_factory(llm, settings),
-                           task="rewrite", show_progress=not quiet)  # fmt: skip
-    table = summarize(list(read_jsonl(out)), settings.formats)
+    runner = runner_overrides(settings.runner, engine=engine, limit=limit, shard=shard, batch_size=batch_size)
+    table = rewrite_file(
+        input, llm, out, settings.model_copy(update={"runner": runner}), show_progress=not quiet
+    )
     view = Table(title=f"rewrite {input}")
     columns = (
         "rewritten",
@@ -465,12 +450,6 @@ def align_rewrite(
     for subset, counts in sorted(table.items()):
         view.add_row(subset, *(str(counts[c]) for c in columns))
     out_console.print(view)
-    write_manifest(out.parent / f"{out.stem}.manifest", Manifest(
-        stage="align.rewrite", inputs={str(input): fingerprint_file(input), "llm": llm},
-        settings=settings.model_dump(mode="json"), counts={"selected": report.selected, "reused": report.reused,
-        "processed": report.processed, "failed": len(report.failed), **{f"{s}.{k}": v for s, c in table.items() for k, v in c.items()}},
-        outputs={str(out): fingerprint_file(out)}, started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
-    ))  # fmt: skip
 
 
 @align_app.command("gap")
@@ -611,42 +590,18 @@ def curate_score(
     quiet: QuietOpt = False,
 ) -> None:
     """Score every sample's question set and answers with the reward models (writes meta.curation)."""
-    from vialign.curate.score import (
-        CurationScorer,
-        PreprocessMismatch,
-        ScoreSettings,
-        load_scorers,
-        scored_record,
-        scorer_factory,
-    )
-    from vialign.generation.runner import run_resumable
-    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
-    from vialign.records import read_samples
+    from vialign.curate.score import PreprocessMismatch, ScoreSettings, score_file
 
     settings = settings_or_exit(ScoreSettings, config, "score", {}, set_)
-    runner = settings.runner.model_copy(update={k: v for k, v in
-                                                {"engine": engine, "limit": limit, "shard": shard, "batch_size": batch_size}.items()
-                                                if v is not None})  # fmt: skip
+    runner = runner_overrides(settings.runner, engine=engine, limit=limit, shard=shard, batch_size=batch_size)
     paths = {k: p for k, p in (("questions", questions_rm), ("answers", answers_rm)) if p is not None}
-    timer = StageTimer()
     try:
-        models = load_scorers(paths, settings)
+        report = score_file(
+            input, out, paths, settings.model_copy(update={"runner": runner}), image_root, not quiet
+        )
     except (PreprocessMismatch, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    identity = {k: {"path": str(m.path), "fingerprint": m.fingerprint, "preprocess": m.card.preprocess.model_dump()}
-                for k, m in models.items()}  # fmt: skip
-    scorer = CurationScorer(models, image_root, settings.forward_batch) if runner.engine == "local" else None
-    report = run_resumable(list(read_samples(input)), lambda s: s.id, scorer, out, runner, finish=scored_record,
-                           ray_factory=scorer_factory(paths, settings, image_root), task="score",
-                           show_progress=not quiet, identity=identity)  # fmt: skip
-    write_manifest(out.parent / f"{out.stem}.manifest", Manifest(
-        stage="curate.score", inputs={str(input): fingerprint_file(input), **{f"{k}_rm": v["fingerprint"] for k, v in identity.items()}},
-        settings={**settings.model_dump(mode="json"), "reward_models": identity},
-        counts={"selected": report.selected, "reused": report.reused, "processed": report.processed,
-                "failed": len(report.failed)},
-        outputs={str(out): fingerprint_file(out)}, started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
-    ))  # fmt: skip
     out_console.print(f"scored {report.selected} samples ({report.reused} reused, {report.processed} processed, "
                       f"{len(report.failed)} failed) → {out}")  # fmt: skip
     for sample_id, error in list(report.failed.items())[:5]:
@@ -681,36 +636,12 @@ def curate_select(
     set_: SetOpt = None,
 ) -> None:
     """Per subset: top share by question score, then top share of those by mean answer score."""
-    import orjson
-
-    from vialign.curate.select import (
-        SelectSettings,
-        examples_of,
-        plot_score_histograms,
-        select,
-        with_decision,
-    )
-    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
-    from vialign.records import JsonlWriter, read_samples
+    from vialign.curate.select import SelectSettings, select_file
 
     options = {"question_keep": question_keep, "answer_keep": answer_keep, "question_min": question_min,
                "answer_min": answer_min, "by": by, "subsets": subsets.split(",") if subsets else None}  # fmt: skip
     settings = settings_or_exit(SelectSettings, config, "select", options, set_)
-    timer = StageTimer()
-    samples = list(read_samples(input))
-    decisions, summary = select(samples, settings)
-    out.mkdir(parents=True, exist_ok=True)
-    with JsonlWriter(out / "selected.jsonl") as kept, JsonlWriter(out / "decisions.jsonl") as log:
-        for s in samples:
-            record = with_decision(s, decisions[s.id])
-            log.write({"id": s.id, **record["meta"]["curation"]})
-            if decisions[s.id] == "kept":
-                kept.write(record)
-    for subset in summary:
-        summary[subset]["examples"] = examples_of(samples, decisions, subset, settings)
-    (out / "summary.json").write_bytes(orjson.dumps({"settings": settings.model_dump(mode="json"), "subsets": summary},
-                                                    option=orjson.OPT_INDENT_2))  # fmt: skip
-    plot_score_histograms(samples, summary, settings.by, out / "score_histograms.png")
+    decisions, summary = select_file(input, out, settings)
     view = Table(title=f"selection from {input}")
     for column in ("subset", "samples", "after questions", "kept", "question cutoff", "answer cutoff"):
         view.add_column(column, justify="left" if column == "subset" else "right")
@@ -720,13 +651,7 @@ def curate_select(
                      fmt(info.get("question_cutoff")), fmt(info.get("answer_cutoff")))  # fmt: skip
     out_console.print(view)
     n_kept = sum(d == "kept" for d in decisions.values())
-    write_manifest(out, Manifest(
-        stage="curate.select", inputs={str(input): fingerprint_file(input)}, settings=settings.model_dump(mode="json"),
-        counts={"samples": len(samples), "kept": n_kept, **{f"{k}.kept": v["kept"] for k, v in summary.items()}},
-        outputs={"selected.jsonl": fingerprint_file(out / "selected.jsonl")},
-        started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
-    ))  # fmt: skip
-    out_console.print(f"kept {n_kept} of {len(samples)} → {out / 'selected.jsonl'}")
+    out_console.print(f"kept {n_kept} of {len(decisions)} → {out / 'selected.jsonl'}")
 
 
 # ---------------------------------------------------------------- preference data and DPO
@@ -757,18 +682,13 @@ def prefer_sample(
     quiet: QuietOpt = False,
 ) -> None:
     """Sample K responses per prompt (temperature/top-p in --set params.*)."""
-    from vialign.generation.runner import run_resumable
-    from vialign.prefer.sample import ResponseSampler, SampleSettings, sampled_group
-    from vialign.records import read_samples
+    from vialign.prefer.sample import SampleSettings, sample_file
 
     settings = settings_or_exit(SampleSettings, config, "sample", {"k": k}, set_)
     runner = runner_overrides(settings.runner, limit=limit, batch_size=batch_size)
-    backend = settings.model.open(model)
-    sampler = ResponseSampler(backend, settings, image_root)
-    identity = {**backend.identity(), "params": sampler.params.model_dump()}
-    report = run_resumable(list(read_samples(input)), lambda s: s.id, sampler, out, runner,
-                           finish=lambda s, row: sampled_group(s, row, backend.identity(), sampler.params),
-                           task="sample", show_progress=not quiet, identity=identity)  # fmt: skip
+    report = sample_file(
+        input, model, out, settings.model_copy(update={"runner": runner}), image_root, not quiet
+    )
     out_console.print(f"sampled {settings.k} responses for {report.selected - len(report.failed)} prompts "
                       f"({report.reused} reused, {len(report.failed)} failed) → {out}")  # fmt: skip
 
@@ -791,30 +711,16 @@ def prefer_judge(
     quiet: QuietOpt = False,
 ) -> None:
     """Rate each response 0–4 on helpfulness, correctness, coherence, complexity, verbosity."""
-    from vialign.generation.cache import ResponseCache
-    from vialign.generation.runner import Row, RunnerSettings, run_resumable
-    from vialign.prefer.judge import PreferenceJudgeSettings, judged_group, open_judge
-    from vialign.records import read_jsonl
+    from vialign.prefer.judge import PreferenceJudgeSettings, judge_file
 
     options = {"target": judge, "judge": "toyworld-oracle" if oracle else None}
     settings = settings_or_exit(PreferenceJudgeSettings, config, "judge", options, set_)
     try:
-        rater = open_judge(
-            settings, ResponseCache(settings.cache or out.with_name(out.name + ".cache.jsonl")), image_root
-        )
+        total, rated = judge_file(input, out, settings, image_root, not quiet)
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    groups = [g for g in read_jsonl(input) if g.get("responses")]
-
-    def process(batch):
-        return [Row(g["id"], r) for g, r in zip(batch, rater.rate(batch), strict=True)]
-
-    report = run_resumable(groups, lambda g: g["id"], process, out, RunnerSettings(batch_size=settings.batch_size),
-                           finish=lambda g, row: judged_group(g, row["value"], rater.identity), task="judge",
-                           show_progress=not quiet, identity=rater.identity)  # fmt: skip
-    rated = [g for g in read_jsonl(out) if g.get("ratings")]
-    out_console.print(f"rated {len(rated)} of {report.selected} groups; {report.selected - len(rated)} excluded "
+    out_console.print(f"rated {rated} of {total} groups; {total - rated} excluded "
                       f"(malformed or unreachable judge, recorded with the reason) → {out}")  # fmt: skip
 
 
@@ -1081,13 +987,58 @@ def annotate_export(
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="smaller world and fewer steps")] = False,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="tiny sizes: a smoke run in under 2 minutes")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="first seed")] = 0,
+    seeds: Annotated[
+        int, typer.Option(help="runs with seeds seed, seed+1, ... (the report shows the spread)")
+    ] = 1,
 ) -> None:
-    """The built-in demo on CPU: toy world, validation, statistics, a tiny LLaVA and a smoke training run."""
+    """The built-in demo on CPU: curate, align, tune (VIT vs LIT) and prefer (DPO) on the toy world, each
+    evaluated against its baseline; writes OUT/report.html."""
     from vialign.demo import run_demo
 
-    run_demo(out, quick=quick, seed=seed, console=out_console)
+    run_demo(out, quick=quick, seed=seed, seeds=seeds, console=out_console)
+
+
+@app.command("run")
+def run(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML", exists=True, dir_okay=False)],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="run folder (default: the recipe's `out`)")
+    ] = None,
+    from_stage: Annotated[
+        str | None, typer.Option("--from", help="rerun this stage and every later one")
+    ] = None,
+    force: Annotated[list[str] | None, typer.Option("--force", help="rerun this stage (repeatable)")] = None,
+    var: Annotated[
+        list[str] | None, typer.Option("--var", help="recipe variable: name=value (repeatable)")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a recipe's stages in order; a stage whose inputs and settings are unchanged is reused."""
+    import yaml
+
+    from vialign.pipeline.recipe import load_recipe, run_recipe
+
+    variables = {}
+    for item in var or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            err_console.print(f"[red]error:[/red] --var {item!r} must look like name=value")
+            raise typer.Exit(2)
+        variables[name] = yaml.safe_load(value)
+    try:
+        loaded = load_recipe(recipe, variables)
+        if out is not None:
+            loaded = loaded.model_copy(update={"out": out})
+        folders = run_recipe(loaded, from_stage=from_stage, force=tuple(force or ()),
+                             log=out_console.print, show_progress=not quiet)  # fmt: skip
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    out_console.print(f"{len(folders)} stages finished; map in {Path(loaded.out) / 'run.json'}")
 
 
 if __name__ == "__main__":

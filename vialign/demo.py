@@ -1,72 +1,52 @@
-"""The built-in demo. For now: the toy world, validation, statistics, a tiny LLaVA, and a smoke run
-of the real SFT trainer (LIT labels) that checks the loss falls. The pipeline issue turns this into
-the full method comparison.
+"""The built-in demo: the toy-world recipe (`vialign/pipeline/recipes/toy_demo.yaml`) end to end, once per
+seed, then one report over every seed. Seed-independent stages (the world, the inner LLM, stage 1, the
+reward models, curation, rewriting) run once and are reused by the other seeds through the recipe cache.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from vialign.data.stats import dataset_stats
-from vialign.data.validate import ValidateSettings, validate_file
-from vialign.models.loading import build_tiny_from_toyworld
-from vialign.models.tiny import TinyModelSettings
-from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
-from vialign.train.settings import SFTSettings
-from vialign.train.sft import train_sft
+from vialign.pipeline.recipe import Recipe, load_recipe, run_recipe
+from vialign.report.html import ReportSettings, write_report
+
+QUICK = {"size": 600, "text_size": 800, "annotation_images": 60, "eval_scenes": 30, "lm_steps": 60,
+         "stage1_steps": 40, "sft_steps": 30, "rm_steps": 20, "prompts": 24, "dpo_steps": 8, "eval_limit": 24,
+         "rewrite_limit": 40}  # fmt: skip
 
 
-def smoke_train(
-    model_dir: Path, toyworld: Path, out: Path, steps: int, seed: int
-) -> tuple[float, float, float]:
-    """A short LIT finetune through the real trainer; (first loss, last loss, seconds)."""
-    settings = SFTSettings(
-        use_cpu=True, max_steps=steps, batch_size=8, lr=5e-4, warmup_ratio=0.05, logging_steps=1, seed=seed
-    )
-    manifest = train_sft(model_dir, toyworld / "corpus.jsonl", out, settings, image_root=toyworld)
-    losses = [row["loss"] for row in json.loads((out / "log_history.json").read_text()) if "loss" in row]
-    k = max(1, len(losses) // 5)
-    return sum(losses[:k]) / k, sum(losses[-k:]) / k, manifest.counts["train_seconds"]
+def demo_recipe(out: Path, quick: bool, seed: int) -> Recipe:
+    recipe = load_recipe(resources.files("vialign.pipeline").joinpath("recipes", "toy_demo.yaml"))
+    variables = {**recipe.vars, **(QUICK if quick else {}), "seed": seed}
+    return recipe.model_copy(update={"out": out, "vars": variables})
 
 
-def run_demo(out: Path, *, quick: bool, seed: int, console: Console) -> None:
+def run_demo(out: Path, *, quick: bool, seed: int, console: Console, seeds: int = 1) -> Path:
     out = Path(out)
-    world, model_dir = out / "toyworld", out / "tiny-llava"
-    size, steps = (1000, 30) if quick else (4000, 120)
     t0 = time.perf_counter()
-    manifest = generate_toyworld(
-        world, ToyWorldSettings(seed=seed, size=size, annotation_images=100, eval_scenes=100)
-    )
-    console.print(
-        f"[bold]toy world[/bold]: {manifest.counts['samples']} samples, {manifest.counts['images']} images in {manifest.duration_s:.1f} s"
-    )
+    per_seed = []
+    for s in range(seed, seed + seeds):
+        console.print(f"[bold]seed {s}[/bold]")
+        recipe = demo_recipe(out, quick, s)
+        folders = run_recipe(recipe, log=lambda m: console.print("  " + m), show_progress=False)
+        per_seed.append((recipe, folders))
+    report_stage = next(st for st in per_seed[0][0].stages if st.name == "report")
+    resolved = [substituted(report_stage.settings, folders) for _, folders in per_seed]
+    runs = {label: [r["runs"][label][0] for r in resolved] for label in resolved[0]["runs"]}
+    settings = ReportSettings(**{**resolved[0], "runs": runs})
+    notes = ["quick demo: tiny sizes, numbers are a smoke check, not a result" if quick else
+             "full demo: tiny models on 2 CPU cores; differences within the intervals are noise",
+             f"{seeds} seed(s) from {seed}; elapsed {time.perf_counter() - t0:.0f} s"]  # fmt: skip
+    report = write_report(out, settings.model_copy(update={"notes": notes}))
+    console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; report: {report}")
+    return report
 
-    summary = validate_file(world / "corpus.jsonl", out / "validated", ValidateSettings(image_root=world))
-    console.print(f"[bold]validate[/bold]: {summary.valid} valid, {summary.rejected} rejected")
 
-    stats = dataset_stats(out / "validated" / "valid.jsonl")
-    table = Table(title="corpus by subset and format class")
-    for column in ("subset", "class", "samples"):
-        table.add_column(column)
-    for (subset, cls), n in sorted(stats.by_subset_class.items()):
-        table.add_row(subset, cls, str(n))
-    console.print(table)
+def substituted(settings: dict, folders: dict[str, Path]) -> dict:
+    from vialign.pipeline.recipe import substitute
 
-    built = build_tiny_from_toyworld(world, model_dir, TinyModelSettings(seed=seed))
-    console.print(
-        f"[bold]tiny LLaVA[/bold]: {built.counts['parameters']:,} parameters, vocabulary {built.counts['vocab']}, saved to {model_dir}"
-    )
-
-    first, last, seconds = smoke_train(model_dir, world, out / "smoke-sft", steps, seed)
-    verdict = "[green]falls[/green]" if last < first else "[red]does not fall[/red]"
-    console.print(
-        f"[bold]smoke run[/bold]: {steps} steps in {seconds:.1f} s, loss {first:.3f} → {last:.3f} ({verdict})"
-    )
-    console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; outputs under {out}")
-    if last >= first:
-        raise SystemExit("smoke run: the loss did not fall")
+    return substitute(settings, folders, {})

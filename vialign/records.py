@@ -46,6 +46,13 @@ class Meta(BaseModel):
     provenance: list[dict[str, Any]] = Field(default_factory=list)
 
 
+def image_list(image: str | list[str] | None) -> list[str]:
+    """A record's `image` field (absent, one path, or several) as a list of paths."""
+    if image is None:
+        return []
+    return [image] if isinstance(image, str) else list(image)
+
+
 class Sample(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -56,9 +63,7 @@ class Sample(BaseModel):
 
     @property
     def images(self) -> list[str]:
-        if self.image is None:
-            return []
-        return [self.image] if isinstance(self.image, str) else list(self.image)
+        return image_list(self.image)
 
     @property
     def questions(self) -> list[str]:

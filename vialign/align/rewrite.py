@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -183,4 +184,28 @@ def summarize(samples: list[dict[str, Any]], formats: FormatSettings) -> dict[st
             counts["kept"] += 1
         for t in runs[-1]["turns"] if runs else []:
             counts[f"verdict.{t['verdict']}"] += 1
+    return table
+
+
+def rewrite_file(input: Path, llm: str, out: Path, settings: RewriteSettings, show_progress: bool = True):
+    """Rewrite and review every soft sample of `input` into `out` (resumable); writes the manifest beside
+    it; returns the per-subset table."""
+    from vialign.generation.runner import run_resumable
+    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.records import read_jsonl, read_samples
+
+    timer = StageTimer()
+    runner = settings.runner
+    samples = list(read_samples(input))
+    local = runner.engine == "local"
+    report = run_resumable(samples, lambda s: s.id, make_rewriter(llm, settings) if local else None, out, runner,
+                           finish=keep_original_on_failure, ray_factory=rewriter_factory(llm, settings),
+                           task="rewrite", show_progress=show_progress)  # fmt: skip
+    table = summarize(list(read_jsonl(out)), settings.formats)
+    write_manifest(out.parent / f"{out.stem}.manifest", Manifest(
+        stage="align.rewrite", inputs={str(input): fingerprint_file(input), "llm": llm},
+        settings=settings.model_dump(mode="json"), counts={"selected": report.selected, "reused": report.reused,
+        "processed": report.processed, "failed": len(report.failed), **{f"{s}.{k}": v for s, c in table.items() for k, v in c.items()}},
+        outputs={str(out): fingerprint_file(out)}, started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
+    ))  # fmt: skip
     return table

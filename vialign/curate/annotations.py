@@ -19,6 +19,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vialign.records import image_list
+
 GroupKind = Literal["questions", "answers"]
 
 
@@ -65,9 +67,7 @@ class AnnotationGroup(BaseModel):
 
     @property
     def images(self) -> list[str]:
-        if self.image is None:
-            return []
-        return [self.image] if isinstance(self.image, str) else list(self.image)
+        return image_list(self.image)
 
     @property
     def scores(self) -> list[float]:

@@ -139,3 +139,31 @@ def scored_record(sample: Sample, row: dict[str, Any]) -> dict[str, Any]:
     curation = row["value"] if row["ok"] else {"error": row["error"]}
     record.setdefault("meta", {})["curation"] = curation
     return record
+
+
+def score_file(
+    input: Path, out: Path, paths: dict[RewardKind, str | Path], settings: ScoreSettings,
+    image_root: str | Path | None = None, show_progress: bool = True,
+):  # fmt: skip
+    """Score every sample of `input` into `out` (resumable); writes OUT's manifest beside it."""
+    from vialign.generation.runner import run_resumable
+    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.records import read_samples
+
+    timer = StageTimer()
+    models = load_scorers(paths, settings)
+    identity = {k: {"path": str(m.path), "fingerprint": m.fingerprint, "preprocess": m.card.preprocess.model_dump()}
+                for k, m in models.items()}  # fmt: skip
+    runner = settings.runner
+    scorer = CurationScorer(models, image_root, settings.forward_batch) if runner.engine == "local" else None
+    report = run_resumable(list(read_samples(input)), lambda s: s.id, scorer, out, runner, finish=scored_record,
+                           ray_factory=scorer_factory(paths, settings, image_root), task="score",
+                           show_progress=show_progress, identity=identity)  # fmt: skip
+    write_manifest(out.parent / f"{out.stem}.manifest", Manifest(
+        stage="curate.score", inputs={str(input): fingerprint_file(input), **{f"{k}_rm": v["fingerprint"] for k, v in identity.items()}},
+        settings={**settings.model_dump(mode="json"), "reward_models": identity},
+        counts={"selected": report.selected, "reused": report.reused, "processed": report.processed,
+                "failed": len(report.failed)},
+        outputs={str(out): fingerprint_file(out)}, started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
+    ))  # fmt: skip
+    return report

@@ -168,3 +168,36 @@ def plot_score_histograms(
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
+
+
+def select_file(input: Path, out: Path, settings: SelectSettings):
+    """Select from a scored JSONL; writes selected.jsonl, decisions.jsonl, summary.json, the histograms
+    and a manifest into `out`; returns (decisions, summary)."""
+    import orjson
+
+    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.records import JsonlWriter, read_samples
+
+    timer = StageTimer()
+    samples = list(read_samples(input))
+    decisions, summary = select(samples, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    with JsonlWriter(out / "selected.jsonl") as kept, JsonlWriter(out / "decisions.jsonl") as log:
+        for s in samples:
+            record = with_decision(s, decisions[s.id])
+            log.write({"id": s.id, **record["meta"]["curation"]})
+            if decisions[s.id] == "kept":
+                kept.write(record)
+    for subset in summary:
+        summary[subset]["examples"] = examples_of(samples, decisions, subset, settings)
+    (out / "summary.json").write_bytes(orjson.dumps({"settings": settings.model_dump(mode="json"), "subsets": summary},
+                                                    option=orjson.OPT_INDENT_2))  # fmt: skip
+    plot_score_histograms(samples, summary, settings.by, out / "score_histograms.png")
+    n_kept = sum(d == "kept" for d in decisions.values())
+    write_manifest(out, Manifest(
+        stage="curate.select", inputs={str(input): fingerprint_file(input)}, settings=settings.model_dump(mode="json"),
+        counts={"samples": len(samples), "kept": n_kept, **{f"{k}.kept": v["kept"] for k, v in summary.items()}},
+        outputs={"selected.jsonl": fingerprint_file(out / "selected.jsonl")},
+        started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
+    ))  # fmt: skip
+    return decisions, summary

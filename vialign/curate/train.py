@@ -32,7 +32,7 @@ from vialign.models.encoding import sentences
 from vialign.models.loading import load_llava, model_fingerprint
 from vialign.records import ImagePathError, JsonlWriter, confined_image_path
 from vialign.train.settings import SFTSettings
-from vialign.train.sft import VialignTrainer, add_lora, run_trainer, set_trainable_parts
+from vialign.train.sft import VialignTrainer, prepare_for_training, run_trainer
 
 Corruption = Literal["shuffle", "crop", "duplicate"]
 
@@ -276,9 +276,7 @@ def train_reward_model(
         raise ValueError(
             f"no usable {kind} group in {[str(a) for a in annotations]}; see {out / 'rejects.jsonl'}"
         )
-    trainable = set_trainable_parts(llava, settings.train)
-    if settings.train.lora.enabled:
-        llava = add_lora(llava, settings.train)
+    llava, trainable = prepare_for_training(llava, settings.train)
     model = RewardModel(llava)
     collator = RewardCollator(processor.tokenizer.pad_token_id, inputs)
     result = run_trainer(model, RewardDataset(examples), collator, out, settings.train, resume,

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
-from vialign.config import Settings
-from vialign.generation.base import Backend, ChatRequest, GenerationParams, ModelSettings
+from vialign.generation.base import Backend, ChatRequest, JudgeModelSettings
 from vialign.generation.cache import ResponseCache, cache_key
 
 DEFAULT_JUDGE_PROMPT = (
@@ -26,13 +25,8 @@ DEFAULT_JUDGE_PROMPT = (
 RATING = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
 
 
-class JudgeSettings(Settings):
-    target: str | None = Field(None, description="judge: checkpoint folder or OpenAI-compatible URL")
-    model: ModelSettings = Field(default_factory=ModelSettings)
+class JudgeSettings(JudgeModelSettings):
     prompt: str = DEFAULT_JUDGE_PROMPT
-    params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=256))
-    batch_size: int = Field(16, ge=1)
-    cache: Path | None = Field(None, description="default: OUT/judge_cache.jsonl")
 
     @field_validator("prompt")
     @classmethod

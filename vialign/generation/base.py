@@ -93,3 +93,14 @@ class ModelSettings(Settings):
             return open_backend(target, name, model=self.model_name, api_key_env=self.api_key_env)
         options = {"chat_format": self.chat_format, "device": self.device, "dtype": self.dtype}
         return open_backend(target, name, **{k: v for k, v in options.items() if v is not None})
+
+
+class JudgeModelSettings(Settings):
+    """A judge reached through a backend: which model, how it generates, how many requests per batch,
+    and where its answers are cached. Stages subclass it with their prompt and defaults."""
+
+    target: str | None = Field(None, description="judge: checkpoint folder or OpenAI-compatible URL")
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=256))
+    batch_size: int = Field(16, ge=1)
+    cache: Path | None = Field(None, description="response cache (JSONL); default: beside the output")

@@ -18,11 +18,10 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from vialign.config import Settings
-from vialign.generation.base import ChatRequest, GenerationParams, ModelSettings
+from vialign.generation.base import ChatRequest, GenerationParams, JudgeModelSettings
 from vialign.generation.cache import ResponseCache, cache_key
 from vialign.manifest import fingerprint_bytes
-from vialign.records import IMAGE_TAG, confined_image_path
+from vialign.records import IMAGE_TAG, confined_image_path, image_list
 
 ASPECTS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 DEFAULT_PREFERENCE_PROMPT = (
@@ -35,14 +34,11 @@ DEFAULT_PREFERENCE_PROMPT = (
 )
 
 
-class PreferenceJudgeSettings(Settings):
+class PreferenceJudgeSettings(JudgeModelSettings):
     judge: str = Field("model", description="model | toyworld-oracle")
-    target: str | None = Field(None, description="model judge: checkpoint folder or OpenAI-compatible URL")
-    model: ModelSettings = Field(default_factory=ModelSettings)
     prompt: str = DEFAULT_PREFERENCE_PROMPT
     params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=512))
     batch_size: int = Field(8, ge=1)
-    cache: Path | None = Field(None, description="default: OUT.cache.jsonl")
 
     @field_validator("prompt")
     @classmethod
@@ -123,7 +119,7 @@ class ModelJudge:
         )
 
     def request(self, group: dict[str, Any], key: str) -> ChatRequest:
-        images = [group["image"]] if isinstance(group.get("image"), str) else group.get("image") or []
+        images = image_list(group.get("image"))
         content = f"{IMAGE_TAG}\n" * len(images) + render_prompt(
             self.settings.prompt, group["question"], group["responses"]
         )
@@ -202,3 +198,23 @@ def open_judge(settings: PreferenceJudgeSettings, cache: ResponseCache, image_ro
 def judged_group(group: dict[str, Any], rating: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
     return {**group, "ratings": rating["ratings"], "judge": identity, "judge_reply": rating.get("reply"),
             "error": rating.get("error")}  # fmt: skip
+
+
+def judge_file(input: Path, out: Path, settings: PreferenceJudgeSettings, image_root: str | Path | None = None,
+               show_progress: bool = True) -> tuple[int, int]:  # fmt: skip
+    """Rate every sampled group of `input` into `out` (resumable); returns (groups, rated)."""
+    from vialign.generation.runner import Row, RunnerSettings, run_resumable
+    from vialign.records import read_jsonl
+
+    rater = open_judge(
+        settings, ResponseCache(settings.cache or out.with_name(out.name + ".cache.jsonl")), image_root
+    )
+    groups = [g for g in read_jsonl(input) if g.get("responses")]
+
+    def process(batch: list[dict[str, Any]]) -> list[Row]:
+        return [Row(g["id"], r) for g, r in zip(batch, rater.rate(batch), strict=True)]
+
+    run_resumable(groups, lambda g: g["id"], process, out, RunnerSettings(batch_size=settings.batch_size),
+                  finish=lambda g, row: judged_group(g, row["value"], rater.identity), task="judge",
+                  show_progress=show_progress, identity=rater.identity)  # fmt: skip
+    return len(groups), sum(1 for g in read_jsonl(out) if g.get("ratings"))

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from vialign.config import Settings
+from vialign.records import image_list
 
 SCORED_ASPECTS = ("helpfulness", "correctness", "coherence")
 
@@ -54,7 +55,7 @@ def pair_record(group: dict[str, Any], chosen: int, rejected: int) -> dict[str, 
 def trl_record(pair: dict[str, Any]) -> dict[str, Any]:
     """TRL's conversational preference format (images, prompt, chosen, rejected)."""
     question = pair["conversations"][0]["value"]
-    images = [pair["image"]] if isinstance(pair.get("image"), str) else pair.get("image") or []
+    images = image_list(pair.get("image"))
     text = question.replace("<image>", "").strip()
     content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
     return {

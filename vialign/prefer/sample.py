@@ -6,6 +6,7 @@ question and ground truth (if any), and the K responses with the sampler's ident
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -60,3 +61,17 @@ def sampled_group(
             "sampler": {**identity, "params": params.model_dump()},
         }
     return {**group, "responses": None, "error": row["error"]}
+
+
+def sample_file(input: Path, model: str, out: Path, settings: SampleSettings, image_root: str | Path | None = None,
+                show_progress: bool = True):  # fmt: skip
+    """K responses for every sample's first question into `out` (resumable)."""
+    from vialign.generation.runner import run_resumable
+    from vialign.records import read_samples
+
+    backend = settings.model.open(model)
+    sampler = ResponseSampler(backend, settings, str(image_root) if image_root else None)
+    identity = {**backend.identity(), "params": sampler.params.model_dump()}
+    return run_resumable(list(read_samples(input)), lambda s: s.id, sampler, out, settings.runner,
+                         finish=lambda s, row: sampled_group(s, row, backend.identity(), sampler.params),
+                         task="sample", show_progress=show_progress, identity=identity)  # fmt: skip

@@ -13,7 +13,6 @@ goes through the resumable runner: a crash keeps what was done.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +32,7 @@ from vialign.models.loading import load_llava, model_fingerprint, processor_imag
 from vialign.records import JsonlWriter, Sample, confined_image_path, read_samples
 from vialign.train.data import SFTCollator
 from vialign.train.settings import SFTSettings
-from vialign.train.sft import VialignTrainer, add_lora, export_trained, run_trainer, set_trainable_parts
+from vialign.train.sft import VialignTrainer, prepare_for_training, run_trainer, save_run
 
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]
 
@@ -286,18 +285,13 @@ def train_dpo(
         ref, computed = reference_logps(model, PairDataset(pairs, image_root), collator, cache_file,
                                         settings.ref_batch_size, show_progress)  # fmt: skip
     model.train()
-    trainable = set_trainable_parts(model, settings)
-    if settings.lora.enabled:
-        model = add_lora(model, settings)
-    if settings.gradient_checkpointing:
-        model.enable_input_require_grads()
+    model, trainable = prepare_for_training(model, settings)
     dataset = PairDataset(pairs, image_root, ref)
     result = run_trainer(model, dataset, collator, out, settings, resume,
                          trainer_cls=functools.partial(PreferenceTrainer, dpo=settings))  # fmt: skip
     if not main_process:
         return None
-    export_trained(model, processor, out, settings)
-    (out / "log_history.json").write_text(json.dumps(result.log_history, indent=1))
+    save_run(model, processor, out, settings, result)
     manifest = Manifest(
         stage="train.dpo",
         inputs={str(pairs_path): fingerprint_file(pairs_path), "model": str(model_path)},

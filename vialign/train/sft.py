@@ -193,6 +193,26 @@ def run_trainer(
                        trainer.state.log_history)  # fmt: skip
 
 
+def prepare_for_training(
+    model: PreTrainedModel, settings: SFTSettings
+) -> tuple[PreTrainedModel, dict[str, int]]:
+    """Freeze by part, add LoRA if asked, ready gradient checkpointing; returns the model to train and the
+    trainable parameters per part."""
+    trainable = set_trainable_parts(model, settings)
+    if settings.lora.enabled:
+        model = add_lora(model, settings)
+    if settings.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model, trainable
+
+
+def save_run(
+    model: PreTrainedModel, processor: Any, out: Path, settings: SFTSettings, result: TrainResult
+) -> None:
+    export_trained(model, processor, out, settings)
+    (out / "log_history.json").write_text(json.dumps(result.log_history, indent=1))
+
+
 def write_quarantine(out: Path, report: EncodeReport) -> None:
     with JsonlWriter(out / "quarantine.jsonl") as writer:
         for sample_id, reason in report.quarantined.items():
@@ -227,18 +247,13 @@ def train_sft(
     out.mkdir(parents=True, exist_ok=True)
     if main_process:
         write_quarantine(out, report)
-    trainable = set_trainable_parts(model, settings)
-    if settings.lora.enabled:
-        model = add_lora(model, settings)
-    if settings.gradient_checkpointing:
-        model.enable_input_require_grads()
+    model, trainable = prepare_for_training(model, settings)
     dataset = SFTDataset(items, image_root)
     collator = SFTCollator(processor.tokenizer.pad_token_id, processor.image_processor)
     result = run_trainer(model, dataset, collator, out, settings, resume, callbacks)
     if not main_process:
         return None
-    export_trained(model, processor, out, settings)
-    (out / "log_history.json").write_text(json.dumps(result.log_history, indent=1))
+    save_run(model, processor, out, settings, result)
     manifest = Manifest(
         stage="train.sft",
         inputs={str(data): fingerprint_file(data), "model": str(model_path)},

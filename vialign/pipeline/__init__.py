@@ -1,0 +1,1 @@
+"""Recipes: stages with content-addressed caching."""

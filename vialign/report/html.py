@@ -1,0 +1,328 @@
+"""The run report: one static HTML file (images and plots embedded), no server needed.
+
+Sections: the comparison tables (mean over seeds, the seed spread, bootstrap 95% intervals, paired
+deltas), plots (loss curves, metric bars with intervals, reward-score and gap histograms) and a dataset
+viewer (image, conversation, reward scores, kept/dropped, the rewrite as a diff with its verdict).
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import html
+import io
+import statistics
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import Field
+
+from vialign.config import Settings
+from vialign.evaluate.compare import compare_results
+from vialign.records import confined_image_path, read_jsonl
+
+DEFAULT_METRICS = [
+    ["pope", "f1"], ["pope", "accuracy"], ["pope", "yes_ratio"], ["caption", "CIDEr"], ["vqa", "accuracy"],
+    ["mc", "accuracy"], ["text", "normalised_match"],
+]  # fmt: skip
+
+
+class Comparison(Settings):
+    title: str
+    baseline: str
+    variant: str
+
+
+class ReportSettings(Settings):
+    title: str = "vialign run"
+    runs: dict[str, list[str]] = Field(description="model label → its eval folders, one per seed")
+    comparisons: list[Comparison] = Field(default_factory=list)
+    metrics: list[list[str]] = Field(default_factory=lambda: [list(m) for m in DEFAULT_METRICS])
+    training: dict[str, str] = Field(
+        default_factory=dict, description="label → run folder with log_history.json"
+    )
+    gap: str | None = Field(None, description="gap stage folder (gap.json, gap.png)")
+    selection: str | None = Field(None, description="select stage folder")
+    rewritten: str | None = Field(None, description="rewritten JSONL")
+    viewer_data: str | None = Field(None, description="JSONL whose samples the viewer shows")
+    image_root: str | None = None
+    viewer_limit: int = Field(24, ge=0)
+    resamples: int = Field(1000, ge=10)
+    notes: list[str] = Field(default_factory=list)
+
+
+def results(folder: str | Path) -> dict[str, Any]:
+    return orjson.loads((Path(folder) / "results.json").read_bytes())
+
+
+def metric(result: dict[str, Any], bench: str, name: str) -> float | None:
+    return result["benchmarks"].get(bench, {}).get("metrics", {}).get(name)
+
+
+def png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def file_uri(path: Path) -> str:
+    kind = "png" if path.suffix == ".png" else "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+# ---------------------------------------------------------------- tables
+
+
+def summary_rows(
+    settings: ReportSettings, loaded: dict[str, list[dict]], intervals: dict[str, dict]
+) -> list[list[str]]:
+    rows = []
+    for label, per_seed in loaded.items():
+        row = [html.escape(label)]
+        for bench, name in settings.metrics:
+            values = [v for v in (metric(r, bench, name) for r in per_seed) if v is not None]
+            if not values:
+                row.append("–")
+                continue
+            cell = fmt(statistics.fmean(values))
+            if len(values) > 1:
+                cell += f" <span class=spread>(seeds {fmt(min(values))}–{fmt(max(values))})</span>"
+            interval = intervals[label].get((bench, name))
+            if interval:
+                cell += f" <span class=ci>[{fmt(interval[0])}, {fmt(interval[1])}]</span>"
+            row.append(cell)
+        rows.append(row)
+    return rows
+
+
+def bootstrap_intervals(settings: ReportSettings) -> dict[str, dict[tuple[str, str], tuple[float, float]]]:
+    """Per model, the bootstrap interval of every metric on its first seed's samples."""
+    out: dict[str, dict[tuple[str, str], tuple[float, float]]] = {}
+    for label, folders in settings.runs.items():
+        rows = compare_results([Path(folders[0]) / "results.json"], resamples=settings.resamples)
+        out[label] = {(r["bench"], r["metric"]): r["intervals"][0] for r in rows if r["intervals"][0]}
+    return out
+
+
+def comparison_table(settings: ReportSettings, comparison: Comparison, loaded: dict[str, list[dict]]) -> str:
+    base, variant = settings.runs[comparison.baseline][0], settings.runs[comparison.variant][0]
+    rows = {(r["bench"], r["metric"]): r for r in compare_results([Path(base) / "results.json", Path(variant) / "results.json"],
+                                                                   resamples=settings.resamples)}  # fmt: skip
+    body = []
+    for bench, name in settings.metrics:
+        base_values = [
+            v for v in (metric(r, bench, name) for r in loaded[comparison.baseline]) if v is not None
+        ]
+        var_values = [
+            v for v in (metric(r, bench, name) for r in loaded[comparison.variant]) if v is not None
+        ]
+        if not base_values or not var_values:
+            continue
+        deltas = [v - b for b, v in zip(base_values, var_values, strict=False)]
+        row = rows.get((bench, name))
+        interval = row["delta_intervals"][0] if row else None
+        ci = f"[{fmt(interval[0])}, {fmt(interval[1])}]" if interval else "–"
+        sign = "up" if statistics.fmean(deltas) > 0 else "down" if statistics.fmean(deltas) < 0 else ""
+        body.append(f"<tr><td>{bench}</td><td>{name}</td><td>{fmt(statistics.fmean(base_values))}</td>"
+                    f"<td>{fmt(statistics.fmean(var_values))}</td><td class='{sign}'>{statistics.fmean(deltas):+.3f}</td>"
+                    f"<td>{ci}</td><td>{' '.join(f'{d:+.3f}' for d in deltas)}</td></tr>")  # fmt: skip
+    return (f"<h3>{html.escape(comparison.title)}</h3><table class=cmp><thead><tr><th>benchmark</th><th>metric</th>"
+            f"<th>{html.escape(comparison.baseline)}</th><th>{html.escape(comparison.variant)}</th><th>Δ (mean over seeds)</th>"
+            f"<th>Δ 95% paired bootstrap (seed 1)</th><th>Δ per seed</th></tr></thead><tbody>{''.join(body)}</tbody></table>")  # fmt: skip
+
+
+# ---------------------------------------------------------------- plots
+
+
+def loss_plot(training: dict[str, str]) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    drawn = False
+    for label, folder in training.items():
+        path = Path(folder) / "log_history.json"
+        if not path.is_file():
+            continue
+        history = [h for h in orjson.loads(path.read_bytes()) if "loss" in h]
+        if history:
+            ax.plot([h["step"] for h in history], [h["loss"] for h in history], label=label)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("loss curves")
+    ax.legend(fontsize=8)
+    return png(fig)
+
+
+def metric_bars(settings: ReportSettings, loaded: dict[str, list[dict]], intervals: dict[str, dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [
+        (b, m) for b, m in settings.metrics if any(metric(r[0], b, m) is not None for r in loaded.values())
+    ]
+    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(2.3 * max(1, len(shown)), 3.2), squeeze=False)
+    labels = list(loaded)
+    for ax, (bench, name) in zip(axes[0], shown, strict=False):
+        means, errors = [], [[], []]
+        for label in labels:
+            values = [v for v in (metric(r, bench, name) for r in loaded[label]) if v is not None]
+            mean = statistics.fmean(values) if values else 0.0
+            low, high = intervals[label].get((bench, name), (mean, mean))
+            means.append(mean)
+            errors[0].append(max(0.0, mean - low))
+            errors[1].append(max(0.0, high - mean))
+        ax.bar(range(len(labels)), means, yerr=errors, capsize=3, color="#4c72b0")
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"{bench} {name}", fontsize=8)
+    fig.tight_layout()
+    return png(fig)
+
+
+# ---------------------------------------------------------------- dataset viewer
+
+
+def word_diff(original: str, rewrite: str) -> str:
+    a, b = original.split(), rewrite.split()
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(html.escape(" ".join(a[i1:i2])))
+        if op in ("delete", "replace"):
+            out.append(f"<del>{html.escape(' '.join(a[i1:i2]))}</del>")
+        if op in ("insert", "replace"):
+            out.append(f"<ins>{html.escape(' '.join(b[j1:j2]))}</ins>")
+    return " ".join(out)
+
+
+def viewer(settings: ReportSettings) -> str:
+    if not settings.viewer_data or settings.viewer_limit == 0:
+        return "<p>No dataset given.</p>"
+    decisions = {}
+    if settings.selection and (Path(settings.selection) / "decisions.jsonl").is_file():
+        decisions = {d["id"]: d for d in read_jsonl(Path(settings.selection) / "decisions.jsonl")}
+    rewrites = {}
+    if settings.rewritten and Path(settings.rewritten).is_file():
+        for r in read_jsonl(settings.rewritten):
+            turns = [
+                t
+                for p in r.get("meta", {}).get("provenance", [])
+                if p.get("stage") == "align.rewrite"
+                for t in p.get("turns", [])
+            ]
+            if turns:
+                rewrites[r["id"]] = turns
+    chosen = [r for r in read_jsonl(settings.viewer_data) if r["id"] in rewrites or not rewrites][
+        : settings.viewer_limit
+    ]
+    cards = []
+    for r in chosen:
+        cards.append(sample_card(r, decisions.get(r["id"]), rewrites.get(r["id"], []), settings.image_root))
+    return "<div class=viewer>" + "".join(cards) + "</div>"
+
+
+def sample_card(
+    record: dict[str, Any], decision: dict | None, rewrites: list[dict], image_root: str | None
+) -> str:
+    image_html = ""
+    image = record.get("image")
+    if isinstance(image, str) and image_root:
+        path = confined_image_path(image_root, image)
+        if path.is_file():
+            image_html = f"<img class=sample-image src='{file_uri(path)}' alt='{html.escape(image)}'>"
+    by_turn = {t["turn"]: t for t in rewrites}
+    turns = []
+    for k, turn in enumerate(record["conversations"]):
+        text = html.escape(turn["value"])
+        extra = ""
+        if k in by_turn:
+            t = by_turn[k]
+            extra = (f"<div class=rewrite><b>rewrite</b> ({html.escape(t['verdict'])}, kept {html.escape(t['kept'])}): "
+                     f"{word_diff(t['original'], t['rewrite'])}</div>")  # fmt: skip
+            text = html.escape(t["original"])
+        turns.append(f"<div class='turn {turn['from']}'><b>{turn['from']}</b> {text}{extra}</div>")
+    meta = record.get("meta", {})
+    status = ""
+    if decision:
+        kept = decision.get("kept")
+        status = (f"<div class='status {'kept' if kept else 'dropped'}'>{'kept' if kept else html.escape(decision.get('decision', 'dropped'))}"
+                  f" · question score {fmt(decision.get('question_score'))} · answer score {fmt(decision.get('answer_score'))}</div>")  # fmt: skip
+    corruption = meta.get("corruption")
+    flag = (
+        f"<div class=corrupt>toy-world corruption: {html.escape(corruption['kind'])}</div>"
+        if corruption
+        else ""
+    )
+    return (f"<div class=card><div class=card-head>{html.escape(record['id'])} · {html.escape(str(meta.get('subset')))}</div>"
+            f"{image_html}{status}{flag}{''.join(turns)}</div>")  # fmt: skip
+
+
+# ---------------------------------------------------------------- page
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem auto;max-width:1200px;color:#222;padding:0 1rem}
+table{border-collapse:collapse;margin:.6rem 0 1.4rem;font-size:.85rem}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
+th:first-child,td:first-child{text-align:left}.spread,.ci{color:#777;font-size:.75rem}.up{color:#1a7f37}.down{color:#b42318}
+img.plot{max-width:100%;border:1px solid #eee;margin:.4rem 0}.viewer{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:.8rem}
+.card{border:1px solid #ddd;border-radius:6px;padding:.6rem;font-size:.8rem;background:#fff}.card-head{font-weight:bold;margin-bottom:.3rem}
+.sample-image{width:96px;height:96px;image-rendering:pixelated;float:right;margin-left:.4rem}.turn{margin:.25rem 0}.turn.gpt{color:#234}
+.rewrite{background:#f6f8fa;padding:.2rem .3rem;margin-top:.2rem}ins{background:#d1f7d6;text-decoration:none}del{background:#ffd7d5}
+.status.kept{color:#1a7f37}.status.dropped{color:#b42318}.corrupt{color:#9a6700}.notes{color:#555}
+"""
+
+
+def write_report(out: Path, settings: ReportSettings) -> Path:
+    loaded = {label: [results(f) for f in folders] for label, folders in settings.runs.items()}
+    intervals = bootstrap_intervals(settings)
+    header = "".join(f"<th>{html.escape(b)} {html.escape(m)}</th>" for b, m in settings.metrics)
+    summary = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+                      for row in summary_rows(settings, loaded, intervals))  # fmt: skip
+    seeds = max(len(v) for v in settings.runs.values())
+    parts = [f"<h1>{html.escape(settings.title)}</h1>",
+             f"<p class=notes>{seeds} seed(s); values are means over seeds, (min–max over seeds), [bootstrap 95% interval of the first seed].</p>",
+             *[f"<p class=notes>{html.escape(n)}</p>" for n in settings.notes],
+             "<h2>Results</h2>", f"<table id=summary><thead><tr><th>model</th>{header}</tr></thead><tbody>{summary}</tbody></table>",
+             "<h2>Comparisons</h2>", *[comparison_table(settings, c, loaded) for c in settings.comparisons]]  # fmt: skip
+    if settings.gap and (Path(settings.gap) / "gap.json").is_file():
+        gap = orjson.loads((Path(settings.gap) / "gap.json").read_bytes())
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['samples']}</td><td>{fmt(v['mean_nll'])}</td><td>{fmt(v['token_mean_nll'])}</td></tr>"
+                       for k, v in gap.items() if isinstance(v, dict))  # fmt: skip
+        parts += ["<h2>Writing-manner gap</h2>", "<table id=gap><thead><tr><th>data</th><th>samples</th><th>mean NLL</th>"
+                  f"<th>token-weighted</th></tr></thead><tbody>{rows}</tbody></table>",
+                  f"<p>delta (rewritten − teacher): {fmt(gap.get('delta_mean_nll'))} nats/token</p>"]  # fmt: skip
+    parts.append("<h2>Plots</h2>")
+    bars = metric_bars(settings, loaded, intervals)
+    parts.append(f"<img class=plot id=metric-bars alt='metric bars' src='{bars}'>")
+    curves = loss_plot(settings.training)
+    if curves:
+        parts.append(f"<img class=plot id=loss-curves alt='loss curves' src='{curves}'>")
+    if settings.selection and (Path(settings.selection) / "score_histograms.png").is_file():
+        parts.append(
+            f"<img class=plot id=reward-histograms alt='reward-score histograms' src='{file_uri(Path(settings.selection) / 'score_histograms.png')}'>"
+        )
+    if settings.gap and (Path(settings.gap) / "gap.png").is_file():
+        parts.append(
+            f"<img class=plot id=gap-histograms alt='gap histograms' src='{file_uri(Path(settings.gap) / 'gap.png')}'>"
+        )
+    parts += ["<h2>Dataset viewer</h2>", viewer(settings)]
+    page = f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(settings.title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.html"
+    path.write_text(page)
+    return path
