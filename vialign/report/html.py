@@ -301,7 +301,8 @@ def write_report(out: Path, settings: ReportSettings) -> Path:
              "<h2>Comparisons</h2>", *[comparison_table(settings, c, loaded) for c in settings.comparisons]]  # fmt: skip
     if settings.gap and (Path(settings.gap) / "gap.json").is_file():
         gap = orjson.loads((Path(settings.gap) / "gap.json").read_bytes())
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['samples']}</td><td>{fmt(v['mean_nll'])}</td><td>{fmt(v['token_mean_nll'])}</td></tr>"
+        names = {"input": "original (teacher manner)", "vs": "rewritten"}
+        rows = "".join(f"<tr><td>{html.escape(names.get(k, k))}</td><td>{v['samples']}</td><td>{fmt(v['mean_nll'])}</td><td>{fmt(v['token_mean_nll'])}</td></tr>"
                        for k, v in gap.items() if isinstance(v, dict))  # fmt: skip
         parts += ["<h2>Writing-manner gap</h2>", "<table id=gap><thead><tr><th>data</th><th>samples</th><th>mean NLL</th>"
                   f"<th>token-weighted</th></tr></thead><tbody>{rows}</tbody></table>",
