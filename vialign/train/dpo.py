@@ -24,15 +24,14 @@ from accelerate import PartialState
 from pydantic import Field
 from torch.utils.data import Dataset
 
-from vialign.data.templates import read_template_file
 from vialign.generation.runner import Row, RunnerSettings, run_resumable
 from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint_settings, write_manifest
-from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncoderSettings, EncodingError
-from vialign.models.loading import load_llava, model_fingerprint, processor_image_tokens
+from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncodingError
+from vialign.models.loading import load_llava, model_fingerprint
 from vialign.records import JsonlWriter, Sample, confined_image_path, read_samples
 from vialign.train.data import SFTCollator
 from vialign.train.settings import SFTSettings
-from vialign.train.sft import VialignTrainer, prepare_for_training, run_trainer, save_run
+from vialign.train.sft import VialignTrainer, prepare_for_training, run_trainer, save_run, training_encoder
 
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]
 
@@ -244,11 +243,7 @@ class PreferenceTrainer(VialignTrainer):
 
 
 def dpo_encoder(processor: Any, settings: DPOSettings) -> ChatEncoder:
-    template_file = read_template_file(settings.templates) if settings.templates else None
-    return ChatEncoder(processor.tokenizer, EncoderSettings(
-        chat_format=settings.resolved("chat_format"), mode="response", image_tokens=processor_image_tokens(processor),
-        max_length=settings.max_length, templates=frozenset(template_file["sentences"]) if template_file else frozenset(),
-    ))  # fmt: skip
+    return training_encoder(processor, settings, "response")
 
 
 def train_dpo(

@@ -193,6 +193,15 @@ def run_trainer(
                        trainer.state.log_history)  # fmt: skip
 
 
+def training_encoder(processor: Any, settings: SFTSettings, mode: str) -> ChatEncoder:
+    """The encoder a training run uses: its chat format, label mode, length limit and template list."""
+    template_file = read_template_file(settings.templates) if settings.templates else None
+    return ChatEncoder(processor.tokenizer, EncoderSettings(
+        chat_format=settings.resolved("chat_format"), mode=mode, image_tokens=processor_image_tokens(processor),
+        max_length=settings.max_length, templates=frozenset(template_file["sentences"]) if template_file else frozenset(),
+    ))  # fmt: skip
+
+
 def prepare_for_training(
     model: PreTrainedModel, settings: SFTSettings
 ) -> tuple[PreTrainedModel, dict[str, int]]:
@@ -233,11 +242,7 @@ def train_sft(
     timer = StageTimer()
     model, processor = load_llava(model_path)
     template_file = read_template_file(settings.templates) if settings.templates else None
-    encoder = ChatEncoder(processor.tokenizer, EncoderSettings(
-        chat_format=settings.resolved("chat_format"), mode=settings.resolved("mode"),
-        image_tokens=processor_image_tokens(processor), max_length=settings.max_length,
-        templates=frozenset(template_file["sentences"]) if template_file else frozenset(),
-    ))  # fmt: skip
+    encoder = training_encoder(processor, settings, settings.resolved("mode"))
     items, report = encode_all(encoder, read_samples(data))
     if not items:
         raise ValueError(
