@@ -2,16 +2,14 @@
 
 import json
 import math
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
+from tests.resume import kill_then_resume
 from vialign.curate.annotations import better_pairs, is_heldout, load_groups, split_groups
 from vialign.curate.reward import (
     PreprocessSettings,
@@ -303,27 +301,10 @@ def score_command(rms, data, out, image_root):
 
 @pytest.mark.slow
 def test_scoring_resumes_after_sigkill_without_duplicates(toyworld, reward_models, tmp_path):
-    samples = list(read_samples(toyworld / "corpus.jsonl"))[:120]
-    write_jsonl(samples, tmp_path / "in.jsonl")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run(score_command(reward_models, tmp_path / "in.jsonl", tmp_path / "whole.jsonl", toyworld),
-                   check=True, env=env, timeout=600)  # fmt: skip
-    partial = tmp_path / "cut.jsonl.partial.jsonl"
-    proc = subprocess.Popen(
-        score_command(reward_models, tmp_path / "in.jsonl", tmp_path / "cut.jsonl", toyworld), env=env
+    write_jsonl(list(read_samples(toyworld / "corpus.jsonl"))[:120], tmp_path / "in.jsonl")
+    kill_then_resume(
+        lambda out: score_command(reward_models, tmp_path / "in.jsonl", out, toyworld), tmp_path, 120, 10
     )
-    deadline = time.time() + 300
-    while time.time() < deadline and (not partial.exists() or partial.read_bytes().count(b"\n") < 10):
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = partial.read_bytes().count(b"\n")
-    assert 10 <= done_before < 120 and not (tmp_path / "cut.jsonl").exists()
-    subprocess.run(score_command(reward_models, tmp_path / "in.jsonl", tmp_path / "cut.jsonl", toyworld),
-                   check=True, env=env, timeout=600)  # fmt: skip
-    assert (tmp_path / "cut.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
-    ids = [json.loads(line)["id"] for line in partial.read_bytes().splitlines()]
-    assert len(ids) == len(set(ids)) == 120, "a record was scored twice or lost"
 
 
 def test_resuming_with_another_reward_model_is_refused(toyworld, tmp_path):

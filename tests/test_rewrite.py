@@ -3,14 +3,11 @@ failures are recorded without losing records, SIGKILL + resume equals an uninter
 the Ray engine gives the local engine's output."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
+from tests.resume import kill_then_resume
 from vialign.align.rewrite import (
     RewriteSettings,
     keep_original_on_failure,
@@ -150,33 +147,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(toyworld, tiny_model_di
         s for s in read_samples(toyworld / "corpus.jsonl") if s.meta.subset in ("conversation", "detail")
     ][:24]
     write_jsonl(soft, tmp_path / "in.jsonl")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        rewrite_command(tiny_model_dir, tmp_path / "in.jsonl", tmp_path / "whole.jsonl"),
-        check=True,
-        env=env,
-        timeout=600,
-    )
-    partial = tmp_path / "cut.jsonl.partial.jsonl"
-    proc = subprocess.Popen(
-        rewrite_command(tiny_model_dir, tmp_path / "in.jsonl", tmp_path / "cut.jsonl"), env=env
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and (not partial.exists() or partial.read_bytes().count(b"\n") < 6):
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = partial.read_bytes().count(b"\n")
-    assert 6 <= done_before < 24 and not (tmp_path / "cut.jsonl").exists()
-    subprocess.run(
-        rewrite_command(tiny_model_dir, tmp_path / "in.jsonl", tmp_path / "cut.jsonl"),
-        check=True,
-        env=env,
-        timeout=600,
-    )
-    assert (tmp_path / "cut.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
-    ids = [json.loads(line)["id"] for line in partial.read_bytes().splitlines()]
-    assert len(ids) == len(set(ids)) == 24, "a record was redone or lost"
+    kill_then_resume(lambda out: rewrite_command(tiny_model_dir, tmp_path / "in.jsonl", out), tmp_path, 24, 6)
 
 
 @pytest.mark.slow

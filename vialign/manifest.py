@@ -54,6 +54,17 @@ def fingerprint_dir(path: str | Path, pattern: str = "**/*") -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def fingerprint_listing(path: str | Path) -> str:
+    """A cheap fingerprint of a large folder (an image root): every file's name, size and modification
+    time, without reading contents."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    return "listing:" + digest.hexdigest()
+
+
 def fingerprint_settings(settings: Any) -> str:
     if isinstance(settings, BaseModel):
         settings = settings.model_dump(mode="json")

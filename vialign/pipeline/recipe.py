@@ -29,7 +29,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vialign.manifest import fingerprint_dir, fingerprint_file, fingerprint_settings
+from vialign.manifest import fingerprint_dir, fingerprint_file, fingerprint_listing, fingerprint_settings
 
 REF = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
 VAR = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
@@ -106,7 +106,8 @@ def outside_inputs(value: Any, run_root: Path) -> dict[str, str]:
     if isinstance(value, str) and ("/" in value or value.endswith((".jsonl", ".json", ".yaml"))):
         path = Path(value)
         if path.exists() and not path.resolve().is_relative_to(run_root.resolve()):
-            found[value] = fingerprint_file(path) if path.is_file() else fingerprint_dir(path)
+            # folders outside the run (image roots, checkpoints) can be huge: name, size and mtime suffice
+            found[value] = fingerprint_file(path) if path.is_file() else fingerprint_listing(path)
     elif isinstance(value, dict):
         for v in value.values():
             found.update(outside_inputs(v, run_root))
