@@ -466,23 +466,11 @@ def align_gap(
     ] = None,
 ) -> None:
     """Writing-manner gap: the inner LLM's per-token NLL of the answers, text only."""
-    import orjson
+    from vialign.align.gap import gap_files
 
-    from vialign.align.gap import answer_nll, plot_histograms
-    from vialign.records import read_samples, write_jsonl
-
-    wanted = set(subsets.split(",")) if subsets else None
     datasets = {"input": input, **({"vs": vs} if vs else {})}
-    reports = {}
-    for name, path in datasets.items():
-        chosen = (s for s in read_samples(path) if wanted is None or s.meta.subset in wanted)
-        reports[name] = answer_nll(llm, chosen, chat_format=chat_format)
-        write_jsonl(reports[name].per_sample, out / f"{name}.nll.jsonl")
-    summary = {name: {"path": str(datasets[name]), **r.summary()} for name, r in reports.items()}
-    if vs:
-        summary["delta_mean_nll"] = round(reports["vs"].sample_mean - reports["input"].sample_mean, 4)
-    (out / "gap.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    plot_histograms({str(datasets[n]): r for n, r in reports.items()}, out / "gap.png")
+    reports, summary = gap_files(llm, datasets, out, subsets=subsets.split(",") if subsets else None,
+                                 chat_format=chat_format)  # fmt: skip
     view = Table(title=f"writing-manner gap under {llm}")
     for column in ("dataset", "samples", "mean NLL", "token-weighted", "median"):
         view.add_column(column, justify="left" if column == "dataset" else "right")

@@ -103,6 +103,15 @@ def confined_image_path(root: str | Path, rel: str) -> Path:
     return path
 
 
+def existing_images(root: str | Path | None, rels: list[str]) -> list[Path]:
+    """The files a record's image paths name, confined to `root`; FileNotFoundError names a missing one."""
+    images = [confined_image_path(root or ".", rel) for rel in rels]
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"image not found: {missing[0]}")
+    return images
+
+
 class RecordError(ValueError):
     """A record that cannot be used; names where it is so the user can fix it."""
 

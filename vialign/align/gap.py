@@ -46,9 +46,17 @@ def text_only(sample: Sample) -> Sample:
 
 @torch.no_grad()
 def answer_nll(
-    llm: str | Path, samples: Iterable[Sample], *, chat_format: str = "vicuna_v1", batch_size: int = 16
+    llm: str | Path | TransformersBackend,
+    samples: Iterable[Sample],
+    *,
+    chat_format: str = "vicuna_v1",
+    batch_size: int = 16,
 ) -> GapReport:
-    backend = TransformersBackend.load(llm, chat_format=chat_format)
+    backend = (
+        llm
+        if isinstance(llm, TransformersBackend)
+        else TransformersBackend.load(llm, chat_format=chat_format)
+    )
     model, tokenizer = backend.model, backend.tokenizer
     encoder = ChatEncoder(
         tokenizer, EncoderSettings(chat_format=chat_format, mode="response", image_tokens=0, verify=False)
@@ -87,6 +95,34 @@ def answer_nll(
             if n:
                 rows.append({"id": sample_id, "nll": float(nll[k][valid[k]].mean()), "tokens": n})
     return GapReport(rows)
+
+
+def gap_files(
+    llm: str | Path, datasets: dict[str, Path], out: Path, *, subsets: Iterable[str] | None = None,
+    chat_format: str = "vicuna_v1",
+) -> tuple[dict[str, GapReport], dict[str, Any]]:  # fmt: skip
+    """The gap of each dataset under one load of the inner LLM: `NAME.nll.jsonl` per dataset, `gap.json`
+    (with the delta `vs − input` when both are given) and `gap.png` in `out`."""
+    import orjson
+
+    from vialign.records import read_samples, write_jsonl
+
+    wanted = set(subsets) if subsets is not None else None
+    out.mkdir(parents=True, exist_ok=True)
+    backend = TransformersBackend.load(llm, chat_format=chat_format)
+    reports = {}
+    for name, path in datasets.items():
+        chosen = (s for s in read_samples(path) if wanted is None or s.meta.subset in wanted)
+        reports[name] = answer_nll(backend, chosen, chat_format=chat_format)
+        write_jsonl(reports[name].per_sample, out / f"{name}.nll.jsonl")
+    summary: dict[str, Any] = {
+        name: {"path": str(datasets[name]), **r.summary()} for name, r in reports.items()
+    }
+    if "input" in reports and "vs" in reports:
+        summary["delta_mean_nll"] = round(reports["vs"].sample_mean - reports["input"].sample_mean, 4)
+    (out / "gap.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    plot_histograms({str(datasets[n]): r for n, r in reports.items()}, out / "gap.png")
+    return reports, summary
 
 
 def plot_histograms(reports: dict[str, GapReport], path: Path) -> None:

@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -214,7 +215,7 @@ class LoadedRewardModel:
     path: Path
     fingerprint: str
 
-    @property
+    @cached_property
     def inputs(self) -> RewardInputs:
         return RewardInputs(self.processor, self.card.preprocess)
 

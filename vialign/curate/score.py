@@ -26,7 +26,7 @@ from vialign.curate.reward import (
 )
 from vialign.curate.train import RewardCollator, RewardExample, score_examples
 from vialign.generation.runner import Row, RunnerSettings
-from vialign.records import ImagePathError, Sample, confined_image_path
+from vialign.records import ImagePathError, Sample, existing_images
 
 
 class ScoreSettings(Settings):
@@ -72,26 +72,26 @@ class CurationScorer:
         self.models, self.image_root, self.forward_batch = models, image_root, forward_batch
         self.inputs: dict[RewardKind, RewardInputs] = {k: m.inputs for k, m in models.items()}
 
-    def example(self, sample: Sample, kind: RewardKind) -> RewardExample:
-        images = [confined_image_path(self.image_root or ".", p) for p in sample.images]
-        missing = [str(p) for p in images if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"image not found: {missing[0]}")
-        candidates = [self.inputs[kind].ids(t) for t in model_inputs(sample, kind)]
-        return RewardExample(sample.id, candidates, images, [], len(candidates))
-
     def __call__(self, batch: list[Sample]) -> list[Row]:
         values: dict[str, dict[str, Any]] = {s.id: {} for s in batch}
         errors: dict[str, str] = {}
+        images = {}
+        for sample in batch:
+            try:
+                images[sample.id] = existing_images(self.image_root, sample.images)
+            except (ImagePathError, FileNotFoundError) as exc:
+                errors[sample.id] = str(exc)
         for kind, loaded in self.models.items():
             examples = []
             for sample in batch:
                 if sample.id in errors:
                     continue
                 try:
-                    examples.append(self.example(sample, kind))
-                except (ImagePathError, FileNotFoundError, InputTooLong) as exc:
+                    candidates = [self.inputs[kind].ids(t) for t in model_inputs(sample, kind)]
+                except InputTooLong as exc:
                     errors[sample.id] = f"{kind}: {exc}"
+                    continue
+                examples.append(RewardExample(sample.id, candidates, images[sample.id], [], len(candidates)))
             usable = [e for e in examples if e.candidates]
             collator = RewardCollator(self.inputs[kind].tokenizer.pad_token_id, self.inputs[kind])
             scores = dict(zip([e.group_id for e in usable],

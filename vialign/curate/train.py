@@ -30,7 +30,7 @@ from vialign.curate.reward import (
 from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint_settings, write_manifest
 from vialign.models.encoding import sentences
 from vialign.models.loading import load_llava, model_fingerprint
-from vialign.records import ImagePathError, JsonlWriter, confined_image_path
+from vialign.records import ImagePathError, JsonlWriter, existing_images
 from vialign.train.settings import SFTSettings
 from vialign.train.sft import VialignTrainer, prepare_for_training, run_trainer
 
@@ -124,10 +124,7 @@ def build_examples(
     for group in groups:
         rng = random.Random(f"{settings.seed}:{group.group_id}")
         try:
-            images = [confined_image_path(image_root or ".", p) for p in group.images]
-            missing = [str(p) for p in images if not p.is_file()]
-            if missing:
-                raise FileNotFoundError(f"image not found: {missing[0]}")
+            images = existing_images(image_root, group.images)
             bodies = [candidate_body(group, k) for k in range(len(group.candidates))]
             copies = corrupted_copies(bodies, settings, rng) if with_negatives else []
             texts = [model_text(group, b) for b in bodies] + [model_text(group, b) for _, b in copies]

@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import field_validator
 
 from vialign.generation.base import Backend, ChatRequest, JudgeModelSettings
-from vialign.generation.cache import ResponseCache, cache_key
+from vialign.generation.cache import ResponseCache, ask_cached, cache_key
+from vialign.records import confined_image_path
 
 DEFAULT_JUDGE_PROMPT = (
     "[Instruction]\nYou are an impartial judge. Rate the quality of the AI assistant's response to the user "
@@ -46,6 +47,13 @@ def parse_rating(reply: str) -> float | None:
     return value if 1.0 <= value <= 10.0 else None
 
 
+def rating_or_refuse(reply: str) -> float:
+    rating = parse_rating(reply)
+    if rating is None:
+        raise ValueError("no rating [[n]] with 1 <= n <= 10 in the reply")
+    return rating
+
+
 def judge_prompt(template: str, question: str, answer: str, reference: str | None) -> str:
     ref = f"[Reference Answer]\n{reference}\n\n" if reference else ""
     return template.replace("{question}", question).replace("{answer}", answer).replace("{reference}", ref)
@@ -63,30 +71,15 @@ def rate_answers(
     identity = judge.identity()
     keyed = [(item, cache_key(identity, settings.prompt, item["question"], item.get("reference"),
                               item.get("images", []), item["answer"])) for item in items]  # fmt: skip
-    hits = {key for _, key in keyed if key in cache.entries}
-    todo = [(item, key) for item, key in keyed if key not in cache.entries]
-    for attempt in (1, 2):
-        retry = []
-        for start in range(0, len(todo), settings.batch_size):
-            chunk = todo[start : start + settings.batch_size]
-            requests = [ChatRequest(key, [{"role": "user", "content": judge_prompt(settings.prompt, item["question"],
-                                    item["answer"], item.get("reference"))}],
-                                    [image_root / p for p in item.get("images", [])]) for item, key in chunk]  # fmt: skip
-            results = judge.generate(requests, settings.params)
-            entries = []
-            for (item, key), result in zip(chunk, results, strict=True):
-                reply = result.texts[0] if result.texts else None
-                rating = parse_rating(reply) if reply is not None else None
-                if rating is None and attempt == 1:
-                    retry.append((item, key))
-                    continue
-                if result.error is None:  # transport errors are not cached: the next run asks again
-                    entries.append({"key": key, "rating": rating, "reply": reply, "judge": identity})
-            cache.add(entries)
-        todo = retry
+    hits = {key for _, key in keyed if key in cache}
+    requests = [ChatRequest(key, [{"role": "user", "content": judge_prompt(settings.prompt, item["question"],
+                            item["answer"], item.get("reference"))}],
+                            [confined_image_path(image_root, p) for p in item.get("images", [])]) for item, key in keyed]  # fmt: skip
+    ask_cached(judge, cache, requests, settings.params, lambda _, reply: rating_or_refuse(reply), settings.batch_size,
+               identity)  # fmt: skip
     out = []
     for item, key in keyed:
         entry = cache.entries.get(key, {})
-        out.append({"id": item["id"], "rating": entry.get("rating"), "judge_reply": entry.get("reply"),
+        out.append({"id": item["id"], "rating": entry.get("value"), "judge_reply": entry.get("reply"),
                     "cached": key in hits})  # fmt: skip
     return out

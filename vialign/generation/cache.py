@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vialign.generation.base import Backend, ChatRequest, GenerationParams
 
 import orjson
 
@@ -43,3 +47,39 @@ class ResponseCache:
             f.flush()
             os.fsync(f.fileno())
         self.entries.update({e["key"]: e for e in entries})
+
+
+def ask_cached(
+    backend: Backend,
+    cache: ResponseCache,
+    requests: Sequence[ChatRequest],
+    params: GenerationParams,
+    parse: Callable[[str, str], Any],
+    batch_size: int,
+    identity: dict[str, Any],
+) -> None:
+    """Ask `backend` every request whose id (its cache key) is not cached yet, and cache the outcome as
+    `{key, value, reply, error, judge}`. A reply `parse(key, reply)` refuses with ValueError is asked once
+    more, then cached with the reason; a transport error is not cached, so the next run asks again."""
+    todo = [r for r in requests if r.id not in cache]
+    for attempt in (1, 2):
+        retry = []
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            entries = []
+            for request, result in zip(chunk, backend.generate(list(chunk), params), strict=True):
+                if result.texts is None:
+                    continue
+                reply = result.texts[0]
+                try:
+                    value, error = parse(request.id, reply), None
+                except ValueError as exc:
+                    if attempt == 1:
+                        retry.append(request)
+                        continue
+                    value, error = None, str(exc)
+                entries.append(
+                    {"key": request.id, "value": value, "reply": reply, "error": error, "judge": identity}
+                )
+            cache.add(entries)
+        todo = retry

@@ -148,25 +148,18 @@ def rewrite(ctx: StageContext) -> None:
 
 
 def gap(ctx: StageContext) -> None:
-    from vialign.align.gap import answer_nll, plot_histograms
-    from vialign.records import read_samples, write_jsonl
+    from vialign.align.gap import gap_files
 
     llm, subsets, chat_format = (
         ctx.take("llm"),
         ctx.take("subsets", None),
         ctx.take("chat_format", "vicuna_v1"),
     )
-    datasets = {"input": ctx.take("data"), **({"vs": ctx.take("vs")} if "vs" in ctx.settings else {})}
-    reports = {}
-    for name, path in datasets.items():
-        chosen = (s for s in read_samples(path) if subsets is None or s.meta.subset in subsets)
-        reports[name] = answer_nll(llm, chosen, chat_format=chat_format)
-        write_jsonl(reports[name].per_sample, ctx.out / f"{name}.nll.jsonl")
-    summary = {name: {"path": str(datasets[name]), **r.summary()} for name, r in reports.items()}
-    if "vs" in reports:
-        summary["delta_mean_nll"] = round(reports["vs"].sample_mean - reports["input"].sample_mean, 4)
-    (ctx.out / "gap.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    plot_histograms({name: r for name, r in reports.items()}, ctx.out / "gap.png")
+    datasets = {
+        "input": Path(ctx.take("data")),
+        **({"vs": Path(ctx.take("vs"))} if "vs" in ctx.settings else {}),
+    }
+    gap_files(llm, datasets, ctx.out, subsets=subsets, chat_format=chat_format)
 
 
 def sample(ctx: StageContext) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from vialign.generation.base import ChatRequest, GenerationParams, JudgeModelSettings
-from vialign.generation.cache import ResponseCache, cache_key
+from vialign.generation.cache import ResponseCache, ask_cached, cache_key
 from vialign.manifest import fingerprint_bytes
 from vialign.records import IMAGE_TAG, confined_image_path, image_list
 
@@ -128,40 +128,17 @@ class ModelJudge:
 
     def rate(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keys = [self.key(g) for g in groups]
-        todo = [(g, k) for g, k in zip(groups, keys, strict=True) if k not in self.cache]
-        for attempt in (1, 2):
-            retry = []
-            results = (
-                self.backend.generate([self.request(g, k) for g, k in todo], self.settings.params)
-                if todo
-                else []
-            )
-            entries = []
-            for (group, key), result in zip(todo, results, strict=True):
-                if result.texts is None:
-                    entries.append(None)
-                    continue
-                try:
-                    ratings = parse_ratings(result.texts[0], len(group["responses"]))
-                    entries.append({"key": key, "ratings": ratings, "reply": result.texts[0]})
-                except MalformedRatings as exc:
-                    if attempt == 1:
-                        retry.append((group, key))
-                    else:
-                        entries.append(
-                            {"key": key, "ratings": None, "reply": result.texts[0], "error": str(exc)}
-                        )
-            self.cache.add([e for e in entries if e is not None])
-            todo = retry
+        k = {key: len(g["responses"]) for g, key in zip(groups, keys, strict=True)}
+        ask_cached(self.backend, self.cache, [self.request(g, key) for g, key in zip(groups, keys, strict=True)],
+                   self.settings.params, lambda key, reply: parse_ratings(reply, k[key]), self.settings.batch_size,
+                   self.identity)  # fmt: skip
         out = []
         for key in keys:
             entry = self.cache.get(key)
             if entry is None:
                 out.append({"ratings": None, "error": "the judge could not be reached; rerun to retry"})
             else:
-                out.append(
-                    {"ratings": entry["ratings"], "reply": entry["reply"], "error": entry.get("error")}
-                )
+                out.append({"ratings": entry["value"], "reply": entry["reply"], "error": entry.get("error")})
         return out
 
 
