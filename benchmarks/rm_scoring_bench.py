@@ -23,7 +23,7 @@ import torch
 
 from vialign.curate.score import CurationScorer, ScoreSettings, load_scorers
 from vialign.curate.train import RewardTrainSettings, train_reward_model
-from vialign.models.loading import build_tiny_from_toyworld
+from vialign.models.loading import build_tiny_model
 from vialign.models.tiny import TinyModelSettings
 from vialign.records import read_samples
 from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
@@ -32,7 +32,7 @@ from vialign.train.settings import SFTSettings
 
 def build(root: Path) -> dict[str, Path]:
     generate_toyworld(root / "world", ToyWorldSettings(size=600, annotation_images=40, eval_scenes=1))
-    build_tiny_from_toyworld(root / "world", root / "tiny", TinyModelSettings())
+    build_tiny_model(root / "world", root / "tiny", TinyModelSettings())
     settings = RewardTrainSettings(train=SFTSettings(max_steps=2, batch_size=2, use_cpu=True))
     paths = {}
     for kind in ("questions", "answers"):

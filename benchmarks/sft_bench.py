@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import RandomSampler
 
 from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_all
-from vialign.models.loading import build_tiny_from_toyworld, load_llava, processor_image_tokens
+from vialign.models.loading import build_tiny_model, load_llava, processor_image_tokens
 from vialign.models.tiny import TinyModelSettings
 from vialign.records import read_samples, write_jsonl
 from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
@@ -93,7 +93,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="vialign-bench-"))
     world = root / "world"
     generate_toyworld(world, ToyWorldSettings(seed=0, size=8000, annotation_images=0, eval_scenes=1))
-    build_tiny_from_toyworld(world, root / "model", TinyModelSettings())
+    build_tiny_model(world, root / "model", TinyModelSettings())
     samples = [s for s in read_samples(world / "corpus.jsonl")]
     used = samples[: args.steps * args.batch]
     write_jsonl(used, root / "data.jsonl")

@@ -29,9 +29,9 @@ def toyworld(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(toyworld, tmp_path_factory):
-    from vialign.models.loading import build_tiny_from_toyworld
+    from vialign.models.loading import build_tiny_model
     from vialign.models.tiny import TinyModelSettings
 
     out = tmp_path_factory.mktemp("tiny")
-    build_tiny_from_toyworld(toyworld, out, TinyModelSettings(seed=1))
+    build_tiny_model(toyworld, out, TinyModelSettings(seed=1))
     return out

@@ -19,7 +19,7 @@ def test_answer_nll_matches_a_manual_forward(toyworld, tiny_model_dir):
     report = answer_nll(tiny_model_dir, samples, batch_size=4)
     assert [r["id"] for r in report.per_sample] == [s.id for s in samples]
     model, processor = load_llava(tiny_model_dir)
-    encoder = ChatEncoder(processor.tokenizer, EncoderSettings(mode="response", image_tokens=0, verify=False))
+    encoder = ChatEncoder(processor.tokenizer, EncoderSettings(mode="response", image_tokens=0))
     for sample, row in zip(samples[:3], report.per_sample, strict=False):
         e = encoder.encode(text_only(sample))
         answer = [i for i, k in enumerate(e.kinds) if k == Kind.ASSISTANT]

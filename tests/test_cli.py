@@ -121,4 +121,4 @@ def test_templates_and_label_preview(tmp_path, toyworld, tiny_model_dir):
         ],
     )
     assert preview.exit_code == 0, preview.output
-    assert preview.output.count("tokens trained") == 2 and "<image×9>" in preview.output
+    assert preview.output.count("tokens trained") == 2 and "‹image×9›" in preview.output

@@ -1,4 +1,4 @@
-"""Exact label masks, built piece by piece: hand-written conversations in every mode, and a property
+"""Exact label masks on the toy tokenizer: hand-written conversations in every mode, and a property
 check over toy-world samples that LIT never trains image, role, system or template tokens."""
 
 import pytest
@@ -181,14 +181,6 @@ def test_no_trained_token_raises_instead_of_silent_zero_loss(tok):
         )
 
 
-def test_tokenization_mismatch_fails_loudly(tok, monkeypatch):
-    enc = encoder(tok, "lit")
-    real = enc.ids
-    monkeypatch.setattr(enc, "ids", lambda text: real(text)[:-1] if text == "What is it?" else real(text))
-    with pytest.raises(EncodingError, match="piecewise tokenization differs"):
-        enc.encode(MULTI_TURN_IMAGE_FIRST[0])
-
-
 def test_lit_property_over_toyworld(toyworld, tok):
     samples = list(read_samples(toyworld / "corpus.jsonl"))
     templates = frozenset(r["sentence"] for r in find_templates(samples, 0.05)["templates"])
@@ -255,10 +247,15 @@ def test_tokenizer_template_format_matches_vicuna_for_a_vicuna_template(tok, mod
 def test_tokenizer_template_format_follows_another_template(tok):
     chatml = copy_with_template(tok, CHATML)
     sample, _ = MULTI_TURN_IMAGE_FIRST
-    encoded = ChatEncoder(
-        chatml,
-        EncoderSettings(chat_format="tokenizer", mode="lit", image_tokens=4, templates=frozenset({TEMPLATE})),
-    ).encode(sample)
+    # Its generation prompt ends in a space, which this tokenizer folds into the answer's first word; a
+    # word-start-marking tokenizer cannot tokenize answers apart, so the whole string stays, with a warning.
+    with pytest.warns(UserWarning, match="keeps the whole string"):
+        encoder = ChatEncoder(
+            chatml,
+            EncoderSettings(chat_format="tokenizer", mode="lit", image_tokens=4, templates=frozenset({TEMPLATE}),
+                            eos_after_answer=False),
+        )  # fmt: skip
+    encoded = encoder.encode(sample)
     messages = [
         {"role": "user" if t.role == "human" else "assistant", "content": t.value}
         for t in sample.conversations

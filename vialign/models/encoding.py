@@ -1,13 +1,15 @@
-"""Chat encoding with label masks built from token ids, piece by piece (METHODS.md section 2, trap 1).
+"""Chat encoding with label masks (METHODS.md section 2, traps 1 and 11).
 
-A conversation is cut into pieces whose role is known before tokenizing: BOS, system prompt, role tags,
-user sentences, template sentences, image spans, assistant text and end-of-turn tokens. Each piece is
-tokenized on its own and the ids are concatenated, so every token's kind is exact. The concatenation is
-checked against tokenizing the rendered string whole; a mismatch raises `EncodingError`, never a
-silently blank label row.
+A conversation is rendered once to the exact string the model sees, as pieces whose role is known
+before tokenizing: BOS, system prompt, role tags, user text, template sentences, image tags, answers and
+end-of-turn. The string is tokenized once with offsets, and each token takes the role of the characters
+it comes from, so the ids are those of the whole string on any tokenizer (Llama-2's SentencePiece, whose
+`▁` and prefix spaces make pieces tokenized apart differ from the whole; byte-level BPE; the toy one),
+equal to what inference feeds the model, and every token's role is known. A token that spans an
+untrained and a trained piece is never trained.
 
 Label modes:
-- `response` (classic VIT): assistant text and its end-of-turn token;
+- `response` (classic VIT): assistant text and its end-of-turn;
 - `lit` (learning to instruct): also the user's own text, never system, role tags, images or templates;
 - `all`: every token (the comparison baseline some trainers use).
 """
@@ -15,6 +17,7 @@ Label modes:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -48,26 +51,10 @@ TRAINED: dict[str, frozenset[Kind]] = {
 }
 
 
-@dataclass(frozen=True)
-class ChatFormat:
-    """How turns are laid out; `joiner` stands between pieces when the whole string is rendered."""
-
-    name: str
-    system: str | None
-    user_tag: str | None
-    assistant_tag: str | None
-    keep_question_text: bool = True
-    joiner: str = " "
-
-
-CHAT_FORMATS: dict[str, ChatFormat] = {
-    # LLaVA-1.5 conversation template `vicuna_v1`: "{system} USER: {q} ASSISTANT: {a}</s>"
-    "vicuna_v1": ChatFormat("vicuna_v1", VICUNA_SYSTEM, "USER:", "ASSISTANT:"),
-    # LLaVA projector pretraining `plain`: image tokens, then the caption; no system, no tags.
-    "plain": ChatFormat("plain", None, None, None, keep_question_text=False),
-    # The tokenizer's own Jinja chat template; its scaffolding is read off a rendering of sentinels.
-    "tokenizer": ChatFormat("tokenizer", None, None, None, joiner=""),
-}
+CHAT_FORMATS = ("vicuna_v1", "plain", "tokenizer")
+# Changes whenever the same settings would encode differently: caches of encoded data key on it.
+ENCODER_VERSION = "rendered-once-2"
+ChatFormatName = Literal["vicuna_v1", "plain", "tokenizer"]
 
 
 class EncodingError(ValueError):
@@ -96,7 +83,9 @@ class EncoderSettings:
     max_length: int = 2048
     templates: frozenset[str] = field(default_factory=frozenset)
     add_bos: bool = True
-    verify: bool = True
+    # A chat template that writes no end-of-turn token after an answer (llava-hf's) would train a model
+    # that never stops; the tokenizer's EOS is written there instead, as LLaVA-1.5 was trained.
+    eos_after_answer: bool = True
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[])")
@@ -110,22 +99,12 @@ def sentences(text: str) -> list[str]:
     return out
 
 
-def user_segments(text: str) -> list[tuple[Kind, str]]:
-    """User text → (IMAGE | USER, segment) in order; sentences stay whole so templates can be found."""
-    segments: list[tuple[Kind, str]] = []
-    for k, chunk in enumerate(text.split(IMAGE_TAG)):
-        if k:
-            segments.append((Kind.IMAGE, IMAGE_TAG))
-        segments += [(Kind.USER, s) for s in sentences(chunk)]
-    return segments
-
-
 _EXACT_SPLIT = re.compile(r"(\n+|(?<=[.!?])\s+(?=[A-Z\"'(\[]))")
 
 
-def exact_user_segments(text: str) -> list[tuple[Kind, str]]:
-    """Like `user_segments`, but the segments concatenate back to `text` exactly (separators are kept
-    as the prefix of the next segment), for formats whose pieces are joined with nothing."""
+def user_segments(text: str) -> list[tuple[Kind, str]]:
+    """User text → (IMAGE | USER, segment) in order, concatenating back to `text` exactly: separators
+    are kept as the prefix of the next segment, sentences stay whole so templates can be found."""
     segments: list[tuple[Kind, str]] = []
     for k, chunk in enumerate(text.split(IMAGE_TAG)):
         if k:
@@ -144,51 +123,119 @@ def exact_user_segments(text: str) -> list[tuple[Kind, str]]:
 
 
 @dataclass(frozen=True)
-class TemplateScaffold:
-    """The fixed text a chat template puts around messages."""
+class Scaffold:
+    """The fixed text a chat format writes around messages. An answered turn renders as
+    `user_tag` (or `next_user_tag`), the user text, `assistant_tag`, `answer_prefix` + answer, `end`;
+    `tail` follows the last turn. `assistant_tag` is exactly what a generation prompt ends with, so what
+    the model must write after it (`answer_prefix`, e.g. Vicuna's space) is trained with the answer."""
 
-    head: str  # before the first user message: BOS, system prompt, first user tag
-    user_to_assistant: str  # between a user message and the answer
-    end: str  # right after an answer, up to and including EOS: trained as the end of the turn
-    next_user: str  # after `end`, before the next user message
-    tail: str  # after `end` of the last answer
-    generation: str  # after the last user message when prompting for an answer
-
-
-def _cut(text: str, sentinel: str, template: str) -> tuple[str, str]:
-    if text.count(sentinel) != 1:
-        raise ValueError(
-            f"the chat template of {template} does not render message content verbatim; use vicuna_v1"
-        )
-    before, after = text.split(sentinel)
-    return before, after
+    bos: str  # BOS text the format writes itself (else the encoder adds the BOS id)
+    system: str
+    user_tag: str
+    next_user_tag: str
+    assistant_tag: str
+    answer_prefix: str
+    end: str
+    tail: str = ""
+    keep_question_text: bool = True
 
 
-def template_scaffold(tokenizer: PreTrainedTokenizerBase) -> TemplateScaffold:
+def vicuna_v1_scaffold(tokenizer: PreTrainedTokenizerBase) -> Scaffold:
+    """LLaVA-1.5's `conv_vicuna_v1`: `{system} USER: {q} ASSISTANT: {a}</s>USER: {q} ASSISTANT:`."""
+    eos = tokenizer.eos_token or ""
+    return Scaffold("", VICUNA_SYSTEM, " USER: ", "USER: ", " ASSISTANT:", " ", eos)
+
+
+def plain_scaffold(tokenizer: PreTrainedTokenizerBase) -> Scaffold:
+    """LLaVA's projector pretraining `plain`: image tokens, then the caption (ended by EOS here)."""
+    return Scaffold("", "", "", "", "", "", tokenizer.eos_token or "", keep_question_text=False)
+
+
+def _common_suffix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return a[len(a) - n :]
+
+
+def _render_sentinels(tokenizer: PreTrainedTokenizerBase, turns: list[tuple[str, str]], **kwargs) -> str:
+    """Render sentinel messages with string content, else with typed text parts (llava-hf's templates
+    take a list of `{"type": ...}` parts); the first rendering that shows every sentinel once wins."""
+    sentinels = [content for _, content in turns]
+    for typed in (False, True):
+        messages = [
+            {"role": role, "content": [{"type": "text", "text": c}] if typed else c} for role, c in turns
+        ]
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+        except Exception:  # a template written for the other content shape may raise anything
+            continue
+        if all(text.count(s) == 1 for s in sentinels):
+            return text
+    name = getattr(tokenizer, "name_or_path", "") or "this tokenizer"
+    raise ValueError(f"the chat template of {name} does not render message content verbatim; use vicuna_v1")
+
+
+def _special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return [t.content for t in decoder.values() if getattr(t, "special", False)]
+
+
+def template_scaffold(tokenizer: PreTrainedTokenizerBase, eos_after_answer: bool = True) -> Scaffold:
     """Render sentinel messages once and read the template's own text around them."""
     if not tokenizer.chat_template:
         raise ValueError("the tokenizer has no chat template; use chat_format vicuna_v1 or plain")
-    u1, a1, u2, a2 = (f"\u2063vialign-{name}\u2063" for name in ("u1", "a1", "u2", "a2"))
     name = getattr(tokenizer, "name_or_path", "") or "this tokenizer"
-    roles = [("user", u1), ("assistant", a1), ("user", u2), ("assistant", a2)]
-    text = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in roles], tokenize=False)
-    head, rest = _cut(text, u1, name)
-    user_to_assistant, rest = _cut(rest, a1, name)
-    between, rest = _cut(rest, u2, name)
-    second, tail = _cut(rest, a2, name)
+    u1, a1, u2, a2 = (f"\u2063vialign-{name}\u2063" for name in ("u1", "a1", "u2", "a2"))
+    text = _render_sentinels(tokenizer, [("user", u1), ("assistant", a1), ("user", u2), ("assistant", a2)])
+    head, rest = text.split(u1)
+    user_to_assistant, rest = rest.split(a1)
+    between, rest = rest.split(u2)
+    second, tail = rest.split(a2)
     if second != user_to_assistant:
         raise ValueError(f"the chat template of {name} renders later turns differently; use vicuna_v1")
+    generation = _render_sentinels(tokenizer, [("user", u1)], add_generation_prompt=True).split(u1)[1]
+    if not user_to_assistant.startswith(generation):
+        raise ValueError(f"the generation prompt of {name}'s chat template ({generation!r}) does not begin "
+                         f"its answered turns ({user_to_assistant!r}); training would not match inference")  # fmt: skip
+    end, next_user = _end_of_turn(tokenizer, head, between)
+    specials = _special_texts(tokenizer)
+    eos = tokenizer.eos_token or ""
+    template_end = end
+    if eos_after_answer and eos and not any(s in end for s in specials):
+        end = eos + end
+    user_tag = _common_suffix(head, next_user)
+    before_user = head[: len(head) - len(user_tag)]
+    bos = tokenizer.bos_token or ""
+    bos = bos if bos and before_user.startswith(bos) else ""
+    return Scaffold(bos, before_user[len(bos) :], user_tag, next_user, generation,
+                    user_to_assistant[len(generation) :], end, tail.removeprefix(template_end))  # fmt: skip
+
+
+def _end_of_turn(tokenizer: PreTrainedTokenizerBase, head: str, between: str) -> tuple[str, str]:
+    """Split the text between an answer and the next user message into (end-of-turn, next user tag):
+    up to EOS when the template writes it there; else its leading special token (Llama-3's
+    <|eot_id|>); else whatever precedes the user tag, which is the text `head` ends with too."""
     eos = tokenizer.eos_token or ""
     if eos and eos in between:
         cut = between.index(eos) + len(eos)
-    else:  # the template's own end marker (ChatML's <|im_end|>): its first whitespace-delimited word
-        stripped = between.lstrip()
-        cut = len(between) - len(stripped) + len(stripped.split(None, 1)[0]) if stripped else 0
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": u1}], tokenize=False, add_generation_prompt=True
-    )
-    return TemplateScaffold(head, user_to_assistant, between[:cut], between[cut:],
-                            tail.removeprefix(between[:cut]), _cut(prompt, u1, name)[1])  # fmt: skip
+        return between[:cut], between[cut:]
+    lead = next((s for s in _special_texts(tokenizer) if between.startswith(s)), None)
+    if lead:
+        return lead, between[len(lead) :]
+    next_user = _common_suffix(head, between)
+    return between[: len(between) - len(next_user)], next_user
+
+
+def scaffold_for(tokenizer: PreTrainedTokenizerBase, settings: EncoderSettings) -> Scaffold:
+    if settings.chat_format == "vicuna_v1":
+        return vicuna_v1_scaffold(tokenizer)
+    if settings.chat_format == "plain":
+        return plain_scaffold(tokenizer)
+    return template_scaffold(tokenizer, settings.eos_after_answer)
+
+
+Pieces = list[tuple[Kind, str]]
 
 
 class ChatEncoder:
@@ -198,132 +245,104 @@ class ChatEncoder:
         if settings.mode not in TRAINED:
             raise ValueError(f"unknown label mode {settings.mode!r}; known: {sorted(TRAINED)}")
         self.tokenizer, self.settings = tokenizer, settings
-        self.format = CHAT_FORMATS[settings.chat_format]
         image_id = tokenizer.convert_tokens_to_ids(IMAGE_TAG)
         # A text-only LLM (the inner LLM on its own) may lack <image>; only samples with images need it.
         self.image_token_id = None if image_id in (None, tokenizer.unk_token_id) else image_id
-        self.eos = tokenizer.eos_token
-        self.scaffold = template_scaffold(tokenizer) if self.format.name == "tokenizer" else None
-        bos_text = tokenizer.bos_token or ""
-        self.add_bos = (
-            settings.add_bos
-            and tokenizer.bos_token_id is not None
-            and not (self.scaffold and bos_text and self.scaffold.head.startswith(bos_text))
-        )
+        self.scaffold = scaffold_for(tokenizer, settings)
+        self.add_bos = settings.add_bos and tokenizer.bos_token_id is not None and not self.scaffold.bos
         self._cache: dict[str, list[int]] = {}
-        self.straddling = 0  # tokens spanning two piece kinds (template formats only)
+        self.straddling = 0  # tokens spanning two piece kinds
+        # Where the tokenizer would tokenize a generation prompt differently inside the whole string,
+        # every answer is tokenized apart from what precedes it, as the model meets it at inference —
+        # unless the tokenizer writes a word-start marker before every text it is given (SentencePiece),
+        # when apart would add a marker inference never sees; then the whole string stays, with a warning.
+        self.answers_apart = False
+        if not self.prompt_is_stable():
+            name = getattr(tokenizer, "name_or_path", "") or "this tokenizer"
+            self.answers_apart = not self.marks_word_starts()
+            remedy = ("answers are tokenized apart from their prompts" if self.answers_apart else
+                      "training keeps the whole string; prefer a template whose generation prompt does not end in whitespace")  # fmt: skip
+            warnings.warn(f"{name} tokenizes the generation prompt differently when an answer follows; {remedy}",
+                          stacklevel=2)  # fmt: skip
 
     def ids(self, text: str) -> list[int]:
+        """Ids of a text on its own (no special tokens), cached."""
         if text not in self._cache:
             self._cache[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self._cache[text]
 
-    def question_pieces(self, question: str) -> list[tuple[Kind, str]]:
-        segments = exact_user_segments(question) if self.scaffold else user_segments(question)
+    def question_pieces(self, question: str) -> Pieces:
         pieces = []
-        for kind, text in segments:
-            if kind == Kind.USER and not self.format.keep_question_text:
+        for kind, text in user_segments(question):
+            if kind == Kind.USER and not self.scaffold.keep_question_text:
                 continue
             if kind == Kind.USER and text.strip() in self.settings.templates:
                 kind = Kind.TEMPLATE
             pieces.append((kind, text))
         return pieces
 
-    def turn_pieces(
-        self, question: str, answer: str | None, first: bool = True, last: bool = True
-    ) -> list[tuple[Kind, str]]:
-        if self.scaffold:
-            return self.template_turn_pieces(question, answer, first, last)
-        fmt = self.format
-        pieces: list[tuple[Kind, str]] = [(Kind.ROLE, fmt.user_tag)] if fmt.user_tag else []
-        pieces += self.question_pieces(question)
-        if fmt.assistant_tag:
-            pieces.append((Kind.ROLE, fmt.assistant_tag))
-        if answer is not None:
-            pieces += [(Kind.ASSISTANT, answer), (Kind.END, self.eos)]
-        return pieces
-
-    def template_turn_pieces(
-        self, question: str, answer: str | None, first: bool, last: bool
-    ) -> list[tuple[Kind, str]]:
+    def render(self, pairs: Sequence[tuple[str, str | None]]) -> Pieces:
+        """The exact string of (question, answer) turns as pieces; a last answer of None ends the
+        rendering with the generation prompt."""
         sc = self.scaffold
-        pieces = [] if first else [(Kind.ROLE, sc.next_user)]
-        pieces += self.question_pieces(question)
-        if answer is None:
-            return [*pieces, (Kind.ROLE, sc.generation)]
-        pieces += [(Kind.ROLE, sc.user_to_assistant), (Kind.ASSISTANT, answer), (Kind.END, sc.end)]
-        return pieces + ([(Kind.ROLE, sc.tail)] if last else [])
+        pieces: Pieces = [(Kind.BOS, sc.bos), (Kind.SYSTEM, sc.system)]
+        for k, (question, answer) in enumerate(pairs):
+            pieces += [
+                (Kind.ROLE, sc.user_tag if k == 0 else sc.next_user_tag),
+                *self.question_pieces(question),
+            ]
+            pieces.append((Kind.ROLE, sc.assistant_tag))
+            if answer is None:
+                return pieces
+            pieces += [(Kind.ASSISTANT, sc.answer_prefix + answer), (Kind.END, sc.end)]
+        return [*pieces, (Kind.ROLE, sc.tail)]
 
-    def head_pieces(self) -> list[tuple[Kind, str]]:
-        if self.scaffold:
-            return [(Kind.SYSTEM, self.scaffold.head)]
-        return [(Kind.SYSTEM, self.format.system)] if self.format.system else []
-
-    def pieces_to_ids(self, pieces: Sequence[tuple[Kind, str]]) -> tuple[list[int], list[int]]:
-        ids: list[int] = []
-        kinds: list[int] = []
-        for kind, text in pieces:
-            if not text:
-                continue
-            piece = (
-                [self.image_token_id] * self.settings.image_tokens if kind == Kind.IMAGE else self.ids(text)
-            )
-            ids += piece
-            kinds += [kind] * len(piece)
-        return ids, kinds
-
-    def verify(self, sample_id: str, pieces: Sequence[tuple[Kind, str]], ids: list[int]) -> None:
-        rendered = self.format.joiner.join(text for _, text in pieces if text)
-        whole = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        expanded = []
-        for token in whole:
-            expanded += [token] * (self.settings.image_tokens if token == self.image_token_id else 1)
-        if expanded != ids:
-            at = next(
-                (i for i, (a, b) in enumerate(zip(expanded, ids, strict=False)) if a != b),
-                min(len(expanded), len(ids)),
-            )
-            raise EncodingError(
-                sample_id, f"piecewise tokenization differs from whole tokenization at token {at}"
-            )
-
-    def tokenize_pieces(
-        self, sample_id: str, pieces: Sequence[tuple[Kind, str]]
-    ) -> tuple[list[int], list[int]]:
-        """Template formats: the rendered string tokenized once; piecewise formats: verified concatenation."""
-        if self.scaffold:
-            return self.ids_by_offsets(pieces)
-        ids, kinds = self.pieces_to_ids(pieces)
-        if self.settings.verify:
-            self.verify(sample_id, pieces, ids)
-        return ids, kinds
-
-    def ids_by_offsets(self, pieces: Sequence[tuple[Kind, str]]) -> tuple[list[int], list[int]]:
-        """Tokenize the exact rendering once; each token takes the kind of the piece its characters
-        come from (piece boundaries are known, never searched for). A token spanning two kinds gets
-        the first untrained one, so no token outside the trained text is ever trained."""
-        text, char_kind = "", []
-        for kind, piece in pieces:
+    def tokenize(self, pieces: Sequence[tuple[Kind, str]]) -> tuple[list[int], list[int]]:
+        """Tokenize the rendering once (or once per segment, see `answers_apart`); each token takes the
+        kind of the characters it comes from, and an image token expands to the processor's count."""
+        text, char_kind, cuts = "", [], [0]
+        for k, (kind, piece) in enumerate(pieces):
             text += piece
             char_kind += [kind] * len(piece)
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        trained = TRAINED[self.settings.mode]
-        ids: list[int] = []
-        kinds: list[int] = []
-        for token, (a, b) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
-            # Whitespace folded into a token ("▁word") belongs to the word; a token of whitespace only
-            # (a bare "▁" word-start marker) belongs to the word that follows it.
-            visible = [char_kind[c] for c in range(a, b) if not text[c].isspace()]
-            if not visible:
-                after = next((c for c in range(b, len(text)) if not text[c].isspace()), None)
-                visible = [char_kind[after]] if after is not None else char_kind[a : a + 1]
-            spanned = list(dict.fromkeys(visible))
-            kind = next((k for k in spanned if k not in trained), spanned[0]) if spanned else Kind.ROLE
-            self.straddling += len(spanned) > 1
-            repeat = self.settings.image_tokens if token == self.image_token_id else 1
-            ids += [token] * repeat
-            kinds += [Kind.IMAGE if token == self.image_token_id else kind] * repeat
+            next_kind = pieces[k + 1][0] if k + 1 < len(pieces) else None
+            if self.answers_apart and kind == Kind.ROLE and next_kind == Kind.ASSISTANT:
+                cuts.append(len(text))
+        ids: list[int] = [self.tokenizer.bos_token_id] if self.add_bos else []
+        kinds: list[int] = [Kind.BOS] * len(ids)
+        for start, stop in zip(cuts, [*cuts[1:], len(text)], strict=True):
+            self._tokenize_segment(text, char_kind, start, stop, ids, kinds)
         return ids, kinds
+
+    def _tokenize_segment(
+        self, text: str, char_kind: list[Kind], start: int, stop: int, ids: list[int], kinds: list[int]
+    ) -> None:
+        encoding = self.tokenizer(text[start:stop], add_special_tokens=False, return_offsets_mapping=True)
+        trained = TRAINED[self.settings.mode]
+        for token, (a, b) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
+            if token == self.image_token_id:
+                ids += [token] * self.settings.image_tokens
+                kinds += [Kind.IMAGE] * self.settings.image_tokens
+                continue
+            spanned = token_kinds(text, char_kind, start + a, start + b)
+            self.straddling += len(spanned) > 1
+            ids.append(token)
+            kinds.append(next((k for k in spanned if k not in trained), spanned[0]))
+
+    def marks_word_starts(self) -> bool:
+        """Whether the tokenizer writes SentencePiece's word-start marker before any text it is given."""
+        tokens = self.tokenizer.convert_ids_to_tokens(self.ids("x"))
+        return bool(tokens) and tokens[0].startswith("▁")
+
+    def prompt_is_stable(self) -> bool:
+        """Whether a generation prompt tokenizes as the start of the same text followed by an answer.
+        SentencePiece and Llama-3-style tokenizers keep it; a byte-level BPE whose regex splits a
+        trailing "\n\n" by what follows does not, with a template whose prompt ends in it."""
+        for answer in ("Hello there.", "1", "[0.1, 0.2]"):
+            prompt, _ = self.tokenize(self.render([("Hi", None)]))
+            whole, _ = self.tokenize(self.render([("Hi", answer)]))
+            if whole[: len(prompt)] != prompt:
+                return False
+        return True
 
     def encode(self, sample: Sample) -> Encoded:
         """Encode one sample; drops whole trailing turns to fit max_length, never part of an image span."""
@@ -337,21 +356,17 @@ class ChatEncoder:
             raise EncodingError(
                 sample.id, f"the tokenizer has no {IMAGE_TAG} token; this model cannot take images"
             )
-        bos = [self.tokenizer.bos_token_id] if self.add_bos else []
         for kept in range(len(pairs), 0, -1):
-            pieces = list(self.head_pieces())
-            for k, (question, answer) in enumerate(pairs[:kept]):
-                pieces += self.turn_pieces(question, answer, first=k == 0, last=k == kept - 1)
-            ids, kinds = self.tokenize_pieces(sample.id, pieces)
-            if len(bos) + len(ids) <= self.settings.max_length:
+            pieces = self.render(pairs[:kept])
+            ids, kinds = self.tokenize(pieces)
+            if len(ids) <= self.settings.max_length:
                 break
         else:
             raise EncodingError(
                 sample.id, f"the first turn alone is longer than max_length {self.settings.max_length}"
             )
-        ids, kinds = bos + ids, [Kind.BOS] * len(bos) + kinds
         n_images = sum(1 for k, _ in pieces if k == Kind.IMAGE)
-        if ids.count(self.image_token_id) != n_images * self.settings.image_tokens:
+        if kinds.count(Kind.IMAGE) != n_images * self.settings.image_tokens:
             raise EncodingError(sample.id, "image token count differs from images × tokens per image")
         trained = TRAINED[self.settings.mode]
         labels = [t if k in trained else IGNORE_INDEX for t, k in zip(ids, kinds, strict=True)]
@@ -360,18 +375,28 @@ class ChatEncoder:
         return Encoded(ids, labels, kinds, n_images, dropped_turns=len(pairs) - kept)
 
 
+def token_kinds(text: str, char_kind: Sequence[Kind], a: int, b: int) -> list[Kind]:
+    """Kinds of the characters a token covers, in order. Whitespace folded into a word ("▁word") belongs
+    to the word, and so does a token of spaces right before a word (a bare word-start "▁"); a newline
+    token (after a role header, say) belongs to its own characters; a token with no characters (a
+    prefix space the tokenizer inserts) to the character it stands before."""
+    if b <= a:
+        return [char_kind[min(a, len(text) - 1)]]
+    visible = [c for c in range(a, b) if not text[c].isspace()]
+    if not visible:
+        word_start = (text[a:b].strip(" ") == "" and b < len(text) and not text[b].isspace()
+                      and char_kind[b] != Kind.IMAGE)  # fmt: skip
+        visible = [b] if word_start else list(range(a, b))
+    return list(dict.fromkeys(char_kind[c] for c in visible))
+
+
 def encode_prompt(encoder: ChatEncoder, question: str, history: Sequence[tuple[str, str]] = ()) -> list[int]:
     """Ids of a generation prompt: earlier (question, answer) turns, then the question, then the
-    assistant tag, encoded exactly as in training."""
-    bos = [encoder.tokenizer.bos_token_id] if encoder.add_bos else []
-    pieces = list(encoder.head_pieces())
-    for k, (q, a) in enumerate(history):
-        pieces += encoder.turn_pieces(q, a, first=k == 0, last=False)
-    pieces += encoder.turn_pieces(question, None, first=not history)
+    assistant tag, rendered and tokenized exactly as in training."""
     if IMAGE_TAG in question + "".join(q for q, _ in history) and encoder.image_token_id is None:
         raise ValueError(f"the tokenizer has no {IMAGE_TAG} token; this model cannot take images")
-    ids, _ = encoder.ids_by_offsets(pieces) if encoder.scaffold else encoder.pieces_to_ids(pieces)
-    return bos + ids
+    ids, _ = encoder.tokenize(encoder.render([*history, (question, None)]))
+    return ids
 
 
 @dataclass
@@ -399,23 +424,46 @@ def encode_all(
     return out, report
 
 
+ROLE_NAMES = {Kind.BOS: "bos", Kind.SYSTEM: "system", Kind.ROLE: "role", Kind.IMAGE: "image",
+              Kind.TEMPLATE: "template", Kind.USER: "user", Kind.ASSISTANT: "assistant", Kind.END: "end"}  # fmt: skip
+
+
+def token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
+    """One token as text, its leading space kept (SentencePiece decoders drop a leading `▁`)."""
+    text = tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    piece = tokenizer.convert_ids_to_tokens(token_id) or ""
+    return " " + text if piece.startswith("▁") and not text.startswith(" ") else text
+
+
+def label_rows(tokenizer: PreTrainedTokenizerBase, encoded: Encoded) -> list[dict]:
+    """Every token with its text, role and whether it is trained (the JSON preview)."""
+    return [{"id": t, "text": token_text(tokenizer, t), "role": ROLE_NAMES[Kind(k)], "label": label != IGNORE_INDEX}
+            for t, k, label in zip(encoded.input_ids, encoded.kinds, encoded.labels, strict=True)]  # fmt: skip
+
+
+def readable(text: str) -> str:
+    """Spaces and newlines made visible: `·` for a space, `⏎` before a line break."""
+    return text.replace(" ", "·").replace("\n", "⏎\n")
+
+
 def render_labels(tokenizer: PreTrainedTokenizerBase, encoded: Encoded) -> Text:
-    """Decoded tokens; trained ones green on dark, others dim; an image span collapsed to one mark."""
+    """Decoded tokens, spaces and newlines visible; trained ones green on dark, others dim, boundaries
+    between tokens marked by alternating shades; an image span collapsed to one mark with its count."""
     text = Text()
+    rows = label_rows(tokenizer, encoded)
     i = 0
-    while i < len(encoded.input_ids):
-        if encoded.kinds[i] == Kind.IMAGE:
+    while i < len(rows):
+        row = rows[i]
+        if row["role"] == "image":
             j = i
-            while j < len(encoded.kinds) and encoded.kinds[j] == Kind.IMAGE:
+            while j < len(rows) and rows[j]["role"] == "image":
                 j += 1
-            text.append(
-                f"<image×{j - i}>",
-                style="bold magenta" if encoded.labels[i] != IGNORE_INDEX else "magenta dim",
-            )
+            text.append(f"‹image×{j - i}›", style="bold magenta" if row["label"] else "magenta")
             i = j
             continue
-        piece = tokenizer.convert_ids_to_tokens(encoded.input_ids[i]).replace("▁", " ")
-        trained = encoded.labels[i] != IGNORE_INDEX
-        text.append(piece, style="bold green on grey15" if trained else "dim")
+        shade = "grey15" if i % 2 else "grey23"
+        text.append(
+            readable(row["text"]), style=f"bold green on {shade}" if row["label"] else f"dim on {shade}"
+        )
         i += 1
     return text

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from vialign.manifest import Manifest, StageTimer, fingerprint_dir, write_manifest
+from vialign.models.families import family_tokenizer
 from vialign.models.tiny import TinyModelSettings, build_tiny_llava
 from vialign.models.tokenizer import texts_of, train_tokenizer
 
@@ -55,17 +56,25 @@ def model_fingerprint(path: str | Path) -> str:
     return fingerprint_dir(path, "*.*")
 
 
-def build_tiny_from_toyworld(toyworld: str | Path, out: str | Path, settings: TinyModelSettings) -> Manifest:
-    """Train a tokenizer on the toy world's corpora, build a tiny LLaVA around it, save both."""
-    toyworld, out = Path(toyworld), Path(out)
+def build_tiny_model(toyworld: str | Path | None, out: str | Path, settings: TinyModelSettings) -> Manifest:
+    """A tiny LLaVA saved as a plain transformers checkpoint. Family `toy`: a tokenizer trained on the
+    toy world's corpora; a real family: that family's own tokenizer and chat template."""
+    out = Path(out)
     timer = StageTimer()
-    corpora = [toyworld / "corpus.jsonl", toyworld / "text" / "corpus.jsonl"]
-    tokenizer = train_tokenizer(texts_of(corpora), vocab_size=settings.vocab_size)
+    inputs: dict[str, str] = {}
+    if settings.family == "toy":
+        if toyworld is None:
+            raise ValueError("family 'toy' trains its tokenizer on a toy world: give --toyworld DIR")
+        corpora = [Path(toyworld) / "corpus.jsonl", Path(toyworld) / "text" / "corpus.jsonl"]
+        tokenizer = train_tokenizer(texts_of(corpora), vocab_size=settings.vocab_size)
+        inputs = {str(p): fingerprint_dir(p.parent, p.name) for p in corpora}
+    else:
+        tokenizer = family_tokenizer(settings.family)
     model, processor = build_tiny_llava(tokenizer, settings)
     save_llava(model, processor, out)
     manifest = Manifest(
         stage="model.tiny",
-        inputs={str(p): fingerprint_dir(p.parent, p.name) for p in corpora},
+        inputs=inputs,
         settings=settings.model_dump(mode="json"),
         counts={"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)},
         outputs={"model": model_fingerprint(out)},

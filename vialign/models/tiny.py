@@ -28,6 +28,9 @@ from vialign.records import IMAGE_TAG
 
 
 class TinyModelSettings(Settings):
+    family: Literal["toy", "llava-1.5", "smollm2"] = Field(
+        "toy", description="tokenizer and chat template: toy (trained on a toy world) or a real family's"
+    )
     vision: Literal["clip", "siglip"] = "clip"
     image_size: int = Field(48, ge=16)
     patch_size: int = Field(16, ge=2)

@@ -29,8 +29,8 @@ from vialign.records import IMAGE_TAG, read_samples
 UNK, PAD, BOS, EOS = "<unk>", "<pad>", "<s>", "</s>"
 SPECIAL_TOKENS = (UNK, PAD, BOS, EOS, IMAGE_TAG)
 VICUNA_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 
 # LLaVA-1.5 (vicuna_v1) layout; message content may be a string or a list of typed parts, as
@@ -49,7 +49,7 @@ CHAT_TEMPLATE = (
     "{%- if part['type'] == 'image' -%}{%- set parts.text = parts.text + '<image>\n' -%}"
     "{%- elif part['type'] == 'text' -%}{%- set parts.text = parts.text + part['text'] -%}{%- endif -%}"
     "{%- endfor -%}{%- set text = parts.text -%}{%- endif -%}"
-    "{%- if message['role'] == 'user' %} USER: {{ text }}"
+    "{%- if message['role'] == 'user' -%}{{ ' ' if loop.first else '' }}USER: {{ text }}"
     "{%- else %} ASSISTANT: {{ text }}</s>{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt %} ASSISTANT:{%- endif -%}"

@@ -48,10 +48,10 @@ def validate(ctx: StageContext) -> None:
 
 
 def tiny_model(ctx: StageContext) -> None:
-    from vialign.models.loading import build_tiny_from_toyworld
+    from vialign.models.loading import build_tiny_model
     from vialign.models.tiny import TinyModelSettings
 
-    build_tiny_from_toyworld(ctx.take("toyworld"), ctx.out, build(TinyModelSettings, ctx.settings))
+    build_tiny_model(ctx.take("toyworld", None), ctx.out, build(TinyModelSettings, ctx.settings))
 
 
 def train_lm(ctx: StageContext) -> None:

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from vialign.generation.runner import Row, RunnerSettings, run_resumable
 from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint_settings, write_manifest
-from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncodingError
+from vialign.models.encoding import ENCODER_VERSION, IGNORE_INDEX, ChatEncoder, EncodingError
 from vialign.models.loading import load_llava, model_fingerprint
 from vialign.records import JsonlWriter, Sample, confined_image_path, read_samples
 from vialign.train.data import SFTCollator
@@ -168,6 +168,7 @@ def reference_key(pairs_path: Path, ref_model: str | Path, encoder: ChatEncoder,
         "reference": model_fingerprint(ref_model),
         "encoding": {"chat_format": s.chat_format, "max_length": s.max_length, "image_tokens": s.image_tokens,
                      "templates": sorted(s.templates), "add_bos": s.add_bos,
+                     "eos_after_answer": s.eos_after_answer, "encoder": ENCODER_VERSION,
                      "chat_template": getattr(encoder.tokenizer, "chat_template", None)},
         "image_processor": processor.image_processor.to_dict(),
     }  # fmt: skip

