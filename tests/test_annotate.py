@@ -75,6 +75,11 @@ def test_every_endpoint_and_its_bad_input(served):
         "empty annotator": ("/api/items/a2/ratings", {"annotator": "", "ratings": full_rating("answers", 2)}, 422),
         "rated twice": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": full_rating("answers", 1) * 2}, 422),
         "not a number": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": [{"candidate": 0, "scores": {"accuracy": "x"}}]}, 422),
+        "score as a string": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": stringly(full_rating("answers", 2), "0.5")}, 422),
+        "score as a boolean": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": stringly(full_rating("answers", 2), True)}, 422),
+        "candidate as a string": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": [{**r, "candidate": str(r["candidate"])} for r in full_rating("answers", 2)]}, 422),
+        "unknown field": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": full_rating("answers", 2), "note": "hi"}, 422),
+        "unknown rating field": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": [{**r, "x": 1} for r in full_rating("answers", 2)]}, 422),
     }  # fmt: skip
     for name, (url, body, code) in bad.items():
         assert client.post(url, json=body).status_code == code, name
@@ -99,6 +104,28 @@ def test_every_endpoint_and_its_bad_input(served):
                    "/images/img/link.png"):  # fmt: skip
         assert client.get(attack).status_code == 403, attack
     assert client.get("/images/img/missing.png").status_code == 404
+    (root / "annotations").mkdir()
+    (root / "annotations" / "answers.jsonl").write_text("simulated scores")
+    assert client.get("/images/annotations/answers.jsonl").status_code == 404, "only images items name"
+    for bad in ("/images/%00..%2F..%2Fetc%2Fpasswd", "/images/img/a.png%00", "/images/img/%E2%80%8F%00.png"):
+        assert client.get(bad).status_code == 400, bad
+
+
+def stringly(ratings, value):
+    return [{**r, "scores": dict.fromkeys(r["scores"], value)} for r in ratings]
+
+
+def test_a_body_over_the_limit_is_refused_before_parsing(served):
+    store, root = served
+    client = TestClient(create_app(store, root, AnnotateSettings(max_body_bytes=4096)))
+    huge = json.dumps({"annotator": "ann", "ratings": [1] * 100_000})
+    sent = client.post("/api/items/a2/ratings", content=huge, headers={"content-type": "application/json"})
+    assert sent.status_code == 413
+    streamed = client.post("/api/items/a2/ratings", content=iter([huge[:3000].encode(), huge[3000:].encode()]),
+                           headers={"content-type": "application/json"})  # fmt: skip
+    assert streamed.status_code == 413, "a chunked body without Content-Length is counted as it arrives"
+    ok = client.post("/api/items/a2/ratings", json={"annotator": "ann", "ratings": full_rating("answers", 2)})
+    assert ok.status_code == 200 and len(store.all_ratings()) == 2 * len(CRITERIA["answers"])
 
 
 def test_skipped_items_come_back_after_the_open_ones(served):
@@ -294,3 +321,66 @@ def test_browser_rates_with_the_keyboard_and_the_export_has_the_ratings(live_ser
     assert a2[0]["criteria"] == {"accuracy": 1.0, "completeness": 1.0, "fluency": 1.0, "detail": 0.95}
     assert a2[1]["criteria"] == dict.fromkeys(CRITERIA["answers"], 0.0)
     assert (tmp_path / "annotate.png").stat().st_size > 10_000
+
+
+def test_load_mix_keeps_every_valid_submission_and_no_malformed_one(live_server, tmp_path):
+    """8 clients × 50 valid submissions while 2 clients send 100 malformed requests (bodies of 2 MB and
+    20 MB, wrong types, unknown fields, bad paths), all on loopback: every valid one lands, no malformed
+    one does, and valid submissions stay fast."""
+    store, url = live_server
+    items = [{"group_id": f"load{i}", "kind": "answers", "image": "img/a.png", "question": "Q?",
+              "candidates": [{"answer": "x"}, {"answer": "y"}]} for i in range(50)]  # fmt: skip
+    store.add_items(items, "load")
+    latencies, failures, malformed_accepted = [], [], []
+    big = json.dumps({"annotator": "evil", "ratings": [1] * 1_000_000})  # 2 MB
+    malformed = [
+        ("post", "/api/items/load0/ratings", big),
+        ("post", "/api/items/load1/ratings", big * 10),
+        ("post", "/api/items/load2/ratings", json.dumps({"annotator": "evil", "ratings": stringly(full_rating("answers", 2), "0.5")})),
+        ("post", "/api/items/load3/ratings", json.dumps({"annotator": "evil", "ratings": full_rating("answers", 2), "x": 1})),
+        ("post", "/api/items/load4/ratings", "{not json"),
+        ("get", "/images/%00..%2F..%2Fetc%2Fpasswd", None),
+        ("get", "/images/..%2F..%2Fetc%2Fpasswd", None),
+        ("post", "/api/items/load5/ratings", json.dumps({"annotator": "evil", "ratings": stringly(full_rating("answers", 2), True)})),
+        ("post", "/api/items/load6/skip", json.dumps({"annotator": "evil", "extra": 1})),
+        ("post", "/api/items/load7/ratings", json.dumps({"annotator": "evil", "ratings": [{"candidate": "1", "scores": {}}]})),
+    ] * 10  # fmt: skip
+
+    def rate(name: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for g in items:
+                body = {"annotator": name, "ratings": full_rating("answers", 2, 0.5)}
+                start = time.perf_counter()
+                response = client.post(f"/api/items/{g['group_id']}/ratings", json=body)
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 200:
+                    failures.append((name, g["group_id"], response.status_code, response.text[:200]))
+
+    def attack(part: list) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for method, path, body in part:
+                try:
+                    response = client.request(method, path, content=body,
+                                              headers={"content-type": "application/json"} if body else None)  # fmt: skip
+                except httpx.HTTPError:
+                    continue  # the server may close a connection that sent an oversized body
+                if response.status_code < 400 or response.status_code >= 500:
+                    malformed_accepted.append((path, response.status_code))
+
+    threads = [threading.Thread(target=rate, args=(f"ann{i}",)) for i in range(8)]
+    threads += [threading.Thread(target=attack, args=(malformed[k::2],)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert failures == [] and malformed_accepted == []
+    rows = [r for r in store.all_ratings() if r["item_id"].startswith("load")]
+    assert {r["annotator"] for r in rows} == {f"ann{i}" for i in range(8)}
+    assert len(rows) == 8 * 50 * 2 * len(CRITERIA["answers"])
+    groups_out, _ = export_groups(store, AnnotateSettings())
+    assert sum(g["group_id"].startswith("load") for g in groups_out) == 50
+    p99 = sorted(latencies)[int(0.99 * len(latencies)) - 1]
+    assert len(latencies) == 400 and p99 < 3.0, f"p99 {p99:.2f} s"
+    print(
+        f"annotation load: 400 valid, 100 malformed; p99 {p99 * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+    )

@@ -1,7 +1,9 @@
 """The annotation web app: FastAPI serving plain HTML/JS/CSS from the package and a small JSON API.
 
-Images are served only from the image root. On a non-loopback host every request needs the access
-token (header `Authorization: Bearer …` or `?token=`)."""
+Only the images that items name are served, from the image root. A request body larger than
+`max_body_bytes` is refused with 413 before anything parses it, so one client cannot stall the others.
+Request models are strict (no unknown fields, no strings or booleans for numbers). On a non-loopback
+host every request needs the access token (header `Authorization: Bearer …` or `?token=`)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from vialign.annotate.store import AnnotationStore
 from vialign.config import Settings
@@ -34,6 +36,7 @@ class AnnotateSettings(Settings):
     weights: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per kind, criterion weights of the overall score (default: equal)"
     )
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies are refused (413)")
 
     def overall(self, kind: str, scores: dict[str, float]) -> float:
         weights = self.weights.get(kind) or dict.fromkeys(self.criteria[kind], 1.0)
@@ -44,18 +47,55 @@ NAME = r"^[\w .@-]+$"
 AnnotatorName = Annotated[str, Query(min_length=1, max_length=64, pattern=NAME)]
 
 
-class CandidateRating(BaseModel):
+class StrictBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CandidateRating(StrictBody):
     candidate: int = Field(ge=0)
-    scores: dict[str, float]
+    scores: dict[str, float] = Field(max_length=64)
 
 
-class Submission(BaseModel):
+class Submission(StrictBody):
     annotator: str = Field(min_length=1, max_length=64, pattern=NAME)
-    ratings: list[CandidateRating]
+    ratings: list[CandidateRating] = Field(max_length=256)
 
 
-class Annotator(BaseModel):
+class Annotator(StrictBody):
     annotator: str = Field(min_length=1, max_length=64, pattern=NAME)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `limit` bytes, by its Content-Length or while it streams in."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self.refuse(send)
+        body, more = [], True
+        while more:  # read the whole (bounded) body first, so nothing parses a partial one
+            message = await receive()
+            body.append(message.get("body", b""))
+            more = message.get("more_body", False)
+            if sum(map(len, body)) > self.limit:
+                return await self.refuse(send)
+        replay = iter([{"type": "http.request", "body": b"".join(body), "more_body": False}])
+
+        async def receive_again() -> dict:
+            return next(replay, None) or await receive()
+
+        await self.app(scope, receive_again, send)
+
+    async def refuse(self, send: Any) -> None:
+        detail = f'{{"detail": "request body over {self.limit} bytes"}}'.encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": detail})
 
 
 def is_loopback(host: str) -> bool:
@@ -163,14 +203,19 @@ def create_app(
 
     @app.get("/images/{path:path}", dependencies=guard)
     def image(path: str) -> FileResponse:
+        if "\x00" in path or not path.isprintable():
+            raise HTTPException(400, "an image path must be printable text")
         try:
             file = confined_image_path(root, path)
         except ImagePathError as exc:
             raise HTTPException(403, exc.reason) from exc
+        if path not in store.image_paths():
+            raise HTTPException(404, f"no item shows the image {path!r}")
         if not file.is_file():
             raise HTTPException(404, f"no image {path!r}")
         return FileResponse(file)
 
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 
 

@@ -1,10 +1,12 @@
 """SQLite storage for annotation: items to rate, and every annotator's ratings, one row per
 (item, candidate, annotator, criterion). WAL mode, a connection per request, one transaction per
-submission: two annotators working at once lose nothing."""
+submission, and writes of one process taken in turn (a lock), so readers never wait and no writer ever
+meets `database is locked`: annotators working at once lose nothing."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -33,6 +35,8 @@ CREATE TABLE IF NOT EXISTS skips (
 class AnnotationStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._writing = threading.Lock()
+        self._images: frozenset[str] | None = None
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
@@ -48,9 +52,23 @@ class AnnotationStore:
         finally:
             db.close()
 
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        with self._writing, self.connect() as db:
+            yield db
+
+    def image_paths(self) -> frozenset[str]:
+        """The images items name: the only ones the app serves."""
+        if self._images is None:
+            with self.connect() as db:
+                rows = db.execute("SELECT DISTINCT image FROM items WHERE image IS NOT NULL").fetchall()
+            self._images = frozenset(r[0] for r in rows)
+        return self._images
+
     def add_items(self, groups: Iterable[dict[str, Any]], source: str) -> int:
         """Insert groups not yet stored (by group id); returns how many were new."""
-        with self.connect() as db:
+        self._images = None
+        with self.writing() as db:
             db.execute("BEGIN IMMEDIATE")
             start = db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM items").fetchone()[0]
             added = 0
@@ -85,7 +103,7 @@ class AnnotationStore:
     def submit(self, item_id: str, annotator: str, ratings: dict[int, dict[str, float]]) -> None:
         """Store one annotator's full rating of an item, replacing an earlier one, atomically."""
         now = time.time()
-        with self.connect() as db:
+        with self.writing() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM ratings WHERE item_id = ? AND annotator = ?", (item_id, annotator))
             db.executemany("INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?)",
@@ -94,7 +112,7 @@ class AnnotationStore:
             db.execute("COMMIT")
 
     def skip(self, item_id: str, annotator: str) -> None:
-        with self.connect() as db:
+        with self.writing() as db:
             db.execute("INSERT OR REPLACE INTO skips VALUES (?, ?, ?)", (item_id, annotator, time.time()))
 
     def statuses(self, annotator: str) -> list[dict[str, Any]]:
