@@ -107,3 +107,25 @@ def test_a_partly_overridden_section_keeps_the_stage_defaults_of_its_other_keys(
         8,
         256,
     )
+
+
+def test_bad_settings_files_are_named_with_the_problem(tmp_path):
+    from vialign.config import SettingsError, load_settings
+    from vialign.toyworld.generate import ToyWorldSettings
+
+    cases = {
+        "syntax.yaml": ("toyworld:\n  seed: [1, 2\n", r"syntax.yaml: YAML syntax error at line \d+"),
+        "list.yaml": ("- 1\n- 2\n", "syntax|top level must be a mapping, not list"),
+        "section.yaml": ("toyworld: 3\n", "section 'toyworld' must be a mapping"),
+        "utf16.yaml": (None, "not UTF-8"),
+    }
+    (tmp_path / "utf16.yaml").write_bytes("toyworld:\n  seed: 3\n".encode("utf-16"))
+    for name, (text, message) in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(SettingsError, match=message):
+            load_settings(ToyWorldSettings, yaml_path=tmp_path / name, section="toyworld")
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_settings(ToyWorldSettings, yaml_path=tmp_path / "missing.yaml", section="toyworld")
+    (tmp_path / "empty.yaml").write_text("toyworld:\n")
+    assert load_settings(ToyWorldSettings, yaml_path=tmp_path / "empty.yaml", section="toyworld") == ToyWorldSettings()

@@ -61,6 +61,31 @@ def with_section_defaults(cls: type[BaseModel], tree: dict[str, Any]) -> dict[st
     return merged
 
 
+def read_yaml_section(path: str | Path, section: str | None) -> dict[str, Any]:
+    """The stage's section of a YAML file (or the whole file); every problem names the file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read the settings file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{path}: not UTF-8 text (byte {exc.start}); save the settings as UTF-8") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SettingsError(f"{path}: YAML syntax error{where}: {problem}") from exc
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"{path}: the top level must be a mapping, not {type(loaded).__name__}")
+    if section is not None and section in loaded:
+        loaded = loaded[section]
+        if loaded is None:  # `toyworld:` with nothing under it
+            return {}
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"{path}: section {section!r} must be a mapping, not {type(loaded).__name__}")
+    return loaded
+
+
 def load_settings(
     cls: type[S],
     *,
@@ -71,12 +96,7 @@ def load_settings(
 ) -> S:
     tree: dict[str, Any] = {}
     if yaml_path is not None:
-        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise SettingsError(f"{yaml_path}: the top level must be a mapping")
-        if section is not None and section in loaded:
-            loaded = loaded[section]
-        tree.update(loaded)
+        tree.update(read_yaml_section(yaml_path, section))
     for key, value in (options or {}).items():
         if value is not None:
             tree[key] = value

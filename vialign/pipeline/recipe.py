@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from vialign.config import read_yaml_section
 from vialign.manifest import fingerprint_dir, fingerprint_file, fingerprint_listing, fingerprint_settings
 
 REF = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
@@ -70,7 +70,7 @@ class Recipe(BaseModel):
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = read_yaml_section(path, None)
     if overrides:
         data.setdefault("vars", {}).update(overrides)
     return Recipe.model_validate(data)
