@@ -269,3 +269,72 @@ def test_train_lm_then_assemble_keeps_the_language_model_exact(toyworld, tmp_pat
         assert torch.allclose(lm(input_ids=ids).logits, llava(input_ids=ids).logits, atol=1e-6)
     assert processor.tokenizer.convert_tokens_to_ids("<image>") == llava.config.image_token_id
     assert llava.config.vision_config.model_type == "clip_vision_model"
+
+
+KILLED_RUN = """
+import json, os, signal, sys
+from transformers import Trainer, TrainerCallback
+from vialign.train.settings import SFTSettings
+from vialign.train.sft import train_sft
+
+model, data, root, out, kill, settings = sys.argv[1:7]
+where, at = kill.split(":")
+if where == "save":  # die inside the save of checkpoint `at`: weights and optimizer written, no trainer state
+    original = Trainer._save_rng_state
+
+    def dying(self, output_dir):
+        if self.state.global_step == int(at):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, output_dir)
+
+    Trainer._save_rng_state = dying
+
+
+class DieAfterStep(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if where == "step" and state.global_step == int(at):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+train_sft(model, data, out, SFTSettings(**json.loads(settings)), image_root=root, callbacks=[DieAfterStep()])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kill", ["save:4", "step:1"], ids=["during-a-checkpoint-save", "before-any-checkpoint"]
+)
+def test_sigkill_then_resume_last_equals_an_uninterrupted_run(tiny_model_dir, data, toyworld, tmp_path, kill):
+    import subprocess
+    import sys
+
+    common = dict(BASE, batch_size=4, max_steps=6, save_steps=2, scheduler="cosine", warmup_ratio=0.2)
+    whole = run(tiny_model_dir, data, toyworld, tmp_path / "whole", **common)
+    cut = tmp_path / "cut"
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    args = [str(tiny_model_dir), str(data), str(toyworld), str(cut), kill, json.dumps(common)]
+    died = subprocess.run([sys.executable, "-c", KILLED_RUN, *args], env=env, timeout=600)
+    assert died.returncode == -9
+    checkpoints = (
+        sorted(p.name for p in (cut / "checkpoints").glob("checkpoint-*")) if kill == "save:4" else []
+    )
+    assert checkpoints == (["checkpoint-2", "checkpoint-4"] if kill == "save:4" else [])
+    resumed = run(tiny_model_dir, data, toyworld, cut, resume=True, **common)
+    a, b = weights(tmp_path / "whole"), weights(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    assert resumed.counts["train_loss"] == pytest.approx(whole.counts["train_loss"], abs=1e-6)
+    assert resumed.counts["steps"] == 6
+
+
+def test_resume_refuses_a_named_unfinished_checkpoint(tmp_path):
+    from vialign.train.checkpoints import resume_target, whole_run_loss
+
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "config.json").write_text('{"trunc')
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        resume_target(tmp_path, str(tmp_path / "checkpoint-3"))
+    assert resume_target(tmp_path, True) is None and not (tmp_path / "checkpoint-3").exists()
+    log = [{"loss": 4.0, "step": 1}, {"loss": 2.0, "step": 3}, {"loss": 1.0, "step": 4}]
+    assert whole_run_loss(log, resumed_at=3, session_loss=1.5, final_step=5) == pytest.approx(
+        (4 + 2 * 2 + 1.5 * 2) / 5
+    )

@@ -18,6 +18,7 @@ from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint
 from vialign.models.encoding import ChatEncoder, EncodeReport, EncoderSettings, encode_all
 from vialign.models.loading import load_llava, processor_image_tokens, save_llava
 from vialign.records import JsonlWriter, read_samples
+from vialign.train.checkpoints import SealCheckpoint, resume_target, whole_run_loss
 from vialign.train.data import SFTCollator, SFTDataset
 from vialign.train.sampling import ShuffledLengthGroupedSampler
 from vialign.train.settings import SFTSettings
@@ -174,23 +175,28 @@ def run_trainer(
     callbacks: list | None = None,
     trainer_cls: type[VialignTrainer] = VialignTrainer,
 ) -> TrainResult:
+    args = training_arguments(out, settings)
+    target = resume_target(Path(args.output_dir), resume, main_process=PartialState().is_main_process)
     trainer = trainer_cls(
         model=model,
-        args=training_arguments(out, settings),
+        args=args,
         train_dataset=dataset,
         data_collator=collator,
         projector_lr=settings.projector_lr,
         group_by_length=settings.group_by_length,
         group_batches=settings.length_group_batches,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), SealCheckpoint()],
     )
+    resumed_at = json.loads((Path(target) / "trainer_state.json").read_text())["global_step"] if target else 0
     t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=resume)
+    output = trainer.train(resume_from_checkpoint=target)
     seconds = time.perf_counter() - t0
     epochs = trainer.state.epoch or 0.0
     tokens = sum(dataset.lengths) * epochs
-    return TrainResult(trainer.args.world_size, trainer.state.global_step, output.training_loss, tokens / max(seconds, 1e-9), seconds,
-                       trainer.state.log_history)  # fmt: skip
+    state = trainer.state
+    loss = whole_run_loss(state.log_history, resumed_at, output.training_loss, state.global_step)
+    return TrainResult(trainer.args.world_size, state.global_step, loss, tokens / max(seconds, 1e-9), seconds,
+                       state.log_history)  # fmt: skip
 
 
 def training_encoder(processor: Any, settings: SFTSettings, mode: str) -> ChatEncoder:
