@@ -122,3 +122,56 @@ def test_templates_and_label_preview(tmp_path, toyworld, tiny_model_dir):
     )
     assert preview.exit_code == 0, preview.output
     assert preview.output.count("tokens trained") == 2 and "‹image×9›" in preview.output
+
+
+def worst_inputs(tmp, model):
+    """Each command on an empty file, a file of the wrong type and a missing path."""
+    empty, wrong, missing, out = tmp / "empty.jsonl", tmp / "wrong.jsonl", str(tmp / "missing.jsonl"), str(tmp / "o")
+    empty.write_bytes(b"")
+    wrong.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
+    m = str(model)
+    cases = []
+    for data in (str(empty), str(wrong), missing):
+        cases += [
+            ["data", "validate", data, "--out", out],
+            ["data", "stats", data],
+            ["data", "templates", data, "--out", out + ".json"],
+            ["data", "preview-labels", data, "--model", m],
+            ["toyworld", "facts", data],
+            ["train", "sft", "--model", m, "--data", data, "--out", out],
+            ["train", "dpo", "--model", m, "--data", data, "--out", out],
+            ["align", "rewrite", data, "--llm", m, "--out", out + ".jsonl"],
+            ["align", "gap", data, "--llm", m, "--out", out],
+            ["curate", "train-rm", "--model", m, "--annotations", data, "--kind", "answers", "--out", out],
+            ["curate", "score", data, "--out", out + ".jsonl"],
+            ["curate", "select", data, "--out", out],
+            ["prefer", "sample", data, "--model", m, "--out", out + ".jsonl"],
+            ["prefer", "judge", data, "--oracle", "--out", out + ".jsonl"],
+            ["prefer", "pairs", data, "--out", out + ".jsonl"],
+            ["eval", "compare", data, data],
+            ["run", data],
+            ["data", "validate", str(tmp), "--out", out, "--config", data],
+        ]
+    cases += [
+        ["model", "info", missing],
+        ["model", "info", str(empty)],
+        ["model", "tiny", "--out", out, "--family", "nope"],
+        ["model", "tiny", "--out", out],
+        ["model", "import", missing, "--out", out],
+        ["model", "assemble", "--lm", missing, "--out", out],
+        ["train", "lm", "--toyworld", missing, "--out", out],
+        ["train", "sft", "--model", missing, "--data", str(empty), "--out", out],
+        ["eval", "run", "--model", m, "--data", str(tmp / "nodir"), "--out", out],
+        ["annotate", "export", "--db", str(empty), "--out", out + ".jsonl"],
+    ]
+    return cases
+
+
+def test_every_command_on_its_worst_input_ends_without_a_traceback(tmp_path, tiny_model_dir):
+    runner = CliRunner()
+    for args in worst_inputs(tmp_path, tiny_model_dir):
+        result = runner.invoke(app, args)
+        assert isinstance(result.exception, SystemExit | type(None)), (args, repr(result.exception))
+        assert "Traceback" not in result.output, args
+        if result.exit_code == 2 and "Usage:" not in result.output:
+            assert "error:" in result.output, (args, result.output)

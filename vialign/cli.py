@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from vialign.config import Settings, SettingsError, load_settings
 
 S = TypeVar("S", bound=Settings)
 
+class ClearErrors(TyperGroup):
+    """Bad input ends in one line naming the problem and exit code 2, never a traceback: every command's
+    ValueError (settings, records, encodings, JSON) and OSError (missing or unreadable files) is
+    reported here. `VIALIGN_DEBUG=1` shows the traceback instead."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (ValueError, OSError) as exc:
+            if os.environ.get("VIALIGN_DEBUG"):
+                raise
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            err_console.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from exc
+
+
 app = typer.Typer(
-    help="Curate, align, tune and evaluate LLaVA-style visual instruction data.", no_args_is_help=True
+    help="Curate, align, tune and evaluate LLaVA-style visual instruction data.",
+    no_args_is_help=True,
+    cls=ClearErrors,
 )
 data_app = typer.Typer(help="Check and describe datasets.", no_args_is_help=True)
 toyworld_app = typer.Typer(help="The synthetic toy world.", no_args_is_help=True)

@@ -114,6 +114,9 @@ def gap_files(
     for name, path in datasets.items():
         chosen = (s for s in read_samples(path) if wanted is None or s.meta.subset in wanted)
         reports[name] = answer_nll(backend, chosen, chat_format=chat_format)
+        if not reports[name].per_sample:
+            which = f" of subsets {sorted(wanted)}" if wanted is not None else ""
+            raise ValueError(f"{path}: no answer{which} could be scored (empty file, or no sample with an answer)")
         write_jsonl(reports[name].per_sample, out / f"{name}.nll.jsonl")
     summary: dict[str, Any] = {
         name: {"path": str(datasets[name]), **r.summary()} for name, r in reports.items()

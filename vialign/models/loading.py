@@ -5,6 +5,7 @@ Weights load from safetensors only, and remote code runs only when the user asks
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -27,6 +28,9 @@ def load_llava(
     source = str(path)
     if Path(source).exists() and not (Path(source) / "config.json").is_file():
         raise FileNotFoundError(f"{source} has no config.json: not a transformers checkpoint folder")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    if not Path(source).exists() and (offline or source.startswith(("/", ".", "~")) or source.count("/") != 1):
+        raise FileNotFoundError(f"{source}: no such checkpoint folder" + (" (the hub is offline)" if offline else ""))
     processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
     model = AutoModelForImageTextToText.from_pretrained(
         source, dtype=dtype or "auto", use_safetensors=True, trust_remote_code=trust_remote_code

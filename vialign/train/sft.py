@@ -250,14 +250,13 @@ def train_sft(
     template_file = read_template_file(settings.templates) if settings.templates else None
     encoder = training_encoder(processor, settings, settings.resolved("mode"))
     items, report = encode_all(encoder, read_samples(data))
-    if not items:
-        raise ValueError(
-            f"no sample of {data} could be encoded; see the reasons in {out / 'quarantine.jsonl'}"
-        )
     main_process = PartialState().is_main_process
     out.mkdir(parents=True, exist_ok=True)
     if main_process:
         write_quarantine(out, report)
+    if not items:
+        raise ValueError(f"no sample of {data} could be encoded (e.g. {next(iter(report.quarantined.values()), 'empty file')}); "
+                         f"every reason is in {out / 'quarantine.jsonl'}")  # fmt: skip
     model, trainable = prepare_for_training(model, settings)
     dataset = SFTDataset(items, image_root)
     collator = SFTCollator(processor.tokenizer.pad_token_id, processor.image_processor)
