@@ -40,6 +40,23 @@ def test_same_seed_gives_byte_identical_files_whatever_the_worker_count(tmp_path
     assert manifest_a == manifest_b
 
 
+def test_same_seed_gives_byte_identical_files_across_processes_with_other_hash_seeds(tmp_path):
+    """String hashing differs between processes; nothing may depend on set or dict-of-set order."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld; "
+              "generate_toyworld(sys.argv[1], ToyWorldSettings(seed=3, size=300, annotation_images=8, "
+              "eval_scenes=8, eval_text_per_task=3, workers=1))")  # fmt: skip
+    for name, hash_seed in (("a", "1"), ("b", "2")):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, env=env, timeout=300)
+    a, b = files_of(tmp_path / "a"), files_of(tmp_path / "b")
+    a.pop("manifest.json"), b.pop("manifest.json")
+    assert a.keys() == b.keys() and [name for name in a if a[name] != b[name]] == []
+
+
 def test_another_seed_gives_another_world(tmp_path):
     generate_toyworld(tmp_path / "a", small(3))
     generate_toyworld(tmp_path / "b", small(4))

@@ -117,7 +117,7 @@ def change_one_fact(text: str, rng: random.Random) -> str | None:
         if re.search(rf"\b{word}\b", text):
             pool = [c for c in COLOURS if c != word] if word in COLOURS else [s for s in SHAPES if s != word]
             edits.append((rf"\b{word}\b", rng.choice(pool)))
-    for number in set(re.findall(r"\b\d\b", text)):
+    for number in sorted(set(re.findall(r"\b\d\b", text))):
         edits.append((rf"\b{number}\b", str((int(number) + rng.randint(1, 3)) % 5)))
     for position in OWN_POSITIONS:
         if position in text:
