@@ -128,10 +128,77 @@ def test_each_defect_is_rejected_with_its_code_and_field(tmp_path, root, code):
     assert summary.by_code == {code: 1}
 
 
-def test_duplicate_id_keeps_the_first_valid_and_rejects_the_second(tmp_path, root):
-    _, valid, rejects = run(tmp_path, root, [good(1), good(1), good(2)])
+def test_duplicate_id_is_rejected_when_asked(tmp_path, root):
+    _, valid, rejects = run(tmp_path, root, [good(1), good(1), good(2)], on_duplicate="reject")
     assert [r["id"] for r in valid] == ["r1", "r2"]
     assert [(r["code"], r["line"], r["id"]) for r in rejects] == [("duplicate_id", 2, "r1")]
+    _, _, rejects = run(tmp_path, root, [good(1), good(1)], on_duplicate="keep-first")
+    assert "first record with it was kept" in rejects[0]["reason"]
+
+
+def test_repeated_ids_of_real_llava_data_keep_every_record_with_unique_ids(tmp_path, root):
+    """LLaVA-Instruct's ids are COCO image ids shared by an image's conversation, detail and reasoning
+    samples; every record is kept, renamed in input order, the input id kept in meta."""
+    coco = [good(0, id="000000215677"), good(0, id="000000215677"), good(0, id="000000215677#2"),
+            good(0, id="000000215677"), good(0, id="000000033471")]  # fmt: skip
+    summary, valid, rejects = run(tmp_path, root, coco)
+    assert rejects == [] and summary.renamed == 3
+    assert [r["id"] for r in valid] == ["000000215677", "000000215677#2", "000000215677#2#2",
+                                        "000000215677#3", "000000033471"]  # fmt: skip
+    assert [r.get("meta", {}).get("original_id") for r in valid] == [None, "000000215677", "000000215677#2",
+                                                                    "000000215677", None]  # fmt: skip
+    from vialign.records import read_samples, write_llava_json
+
+    samples = list(read_samples(tmp_path / "out" / "valid.jsonl"))
+    write_llava_json(samples, tmp_path / "export.json", original_ids=True)
+    assert [r["id"] for r in json.loads((tmp_path / "export.json").read_text())] == [r["id"] for r in coco]
+
+
+def test_subset_tags_every_record_and_rules_infer_it(tmp_path, root):
+    summary, valid, _ = run(tmp_path, root, [good(1), good(2)], subset="detail_23k")
+    assert [r["meta"]["subset"] for r in valid] == ["detail_23k"] * 2 and summary.by_subset == {
+        "detail_23k": 2
+    }
+    rules = [
+        {"subset": "short", "question_regex": "single word"},
+        {"subset": "conversation", "id_regex": "^r"},
+    ]
+    short = good(3, conversations=turns(("human", "<image>\nColour? Answer the question using a single word or phrase."),
+                                        ("gpt", "Red")))  # fmt: skip
+    summary, valid, _ = run(tmp_path, root, [good(1), short, good(4, id="x")], subset_rules=rules)
+    assert [r.get("meta", {}).get("subset") for r in valid] == ["conversation", "short", None]
+    assert summary.by_subset == {"conversation": 1, "short": 1, "(none)": 1}
+
+
+def test_json_array_with_a_trailing_comma_or_a_broken_record_keeps_the_valid_ones(tmp_path, root):
+    src = tmp_path / "in.json"
+    records = [json.dumps(good(k)) for k in range(4)]
+    src.write_text("[" + records[0] + ", " + records[1] + ",\n]")
+    assert validate_file(src, tmp_path / "a", ValidateSettings(image_root=root)).valid == 2
+    src.write_text(
+        "[" + records[0] + ', {"id": "broken", "conversations": [}, ' + records[2] + ", " + records[3][:-9]
+    )
+    summary = validate_file(src, tmp_path / "b", ValidateSettings(image_root=root))
+    assert [r["id"] for r in read_jsonl(tmp_path / "b" / "valid.jsonl")] == ["r0", "r2"]
+    rejects = list(read_jsonl(tmp_path / "b" / "rejects.jsonl"))
+    assert [r["code"] for r in rejects] == ["not_json", "not_json"] and summary.rejected == 2
+    assert "ends inside this record" in rejects[-1]["reason"] and rejects[-1]["index"] == 4
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_utf16_and_utf32_files_are_named_not_rejected_line_by_line(tmp_path, encoding):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes((json.dumps(good(1)) + "\n").encode(encoding))
+    result = CliRunner().invoke(app, ["data", "validate", str(src), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "UTF-" in result.output and "encoded" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_empty_file_is_a_clear_error(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"")
+    result = CliRunner().invoke(app, ["data", "validate", str(src), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "empty" in result.output
 
 
 def test_invalid_first_twin_does_not_block_a_valid_second(tmp_path, root):
@@ -208,7 +275,8 @@ def test_cli_validate_mixed_file_and_strict_exit_code(tmp_path, root):
     assert result.exit_code == 0, result.output
     assert "not_json" in result.output and "image_missing" in result.output
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    assert manifest["counts"] == {"valid": 1, "rejected": 2, "not_json": 1, "image_missing": 1}
+    assert manifest["counts"] == {"valid": 1, "rejected": 2, "not_json": 1, "image_missing": 1, "renamed": 0,
+                                  "subsets": {"(none)": 1}}  # fmt: skip
     strict = runner.invoke(app, [*args, "--strict"])
     assert strict.exit_code == 1
     clean = tmp_path / "clean.jsonl"

@@ -100,6 +100,12 @@ def data_validate(
     ] = False,
     max_text_chars: Annotated[int | None, typer.Option(help="longest total text of one record")] = None,
     image_check: Annotated[str | None, typer.Option(help="none | exists | verify | decode")] = None,
+    subset: Annotated[
+        str | None, typer.Option(help="tag every record with this subset (e.g. conversation, detail)")
+    ] = None,
+    on_duplicate: Annotated[
+        str | None, typer.Option(help="rename (ID#2, original id in meta) | reject | keep-first")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
@@ -114,6 +120,8 @@ def data_validate(
         "strict": strict or None,
         "max_text_chars": max_text_chars,
         "image_check": image_check,
+        "subset": subset,
+        "on_duplicate": on_duplicate,
     }
     settings = settings_or_exit(ValidateSettings, config, "validate", options, set_)
     timer = StageTimer()
@@ -124,6 +132,10 @@ def data_validate(
     table.add_column("outcome")
     table.add_column("records", justify="right")
     table.add_row("[green]valid[/green]", str(summary.valid))
+    if summary.renamed:
+        table.add_row("  of which renamed duplicate ids", str(summary.renamed))
+    for name, n in sorted(summary.by_subset.items()):
+        table.add_row(f"  subset {name}", str(n))
     for code, n in summary.by_code.most_common():
         table.add_row(f"[red]{code}[/red]", str(n))
     table.add_row("total", str(summary.total))
@@ -131,7 +143,8 @@ def data_validate(
     write_manifest(out, Manifest(
         stage="data.validate", inputs={str(input): fingerprint_file(input)},
         settings=settings.model_dump(mode="json"),
-        counts={"valid": summary.valid, "rejected": summary.rejected, **dict(summary.by_code)},
+        counts={"valid": summary.valid, "rejected": summary.rejected, "renamed": summary.renamed,
+                "subsets": dict(summary.by_subset), **dict(summary.by_code)},
         outputs={"valid.jsonl": fingerprint_file(out / "valid.jsonl")},
         started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
     ))  # fmt: skip

@@ -8,6 +8,7 @@ Unknown top-level keys of real datasets are kept and written back unchanged.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class Meta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     subset: str | None = None
+    original_id: str | None = None  # the input's id when it was not unique (LLaVA-Instruct's COCO ids)
     format_class: str | None = None
     truth: dict[str, Any] | None = None
     corruption: dict[str, Any] | None = None
@@ -144,23 +146,57 @@ class RawRecord:
         return f"line {self.line}" if self.line is not None else f"record {self.index}"
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+WIDE_ENCODINGS = (  # byte-order marks, longest first; then the NUL pattern of BOM-less text
+    (b"\xff\xfe\x00\x00", "UTF-32 LE"), (b"\x00\x00\xfe\xff", "UTF-32 BE"),
+    (b"\xff\xfe", "UTF-16 LE"), (b"\xfe\xff", "UTF-16 BE"),
+)  # fmt: skip
+
+
+def wide_encoding(head: bytes) -> str | None:
+    """The name of a UTF-16/32 encoding the first bytes show, or None."""
+    for bom, name in WIDE_ENCODINGS:
+        if head.startswith(bom):
+            return name
+    if len(head) >= 4 and head[1:4] == b"\x00\x00\x00":
+        return "UTF-32 LE"
+    if len(head) >= 2 and head[0] and not head[1] and head[2:3] != b"\x00":
+        return "UTF-16 LE"
+    if len(head) >= 2 and not head[0] and head[1]:
+        return "UTF-16 BE"
+    return None
+
+
+def check_readable_text(path: Path) -> None:
+    """Refuse, naming the problem, a file no record can come from: empty, or UTF-16/32 encoded."""
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if not head.strip():
+        raise RecordError(str(path), "file", "(file)", "the file is empty: there is nothing to read")
+    encoding = wide_encoding(head)
+    if encoding:
+        raise RecordError(str(path), "file", "(file)", f"the file is {encoding} encoded; records must be UTF-8 "
+                          f"(convert it, e.g. `iconv -f {encoding.split()[0]} -t UTF-8`)")  # fmt: skip
+
+
 def detect_format(path: Path) -> Literal["jsonl", "json"]:
     if path.suffix == ".jsonl":
         return "jsonl"
     if path.suffix == ".json":
         return "json"
     with path.open("rb") as f:
-        head = f.read(4096).lstrip()
+        head = f.read(4096).removeprefix(UTF8_BOM).lstrip()
     return "json" if head.startswith(b"[") else "jsonl"
 
 
 def iter_raw_records(path: str | Path) -> Iterator[RawRecord]:
     """Yield every record of a LLaVA JSON array or a JSONL file, decoding errors included.
 
-    JSONL is streamed line by line, so a bad line never hides its neighbours. A JSON array has to
-    be parsed whole (as LLaVA itself does); a broken array is one error for the whole file.
+    Both are streamed record by record with flat memory, so a bad record never hides its neighbours:
+    JSONL line by line, a JSON array by the scanner below.
     """
     path = Path(path)
+    check_readable_text(path)
     if detect_format(path) == "json":
         yield from _iter_json_array(path)
     else:
@@ -197,14 +233,79 @@ def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
 
 
 def _iter_json_array(path: Path) -> Iterator[RawRecord]:
-    try:
-        data = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as exc:
-        raise RecordError(str(path), "file", "(file)", f"not a valid JSON document: {exc}") from exc
-    if not isinstance(data, list):
+    for index, (raw, problem) in enumerate(scan_json_array(path), start=1):
+        text = raw.decode("utf-8", errors="replace")
+        if problem:
+            yield RawRecord(index, None, text, None, "(record)", "not_json", problem)
+            continue
+        try:
+            yield RawRecord(index, None, text, orjson.loads(raw))
+        except orjson.JSONDecodeError as exc:
+            code = "bad_utf8" if "UTF-8" in str(exc) else "not_json"
+            yield RawRecord(index, None, text, None, "(record)", code, f"not JSON: {exc}")
+
+
+_STRUCTURE = re.compile(rb'[\[\]{}",]')
+_STRING_END = re.compile(rb'["\\]')
+
+
+def scan_json_array(path: Path, chunk: int = 1 << 20) -> Iterator[tuple[bytes, str | None]]:
+    """The raw bytes of each element of a JSON array, read in chunks (memory independent of the file's
+    size), with a problem when the file ends inside one. Elements are split at top-level commas
+    (brackets counted outside strings) and parsed one by one, so a broken record, a trailing comma
+    or a file cut short costs only itself. Written here because streaming parsers (ijson) stop at the
+    first syntax error and lose every later record."""
+    buf, pos, start, in_string, opened = b"", 0, 0, False, False
+    open_brackets: list[bytes] = []  # inside the current element
+    with path.open("rb") as f:
+        while True:
+            match = (_STRING_END if in_string else _STRUCTURE).search(buf, pos)
+            if match is None or (match.group() == b"\\" and match.end() >= len(buf)):
+                data = f.read(chunk)
+                if not data:
+                    break
+                shift = start if opened else 0
+                buf, pos, start = buf[shift:] + data, pos - shift, start - shift
+                continue
+            char, pos = match.group(), match.end()
+            if in_string:
+                if char == b"\\":
+                    pos += 1  # the escaped character, whatever it is
+                else:
+                    in_string = False
+            elif not opened:
+                if char != b"[" or buf[: match.start()].removeprefix(UTF8_BOM).strip():
+                    break
+                opened, start = True, pos
+            elif not open_brackets and char in b",]":
+                element = buf[start : match.start()].strip()
+                if element:
+                    yield element, None
+                if char == b"]":
+                    return
+                start = pos
+            elif char == b'"':
+                in_string = True
+            elif char in b"[{":
+                open_brackets.append(b"]" if char == b"[" else b"}")
+            elif char in b"]}" and open_brackets:
+                # A closer that skips an unclosed bracket (`[1, 2, }`) closes it too, so one broken
+                # record does not swallow the ones after it.
+                while open_brackets and open_brackets.pop() != char:
+                    pass
+    if not opened:
         raise RecordError(str(path), "file", "(file)", "a LLaVA JSON file must hold an array of records")
-    for index, item in enumerate(data, start=1):
-        yield RawRecord(index, None, orjson.dumps(item).decode(), item)
+    tail = buf[start:].strip()
+    if tail:
+        yield tail, None if _parses(tail) else "the file ends inside this record (cut short?)"
+
+
+def _parses(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def read_samples(path: str | Path) -> Iterator[Sample]:
@@ -259,9 +360,16 @@ def write_jsonl(items: Iterable[Any], path: str | Path) -> int:
         return writer.count
 
 
-def write_llava_json(samples: Iterable[Sample], path: str | Path, *, with_meta: bool = False) -> int:
-    """Write a LLaVA-style JSON array (what LLaVA's own training scripts read)."""
-    rows = [s.to_json(with_meta=with_meta) for s in samples]
+def write_llava_json(
+    samples: Iterable[Sample], path: str | Path, *, with_meta: bool = False, original_ids: bool = False
+) -> int:
+    """Write a LLaVA-style JSON array (what LLaVA's own training scripts read); `original_ids` writes
+    back the ids that validation made unique (`000000215677#2` → `000000215677`)."""
+    rows = []
+    for sample in samples:
+        rows.append(sample.to_json(with_meta=with_meta))
+        if original_ids and sample.meta.original_id:
+            rows[-1]["id"] = sample.meta.original_id
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2))
     return len(rows)

@@ -7,6 +7,7 @@ field, code and reason, and the full list of problems.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,21 @@ from vialign.records import (
 ImageCheck = Literal["none", "exists", "verify", "decode"]
 
 
+class SubsetRule(Settings):
+    """`subset` for a record whose id, first question or first answer matches (first rule wins)."""
+
+    subset: str
+    id_regex: str | None = None
+    question_regex: str | None = None
+    answer_regex: str | None = None
+
+    def matches(self, sample: Sample) -> bool:
+        fields = ((self.id_regex, sample.id), (self.question_regex, (sample.questions or [""])[0]),
+                  (self.answer_regex, (sample.answers or [""])[0]))  # fmt: skip
+        given = [(pattern, text) for pattern, text in fields if pattern]
+        return bool(given) and all(re.search(pattern, text) for pattern, text in given)
+
+
 class ValidateSettings(Settings):
     image_root: Path | None = Field(None, description="folder that every image path is relative to")
     max_text_chars: int = Field(32_768, gt=0, description="longest total text of one record's turns")
@@ -41,6 +57,14 @@ class ValidateSettings(Settings):
     )
     strict: bool = False
     workers: int = Field(4, ge=1, description="threads that check image files")
+    on_duplicate: Literal["rename", "reject", "keep-first"] = Field(
+        "rename", description="a repeated id (LLaVA-Instruct's COCO ids): rename to ID#2, ID#3… (the original "
+        "kept in meta.original_id), or reject later records (keep-first says the first was kept)",
+    )  # fmt: skip
+    subset: str | None = Field(None, description="tag every record with this meta.subset (one file per subset)")
+    subset_rules: list[SubsetRule] = Field(
+        default_factory=list, description="infer meta.subset where neither the record nor --subset gives one"
+    )
 
 
 @dataclass(frozen=True)
@@ -56,6 +80,7 @@ class Outcome:
     record_id: str | None
     problems: list[Problem] = field(default_factory=list)
     sample: Sample | None = None
+    renamed: bool = False
 
     def reject_row(self) -> dict[str, Any]:
         first = self.problems[0]
@@ -221,9 +246,9 @@ def validate_records(path: Path, settings: ValidateSettings, window: int = 512) 
                     checker.submit(rel)
             pending.append(outcome)
             if len(pending) >= window:
-                yield finish_outcome(pending.pop(0), checker, seen_ids)
+                yield finish_outcome(pending.pop(0), checker, seen_ids, settings)
         for outcome in pending:
-            yield finish_outcome(outcome, checker, seen_ids)
+            yield finish_outcome(outcome, checker, seen_ids, settings)
     finally:
         checker.close()
 
@@ -247,7 +272,9 @@ def structural_outcome(raw: RawRecord, settings: ValidateSettings) -> Outcome:
     return outcome
 
 
-def finish_outcome(outcome: Outcome, checker: ImageChecker, seen_ids: set[str]) -> Outcome:
+def finish_outcome(
+    outcome: Outcome, checker: ImageChecker, seen_ids: set[str], settings: ValidateSettings
+) -> Outcome:
     if outcome.problems:
         return outcome
     for rel in image_paths(outcome.raw.data):
@@ -256,19 +283,42 @@ def finish_outcome(outcome: Outcome, checker: ImageChecker, seen_ids: set[str]) 
             outcome.problems.append(problem)
     # Only accepted records claim their id, so a valid record is never rejected for an invalid twin.
     if not outcome.problems and outcome.record_id in seen_ids:
-        outcome.problems.append(
-            Problem("id", "duplicate_id", f"id {outcome.record_id!r} was already accepted")
-        )
-    if not outcome.problems:
-        seen_ids.add(outcome.record_id or "")
+        if settings.on_duplicate == "rename":
+            rename_duplicate(outcome, seen_ids)
+        else:
+            kept = " (the first record with it was kept)" if settings.on_duplicate == "keep-first" else ""
+            outcome.problems.append(Problem("id", "duplicate_id", f"id {outcome.record_id!r} was already accepted{kept}"))
+    if not outcome.problems and outcome.sample is not None:
+        seen_ids.add(outcome.sample.id)
+        tag_subset(outcome.sample, settings)
     return outcome
+
+
+def rename_duplicate(outcome: Outcome, seen_ids: set[str]) -> None:
+    """`ID#2`, `ID#3`, … by input order, skipping any that is itself taken; the input id goes to meta."""
+    assert outcome.sample is not None and outcome.record_id is not None
+    k = 2
+    while f"{outcome.record_id}#{k}" in seen_ids:
+        k += 1
+    outcome.sample.meta.original_id = outcome.record_id
+    outcome.sample.id = f"{outcome.record_id}#{k}"
+    outcome.renamed = True
+
+
+def tag_subset(sample: Sample, settings: ValidateSettings) -> None:
+    if settings.subset:
+        sample.meta.subset = settings.subset
+    elif sample.meta.subset is None:
+        sample.meta.subset = next((r.subset for r in settings.subset_rules if r.matches(sample)), None)
 
 
 @dataclass
 class ValidationSummary:
     valid: int = 0
     rejected: int = 0
+    renamed: int = 0
     by_code: Counter[str] = field(default_factory=Counter)
+    by_subset: Counter[str] = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
@@ -290,6 +340,8 @@ def validate_file(
             else:
                 valid.write(outcome.sample)
                 summary.valid += 1
+                summary.renamed += outcome.renamed
+                summary.by_subset[outcome.sample.meta.subset or "(none)"] += 1
             if progress is not None:
                 progress()
     return summary
