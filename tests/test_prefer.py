@@ -82,6 +82,18 @@ def test_prompt_lists_every_response_without_image_tags():
     assert "<image>" not in text and "What is it?" in text and "each of the 2 responses" in text
 
 
+def test_the_judge_sees_its_json_shape_as_json_and_braces_in_answers_stay():
+    import json
+    import re
+
+    text = render_prompt(PreferenceJudgeSettings().prompt, "Q {k}?", ["{responses} {{x}}", "B"])
+    assert "{{" not in text.split("[Question]")[0]
+    shape = next(line for line in text.splitlines() if line.startswith('{"ratings"'))
+    example = json.loads(re.sub(r": [a-z]\b", ": 1", shape.replace(", ...", "")))
+    assert set(example["ratings"][0]) == {"helpfulness", "correctness", "coherence", "complexity", "verbosity"}
+    assert "Q {k}?" in text and "{responses} {{x}}" in text, "values are inserted verbatim, never re-read"
+
+
 def test_a_malformed_judge_reply_never_crashes_the_run(tmp_path):
     from tests.fault_server import FaultServer
 

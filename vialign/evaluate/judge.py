@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import field_validator
 
-from vialign.generation.base import Backend, ChatRequest, JudgeModelSettings
+from vialign.generation.base import Backend, ChatRequest, JudgeModelSettings, fill_prompt
 from vialign.generation.cache import ResponseCache, ask_cached, cache_key
 from vialign.records import confined_image_path
 
@@ -56,7 +56,7 @@ def rating_or_refuse(reply: str) -> float:
 
 def judge_prompt(template: str, question: str, answer: str, reference: str | None) -> str:
     ref = f"[Reference Answer]\n{reference}\n\n" if reference else ""
-    return template.replace("{question}", question).replace("{answer}", answer).replace("{reference}", ref)
+    return fill_prompt(template, question=question, answer=answer, reference=ref)
 
 
 def rate_answers(

@@ -107,16 +107,28 @@ def vqa_score(prediction: str, human_answers: Sequence[str]) -> float:
 
 # ---------------------------------------------------------------- multiple choice and text
 
-_LETTER = re.compile(r"\b([A-Z])\b")
+_EXPLICIT = re.compile(r"(?i:answer|option|choice)\s*(?:is|would be|:)?\s*\(?([A-Z])\)?(?![\w'])")
+_LEADING = re.compile(r"^\(?([A-Z])(?:[.):]|\)?$|\s+[-–—]\s)")
+_STANDALONE = re.compile(r"\(?\b([A-Z])\b\)?")
+# "A dog", "I think": an article or pronoun, not option A or I ("A is correct" still names option A)
+_ARTICLE = re.compile(r"[AI]\s+(?!(?:is|was|seems|would|should)\b)[a-z]")
 
 
 def parse_option_letter(text: str, options: dict[str, str]) -> str | None:
-    """The option letter an answer gives: a leading or standalone letter ('B', 'B.', '(B)', 'Answer: B'),
-    else the option whose text the answer equals."""
+    """The option letter an answer gives: one named explicitly ('the answer is B', 'Option B'), else a
+    leading letter ('B', 'B.', '(B)', 'B) …'), else a standalone capital that is not an article or
+    pronoun ('A dog …'), else the option whose text the answer equals."""
     stripped = text.strip()
-    for match in _LETTER.finditer(stripped):
-        if match.group(1) in options:
-            return match.group(1)
+    explicit = [m.group(1) for m in _EXPLICIT.finditer(stripped) if m.group(1) in options]
+    if explicit:
+        return explicit[-1]
+    leading = _LEADING.match(stripped)
+    if leading and leading.group(1) in options:
+        return leading.group(1)
+    for match in _STANDALONE.finditer(stripped):
+        letter = match.group(1)
+        if letter in options and not _ARTICLE.match(stripped, match.start(1)):
+            return letter
     lowered = stripped.lower().rstrip(".")
     for letter, option in options.items():
         if lowered == option.lower():

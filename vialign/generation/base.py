@@ -7,6 +7,7 @@ Backends are found by exact name in `BACKENDS` (import paths, imported only when
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,3 +105,20 @@ class JudgeModelSettings(Settings):
     params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=256))
     batch_size: int = Field(16, ge=1)
     cache: Path | None = Field(None, description="response cache (JSONL); default: beside the output")
+
+
+_SLOT = re.compile(r"\{\{|\}\}|\{(\w+)\}")
+
+
+def fill_prompt(template: str, **values: str) -> str:
+    """`str.format` semantics for the named slots (`{{`/`}}` are literal braces, so a JSON example in a
+    prompt reads as JSON), in one pass: braces inside the values are never read as slots, and an unknown
+    `{name}` stays as written."""
+
+    def slot(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return match.group()[0]
+        return str(values[name]) if name in values else match.group()
+
+    return _SLOT.sub(slot, template)

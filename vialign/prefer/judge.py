@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from vialign.generation.base import ChatRequest, GenerationParams, JudgeModelSettings
+from vialign.generation.base import ChatRequest, GenerationParams, JudgeModelSettings, fill_prompt
 from vialign.generation.cache import ResponseCache, ask_cached, cache_key
 from vialign.manifest import fingerprint_bytes
 from vialign.records import IMAGE_TAG, confined_image_path, image_list
@@ -91,11 +91,7 @@ def parse_ratings(reply: str, k: int) -> list[dict[str, int]]:
 def render_prompt(template: str, question: str, responses: Sequence[str]) -> str:
     listed = "\n\n".join(f"[Response {n}]\n{text}" for n, text in enumerate(responses, start=1))
     clean = question.replace(IMAGE_TAG, "").strip()
-    return (
-        template.replace("{k}", str(len(responses)))
-        .replace("{question}", clean)
-        .replace("{responses}", listed)
-    )
+    return fill_prompt(template, k=str(len(responses)), question=clean, responses=listed)
 
 
 class ModelJudge:
