@@ -407,3 +407,34 @@ def test_cli_select_writes_selected_records_with_their_scores(tmp_path):
     assert summary["subsets"]["conversation"]["examples"]["kept"][0]["id"] == "s4"
     assert (tmp_path / "sel" / "score_histograms.png").stat().st_size > 1000
     assert len(list(read_jsonl(tmp_path / "sel" / "decisions.jsonl"))) == len(TABLE)
+
+
+def test_select_stops_naming_the_field_when_no_record_has_it_or_nothing_is_scored(tmp_path):
+    from typer.testing import CliRunner
+
+    from vialign.cli import app
+
+    samples = [table_sample(*row) for row in TABLE]
+    unsubsetted = [s.model_copy(update={"meta": s.meta.model_copy(update={"subset": None})}) for s in samples]
+    write_jsonl(unsubsetted, tmp_path / "real.jsonl")
+    args = [
+        "curate",
+        "select",
+        str(tmp_path / "real.jsonl"),
+        "--out",
+        str(tmp_path / "sel"),
+        "--subsets",
+        "conversation",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "meta.subset" in result.output and "--subset" in result.output
+    assert not (tmp_path / "sel" / "selected.jsonl").exists()
+    unscored = [
+        s.model_copy(update={"meta": s.meta.model_copy(update={"model_extra": None})}) for s in samples
+    ]
+    write_jsonl([Sample.model_validate({**s.to_json(), "meta": {"subset": s.meta.subset}}) for s in unscored],
+                tmp_path / "unscored.jsonl")  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["curate", "select", str(tmp_path / "unscored.jsonl"), "--out", str(tmp_path / "s2")]
+    )
+    assert result.exit_code == 2 and "curate score" in result.output

@@ -393,3 +393,17 @@ def chat_messages(sample: Sample) -> list[dict[str, Any]]:
         else:
             messages.append({"role": "user" if turn.role == HUMAN else "assistant", "content": turn.value})
     return messages
+
+
+def meta_value(sample: Sample, field: str) -> Any:
+    """A `meta` field by name, typed or extra."""
+    value = getattr(sample.meta, field, None)
+    return value if value is not None else (sample.meta.model_extra or {}).get(field)
+
+
+def require_meta_field(samples: Iterable[Sample], field: str, source: str, purpose: str) -> None:
+    """Stop, naming the field, when a filter on `meta.FIELD` would meet no record that has it (real
+    LLaVA data carries no subset: filtering would silently keep all or nothing)."""
+    if not any(meta_value(s, field) is not None for s in samples):
+        hint = " (tag the records: `vialign data validate … --subset NAME`, one file per subset)" if field == "subset" else ""
+        raise ValueError(f"{source}: no record has meta.{field}, which {purpose} filters on{hint}")

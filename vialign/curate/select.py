@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from vialign.config import Settings
-from vialign.records import Sample
+from vialign.records import Sample, meta_value, require_meta_field
 
 
 class SelectSettings(Settings):
@@ -38,9 +38,7 @@ class SelectSettings(Settings):
 
 
 def subset_of(sample: Sample, by: str) -> str:
-    value = getattr(sample.meta, by, None)
-    if value is None:
-        value = (sample.meta.model_extra or {}).get(by)
+    value = meta_value(sample, by)
     return str(value) if value is not None else "(none)"
 
 
@@ -180,6 +178,11 @@ def select_file(input: Path, out: Path, settings: SelectSettings):
 
     timer = StageTimer()
     samples = list(read_samples(input))
+    if settings.subsets is not None:
+        require_meta_field(samples, settings.by, str(input), "curate select --subsets")
+    if samples and not any(curation_of(s).get("question_score") is not None for s in samples):
+        raise ValueError(f"{input}: no record has a question score (meta.curation); score it first with "
+                         "`vialign curate score`")  # fmt: skip
     decisions, summary = select(samples, settings)
     out.mkdir(parents=True, exist_ok=True)
     with JsonlWriter(out / "selected.jsonl") as kept, JsonlWriter(out / "decisions.jsonl") as log:

@@ -164,11 +164,14 @@ def gap(ctx: StageContext) -> None:
 
 def sample(ctx: StageContext) -> None:
     from vialign.prefer.sample import SampleSettings, sample_file
-    from vialign.records import read_samples, write_jsonl
+    from vialign.records import read_samples, require_meta_field, write_jsonl
 
     data, model, image_root = Path(ctx.take("data")), ctx.take("target"), ctx.take("image_root", None)
     subsets, limit = ctx.take("subsets", None), ctx.take("limit", None)
-    prompts = [s for s in read_samples(data) if subsets is None or s.meta.subset in subsets][:limit]
+    samples = list(read_samples(data))
+    if subsets is not None:
+        require_meta_field(samples, "subset", str(data), "the sample stage's subsets")
+    prompts = [s for s in samples if subsets is None or s.meta.subset in subsets][:limit]
     write_jsonl(prompts, ctx.out / "prompts.jsonl")
     sample_file(ctx.out / "prompts.jsonl", model, ctx.out / "groups.jsonl", build(SampleSettings, ctx.settings), image_root,
                 ctx.show_progress)  # fmt: skip
