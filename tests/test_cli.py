@@ -61,6 +61,19 @@ def test_bad_setting_exits_2_with_the_reason(tmp_path):
     assert "sizee" in result.output
 
 
+def test_stats_count_records_per_subset_and_none_for_untagged(tmp_path):
+    rows = [{"id": f"r{i}", "conversations": [{"from": "human", "value": "Why?"}, {"from": "gpt", "value": "So."}],
+             **({"meta": {"subset": subset}} if subset else {})}
+            for i, subset in enumerate(["detail_23k", "detail_23k", "conversation_58k", None])]  # fmt: skip
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = runner.invoke(app, ["data", "stats", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["subsets"] == {"(none)": 1, "conversation_58k": 1, "detail_23k": 2}
+    table = runner.invoke(app, ["data", "stats", str(data)])
+    assert "subsets: (none) 1, conversation_58k 1, detail_23k 2" in table.output
+
+
 def test_stats_on_invalid_file_points_to_validate(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": 1}\n')
@@ -126,7 +139,12 @@ def test_templates_and_label_preview(tmp_path, toyworld, tiny_model_dir):
 
 def worst_inputs(tmp, model):
     """Each command on an empty file, a file of the wrong type and a missing path."""
-    empty, wrong, missing, out = tmp / "empty.jsonl", tmp / "wrong.jsonl", str(tmp / "missing.jsonl"), str(tmp / "o")
+    empty, wrong, missing, out = (
+        tmp / "empty.jsonl",
+        tmp / "wrong.jsonl",
+        str(tmp / "missing.jsonl"),
+        str(tmp / "o"),
+    )
     empty.write_bytes(b"")
     wrong.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
     m = str(model)

@@ -429,6 +429,8 @@ def test_select_stops_naming_the_field_when_no_record_has_it_or_nothing_is_score
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "meta.subset" in result.output and "--subset" in result.output
     assert not (tmp_path / "sel" / "selected.jsonl").exists()
+    result = CliRunner().invoke(app, [*args[:5], "--by", "source"])
+    assert result.exit_code == 2 and "meta.source" in result.output
     unscored = [
         s.model_copy(update={"meta": s.meta.model_copy(update={"model_extra": None})}) for s in samples
     ]

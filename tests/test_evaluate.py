@@ -85,7 +85,8 @@ def test_vqa_accuracy_over_ten_answers_by_hand():
     ("answer", "letter"),
     [("B", "B"), ("B.", "B"), ("(C) purple", "C"), ("The answer is A", "A"), ("purple", "C"), ("E", None),
      ("I think so", None), ("a", None), ("A dog is running, so the answer is B.", "B"), ("A", "A"), ("A.", "A"),
-     ("A is correct", "A"), ("I think it is C", "C"), ("Option B", "B"), ("B) blue", "B"), ("A cat sits. C", "C")],
+     ("A is correct", "A"), ("I think it is C", "C"), ("Option B", "B"), ("B) blue", "B"), ("A cat sits. C", "C"),
+     ("(C) a cat", "C"), ("A red one", None)],
 )  # fmt: skip
 def test_option_letter_parser(answer, letter):
     assert parse_option_letter(answer, {"A": "red", "B": "blue", "C": "purple"}) == letter

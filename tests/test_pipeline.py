@@ -148,3 +148,16 @@ def test_quick_demo_writes_a_report_that_renders_in_chromium(tmp_path):
         page.screenshot(path=str(tmp_path / "demo" / "report.png"), full_page=True)
         browser.close()
     assert (tmp_path / "demo" / "report.png").stat().st_size > 20_000
+
+
+def test_sample_stage_filtering_on_subsets_no_record_has_names_the_field(tmp_path):
+    from vialign.pipeline.stages import StageContext, sample
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "r1", "conversations": [{"from": "human", "value": "Why?"},
+                                                              {"from": "gpt", "value": "So."}]}) + "\n")  # fmt: skip
+    ctx = StageContext(
+        tmp_path / "out", {"data": str(data), "target": "unused", "subsets": ["detail"]}, False, print
+    )
+    with pytest.raises(ValueError, match=r"no record has meta\.subset.*--subset NAME"):
+        sample(ctx)

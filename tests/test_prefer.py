@@ -90,7 +90,13 @@ def test_the_judge_sees_its_json_shape_as_json_and_braces_in_answers_stay():
     assert "{{" not in text.split("[Question]")[0]
     shape = next(line for line in text.splitlines() if line.startswith('{"ratings"'))
     example = json.loads(re.sub(r": [a-z]\b", ": 1", shape.replace(", ...", "")))
-    assert set(example["ratings"][0]) == {"helpfulness", "correctness", "coherence", "complexity", "verbosity"}
+    assert set(example["ratings"][0]) == {
+        "helpfulness",
+        "correctness",
+        "coherence",
+        "complexity",
+        "verbosity",
+    }
     assert "Q {k}?" in text and "{responses} {{x}}" in text, "values are inserted verbatim, never re-read"
 
 
@@ -252,6 +258,13 @@ def test_dpo_loss_equals_trls_on_the_same_batch_and_logps(
 
 
 # ---------------------------------------------------------------- reference cache and training
+
+
+@pytest.mark.parametrize("settings", [{"templates": "t.json"}, {"template_min_frac": 0.2}])
+def test_dpo_refuses_template_settings_it_would_ignore(settings):
+    with pytest.raises(ValueError, match="responses only"):
+        DPOSettings(**settings)
+    assert DPOSettings(templates="none").templates == "none"
 
 
 def test_reference_cache_is_reused_and_invalidated(tiny_model_dir, pairs_file, toyworld, tmp_path):

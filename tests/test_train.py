@@ -58,6 +58,11 @@ def test_finetune_freezes_vision_and_trains_every_other_parameter(tiny_model_dir
     )
     after = weights(tmp_path / "ft")
     assert manifest.counts["trainable_parameters"]["vision"] == 0
+    templates = manifest.settings["templates"]
+    assert templates["detected"] and templates["min_frac"] == 0.05, (
+        "LIT excludes detected templates by default"
+    )
+    assert "Answer the question using a single word or phrase." in templates["sentences"]
     for name, tensor in before.items():
         if name.startswith(PART_PREFIXES["vision"]):
             assert torch.equal(tensor, after[name]), f"frozen {name} changed"
@@ -195,8 +200,10 @@ def test_truncated_and_quarantined_samples_are_counted(tiny_model_dir, data, toy
         }
     )
     write_jsonl([*samples, bad], tmp_path / "d.jsonl")
-    manifest = run(tiny_model_dir, tmp_path / "d.jsonl", toyworld, tmp_path / "q", batch_size=4, max_steps=1)
+    manifest = run(tiny_model_dir, tmp_path / "d.jsonl", toyworld, tmp_path / "q", batch_size=4, max_steps=1,
+                   templates="none")  # fmt: skip
     assert (manifest.counts["encoded"], manifest.counts["quarantined"]) == (8, 1)
+    assert manifest.settings["templates"] == "none", "template exclusion turned off is recorded as off"
     (row,) = [json.loads(line) for line in (tmp_path / "q" / "quarantine.jsonl").read_text().splitlines()]
     assert row["id"] == "two-tags" and "<image> tags" in row["reason"]
 
@@ -338,3 +345,35 @@ def test_resume_refuses_a_named_unfinished_checkpoint(tmp_path):
     assert whole_run_loss(log, resumed_at=3, session_loss=1.5, final_step=5) == pytest.approx(
         (4 + 2 * 2 + 1.5 * 2) / 5
     )
+
+
+def test_templates_are_detected_by_default_given_or_turned_off(data, tmp_path):
+    from vialign.data.templates import find_templates, write_templates
+    from vialign.train.sft import training_templates
+
+    detected = training_templates(SFTSettings(template_min_frac=0.2), "lit", data)
+    expected = [r["sentence"] for r in find_templates(read_samples(data), 0.2)["templates"]]
+    assert detected == {"path": None, "detected": True, "min_frac": 0.2, "sentences": expected} and expected
+    assert training_templates(SFTSettings(templates="none"), "lit", data) is None
+    assert training_templates(SFTSettings(), "response", data) is None
+    write_templates(
+        {"min_frac": 0.5, "samples": 1, "templates": [{"sentence": "Only this."}]}, tmp_path / "t.json"
+    )
+    given = training_templates(SFTSettings(templates=tmp_path / "t.json"), "lit", data)
+    assert given["sentences"] == ["Only this."] and given["min_frac"] == 0.5 and not given["detected"]
+
+
+def test_every_sample_too_long_is_a_clear_error_with_the_quarantine_written(
+    tiny_model_dir, data, toyworld, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from vialign.cli import app
+
+    args = ["train", "sft", "--model", str(tiny_model_dir), "--data", str(data), "--image-root", str(toyworld),
+            "--out", str(tmp_path / "o"), "--set", "max_length=8", "--set", "use_cpu=true"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "no sample of" in result.output and "max_length" in result.output
+    assert isinstance(result.exception, SystemExit)
+    rows = [json.loads(line) for line in (tmp_path / "o" / "quarantine.jsonl").read_text().splitlines()]
+    assert len(rows) == 48 and all("max_length" in r["reason"] for r in rows)

@@ -170,6 +170,21 @@ def test_subset_tags_every_record_and_rules_infer_it(tmp_path, root):
     assert summary.by_subset == {"conversation": 1, "short": 1, "(none)": 1}
 
 
+def test_subset_id_rules_match_the_input_id_of_a_renamed_duplicate(tmp_path, root):
+    rules = [{"subset": "coco", "id_regex": r"^\d+$"}]
+    _, valid, _ = run(tmp_path, root, [good(0, id="215677"), good(0, id="215677")], subset_rules=rules)
+    assert [(r["id"], r["meta"]["subset"]) for r in valid] == [("215677", "coco"), ("215677#2", "coco")]
+
+
+@pytest.mark.parametrize(
+    ("rule", "named"),
+    [({"subset": "a", "id_regex": "("}, "id_regex"), ({"subset": "a"}, "gives no id_regex")],
+)
+def test_a_subset_rule_that_cannot_match_is_refused(rule, named):
+    with pytest.raises(ValueError, match=named):
+        ValidateSettings(subset_rules=[rule])
+
+
 def test_json_array_with_a_trailing_comma_or_a_broken_record_keeps_the_valid_ones(tmp_path, root):
     src = tmp_path / "in.json"
     records = [json.dumps(good(k)) for k in range(4)]

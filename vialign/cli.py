@@ -156,10 +156,13 @@ def data_validate(
 @data_app.command("stats")
 def data_stats(
     input: Annotated[Path, typer.Argument(help="a validated dataset", exists=True, dir_okay=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="print the counts as one JSON object")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Counts per subset and format class (soft/hard), and length distributions."""
+    import json
+
     from vialign.data.formats import FormatSettings, is_soft
     from vialign.data.stats import dataset_stats
     from vialign.records import RecordError
@@ -172,6 +175,9 @@ def data_stats(
             f"[red]error:[/red] {exc}\nRun `vialign data validate` first to separate bad records."
         )
         raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(stats.to_json(settings)))
+        return
     table = Table(title=f"{input}: {stats.samples} samples")
     for column in ("subset", "format class", "soft/hard", "samples", "share"):
         table.add_column(column, justify="right" if column in ("samples", "share") else "left")
@@ -187,6 +193,7 @@ def data_stats(
         lengths.add_row(name, *(str(s[k]) for k in ("n", "min", "median", "mean", "p90", "max")))
     out_console.print(lengths)
     soft_hard = stats.soft_hard(settings)
+    out_console.print("subsets: " + ", ".join(f"{name} {n}" for name, n in sorted(stats.subsets.items())))
     out_console.print(f"soft {soft_hard['soft']}  hard {soft_hard['hard']}")
 
 
@@ -222,7 +229,9 @@ def data_preview_labels(
     mode: Annotated[str, typer.Option("--mode", help="response | lit | all")] = "lit",
     n: Annotated[int, typer.Option("-n", help="samples to show")] = 5,
     templates: Annotated[
-        Path | None, typer.Option(help="template list from `vialign data templates`")
+        str | None,
+        typer.Option(help="template list from `vialign data templates`; default: detected over INPUT as "
+                     "training does (lit); none: off"),
     ] = None,
     chat_format: Annotated[
         str, typer.Option("--format", help="vicuna_v1 | plain | tokenizer (its own chat template)")
@@ -240,17 +249,20 @@ def data_preview_labels(
 
     from transformers import AutoProcessor
 
-    from vialign.data.templates import read_template_file
     from vialign.models.encoding import ChatEncoder, EncoderSettings, EncodingError, label_rows, render_labels
     from vialign.models.loading import processor_image_tokens
     from vialign.records import read_samples
     from vialign.train.settings import SFTSettings
+    from vialign.train.sft import training_templates
 
     processor = AutoProcessor.from_pretrained(model)
+    training = SFTSettings(templates=templates, **({"max_length": max_length} if max_length else {}))
+    template_list = training_templates(training, mode, input)
+    if template_list and not as_json:
+        err_console.print(f"templates excluded (min share {template_list['min_frac']}): {template_list['sentences']}")
     settings = EncoderSettings(
         chat_format=chat_format, mode=mode, image_tokens=processor_image_tokens(processor),
-        max_length=max_length or SFTSettings.model_fields["max_length"].default,
-        templates=frozenset(read_template_file(templates)["sentences"]) if templates else frozenset(),
+        max_length=training.max_length, templates=frozenset(template_list["sentences"] if template_list else ()),
     )  # fmt: skip
     try:
         encoder = ChatEncoder(processor.tokenizer, settings)
@@ -445,7 +457,10 @@ def train_sft_command(
     stage: Annotated[str | None, typer.Option(help="pretrain | finetune | full")] = None,
     mode: Annotated[str | None, typer.Option(help="response | lit | all")] = None,
     templates: Annotated[
-        Path | None, typer.Option(help="template list from `vialign data templates`")
+        str | None,
+        typer.Option(
+            help="template list from `vialign data templates`; default: detected over --data (lit); none: off"
+        ),
     ] = None,
     resume: Annotated[str | None, typer.Option(help="checkpoint folder, or 'last'")] = None,
     config: ConfigOpt = None,

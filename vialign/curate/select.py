@@ -178,8 +178,8 @@ def select_file(input: Path, out: Path, settings: SelectSettings):
 
     timer = StageTimer()
     samples = list(read_samples(input))
-    if settings.subsets is not None:
-        require_meta_field(samples, settings.by, str(input), "curate select --subsets")
+    if settings.subsets is not None or "by" in settings.model_fields_set:
+        require_meta_field(samples, settings.by, str(input), "curate select (--subsets/--by)")
     if samples and not any(curation_of(s).get("question_score") is not None for s in samples):
         raise ValueError(f"{input}: no record has a question score (meta.curation); score it first with "
                          "`vialign curate score`")  # fmt: skip

@@ -6,6 +6,7 @@ import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vialign.data.formats import FormatSettings, classify_sample, is_soft
 from vialign.records import read_samples
@@ -20,6 +21,14 @@ class DatasetStats:
     lengths: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
 
     @property
+    def subsets(self) -> Counter[str]:
+        """Samples per `meta.subset`, `(none)` for those without one."""
+        out: Counter[str] = Counter()
+        for (subset, _), n in self.by_subset_class.items():
+            out[subset] += n
+        return out
+
+    @property
     def classes(self) -> Counter[str]:
         out: Counter[str] = Counter()
         for (_, cls), n in self.by_subset_class.items():
@@ -30,7 +39,20 @@ class DatasetStats:
         return Counter({("soft" if is_soft(c, settings) else "hard"): n for c, n in self.classes.items()})
 
     def length_summary(self) -> dict[str, dict[str, float]]:
-        return {name: summarise(values) for name, values in sorted(self.lengths.items())}
+        return {name: summarise(values) for name, values in sorted(self.lengths.items()) if values}
+
+    def to_json(self, settings: FormatSettings) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "subsets": dict(sorted(self.subsets.items())),
+            "format_classes": dict(sorted(self.classes.items())),
+            "soft_hard": dict(self.soft_hard(settings)),
+            "by_subset_and_class": [
+                {"subset": subset, "format_class": cls, "samples": n}
+                for (subset, cls), n in sorted(self.by_subset_class.items())
+            ],
+            "lengths": self.length_summary(),
+        }
 
 
 def summarise(values: list[int]) -> dict[str, float]:

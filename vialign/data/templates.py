@@ -13,6 +13,9 @@ import orjson
 from vialign.models.encoding import sentences
 from vialign.records import Sample
 
+# A sentence in at least this share of samples' user turns is a template (LIT never trains it).
+DEFAULT_TEMPLATE_MIN_FRAC = 0.05
+
 
 def count_sentences(samples: Iterable[Sample]) -> tuple[Counter[str], int]:
     """Per sentence, the number of samples whose user turns contain it (once per sample)."""
@@ -49,3 +52,10 @@ def read_template_file(path: str | Path) -> dict[str, Any]:
         "min_frac": data["min_frac"],
         "sentences": [row["sentence"] for row in data["templates"]],
     }
+
+
+def detected_templates(samples: Iterable[Sample], min_frac: float) -> dict[str, Any]:
+    """Templates found over a training corpus, in the shape of a template file (list and threshold)."""
+    found = find_templates(samples, min_frac)
+    return {"path": None, "detected": True, "min_frac": min_frac,
+            "sentences": [row["sentence"] for row in found["templates"]]}  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from vialign.config import Settings
 from vialign.records import (
@@ -42,8 +42,26 @@ class SubsetRule(Settings):
     question_regex: str | None = None
     answer_regex: str | None = None
 
+    @field_validator("id_regex", "question_regex", "answer_regex")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression ({exc}): {pattern!r}") from None
+        return pattern
+
+    @model_validator(mode="after")
+    def _names_something(self) -> SubsetRule:
+        if not (self.id_regex or self.question_regex or self.answer_regex):
+            raise ValueError(f"subset rule {self.subset!r} gives no id_regex, question_regex or answer_regex")
+        return self
+
     def matches(self, sample: Sample) -> bool:
-        fields = ((self.id_regex, sample.id), (self.question_regex, (sample.questions or [""])[0]),
+        # The input id: a renamed duplicate (`ID#2`) matches what its id rule was written for.
+        record_id = sample.meta.original_id or sample.id
+        fields = ((self.id_regex, record_id), (self.question_regex, (sample.questions or [""])[0]),
                   (self.answer_regex, (sample.answers or [""])[0]))  # fmt: skip
         given = [(pattern, text) for pattern, text in fields if pattern]
         return bool(given) and all(re.search(pattern, text) for pattern, text in given)
@@ -61,7 +79,9 @@ class ValidateSettings(Settings):
         "rename", description="a repeated id (LLaVA-Instruct's COCO ids): rename to ID#2, ID#3… (the original "
         "kept in meta.original_id), or reject later records (keep-first says the first was kept)",
     )  # fmt: skip
-    subset: str | None = Field(None, description="tag every record with this meta.subset (one file per subset)")
+    subset: str | None = Field(
+        None, description="tag every record with this meta.subset (one file per subset)"
+    )
     subset_rules: list[SubsetRule] = Field(
         default_factory=list, description="infer meta.subset where neither the record nor --subset gives one"
     )
@@ -287,7 +307,9 @@ def finish_outcome(
             rename_duplicate(outcome, seen_ids)
         else:
             kept = " (the first record with it was kept)" if settings.on_duplicate == "keep-first" else ""
-            outcome.problems.append(Problem("id", "duplicate_id", f"id {outcome.record_id!r} was already accepted{kept}"))
+            outcome.problems.append(
+                Problem("id", "duplicate_id", f"id {outcome.record_id!r} was already accepted{kept}")
+            )
     if not outcome.problems and outcome.sample is not None:
         seen_ids.add(outcome.sample.id)
         tag_subset(outcome.sample, settings)

@@ -21,7 +21,7 @@ import orjson
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch.utils.data import Dataset
 
 from vialign.generation.runner import Row, RunnerSettings, run_resumable
@@ -43,6 +43,14 @@ class DPOSettings(SFTSettings):
     ref_cache_dir: Path | None = Field(None, description="default: OUT/ref_cache")
     ref_batch_size: int = Field(8, ge=1, description="pairs per reference forward")
     lr: float = Field(5e-5, gt=0)
+
+    @model_validator(mode="after")
+    def _refuse_template_settings(self) -> DPOSettings:
+        # DPO labels responses only, so no template is ever in its loss: a template list would be ignored.
+        if isinstance(self.templates, Path) or "template_min_frac" in self.model_fields_set:
+            raise ValueError("DPO trains on responses only, so templates do not apply; drop templates and "
+                             "template_min_frac (they are for `train sft` in mode lit)")  # fmt: skip
+        return self
 
 
 # ---------------------------------------------------------------- log-probs and loss

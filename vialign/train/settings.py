@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from vialign.config import Settings
+from vialign.data.templates import DEFAULT_TEMPLATE_MIN_FRAC
 from vialign.models.encoding import CHAT_FORMATS, LabelMode
 
 Stage = Literal["pretrain", "finetune", "full"]
@@ -58,7 +59,12 @@ class SFTSettings(Settings):
     train_llm: bool | None = None
     chat_format: str | None = None
     mode: LabelMode | None = None
-    templates: Path | None = Field(None, description="template list from `vialign data templates`")
+    templates: Path | Literal["none"] | None = Field(
+        None, description="template list from `vialign data templates`; default: detected over the training "
+        "data at template_min_frac (mode lit); 'none': no template is excluded",
+    )  # fmt: skip
+    template_min_frac: float = Field(DEFAULT_TEMPLATE_MIN_FRAC, gt=0, le=1,
+                                     description="share of samples above which a user sentence is a template")  # fmt: skip
     max_length: int = Field(2048, ge=8)
     lr: float = Field(2e-5, gt=0)
     projector_lr: float | None = Field(None, gt=0, description="default: same as lr")

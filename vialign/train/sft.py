@@ -13,7 +13,7 @@ import torch
 from accelerate import PartialState
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from vialign.data.templates import read_template_file
+from vialign.data.templates import detected_templates, read_template_file
 from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint_settings, write_manifest
 from vialign.models.encoding import ChatEncoder, EncodeReport, EncoderSettings, encode_all
 from vialign.models.loading import load_llava, processor_image_tokens, save_llava
@@ -199,12 +199,23 @@ def run_trainer(
                        state.log_history)  # fmt: skip
 
 
-def training_encoder(processor: Any, settings: SFTSettings, mode: str) -> ChatEncoder:
+def training_templates(settings: SFTSettings, mode: str, data: str | Path) -> dict[str, Any] | None:
+    """The template list a run excludes from LIT loss, with its threshold (both go into the manifest): a
+    given file, else templates detected over the training data; None when off or not in mode lit."""
+    if mode != "lit" or settings.templates == "none":
+        return None
+    if settings.templates is not None:
+        return {**read_template_file(settings.templates), "detected": False}
+    return detected_templates(read_samples(data), settings.template_min_frac)
+
+
+def training_encoder(
+    processor: Any, settings: SFTSettings, mode: str, templates: dict[str, Any] | None = None
+) -> ChatEncoder:
     """The encoder a training run uses: its chat format, label mode, length limit and template list."""
-    template_file = read_template_file(settings.templates) if settings.templates else None
     return ChatEncoder(processor.tokenizer, EncoderSettings(
         chat_format=settings.resolved("chat_format"), mode=mode, image_tokens=processor_image_tokens(processor),
-        max_length=settings.max_length, templates=frozenset(template_file["sentences"]) if template_file else frozenset(),
+        max_length=settings.max_length, templates=frozenset(templates["sentences"]) if templates else frozenset(),
     ))  # fmt: skip
 
 
@@ -247,8 +258,8 @@ def train_sft(
     out = Path(out)
     timer = StageTimer()
     model, processor = load_llava(model_path)
-    template_file = read_template_file(settings.templates) if settings.templates else None
-    encoder = training_encoder(processor, settings, settings.resolved("mode"))
+    template_file = training_templates(settings, settings.resolved("mode"), data)
+    encoder = training_encoder(processor, settings, settings.resolved("mode"), template_file)
     items, report = encode_all(encoder, read_samples(data))
     main_process = PartialState().is_main_process
     out.mkdir(parents=True, exist_ok=True)
@@ -269,7 +280,7 @@ def train_sft(
         inputs={str(data): fingerprint_file(data), "model": str(model_path)},
         settings={**settings.model_dump(mode="json"),
                   "resolved": {k: settings.resolved(k) for k in ("train_vision", "train_projector", "train_llm", "chat_format", "mode")},
-                  "templates": template_file, "fingerprint": fingerprint_settings(settings)},
+                  "templates": template_file or settings.templates, "fingerprint": fingerprint_settings(settings)},
         counts={"encoded": report.encoded, "truncated": report.truncated, "quarantined": len(report.quarantined),
                 "trainable_parameters": trainable, "steps": result.steps, "train_loss": result.train_loss,
                 "tokens_per_s": round(result.tokens_per_s, 1), "train_seconds": round(result.seconds, 2),
