@@ -291,3 +291,9 @@ def copy_with_template(tok, template):
     other = copy.deepcopy(tok)
     other.chat_template = template
     return other
+
+
+def test_a_sentence_only_one_sample_asks_is_never_a_template():
+    samples = [conv(f"Describe picture {i}.\nBe brief.", "ok") for i in range(4)] + [conv("Only mine.", "x")]
+    found = {r["sentence"]: r["count"] for r in find_templates(samples, 0.05)["templates"]}
+    assert found == {"Be brief.": 4}

@@ -15,6 +15,8 @@ from vialign.records import Sample
 
 # A sentence in at least this share of samples' user turns is a template (LIT never trains it).
 DEFAULT_TEMPLATE_MIN_FRAC = 0.05
+# A sentence that only one sample asks is that sample's question, whatever share one sample is of a small corpus.
+TEMPLATE_MIN_SAMPLES = 2
 
 
 def count_sentences(samples: Iterable[Sample]) -> tuple[Counter[str], int]:
@@ -34,7 +36,7 @@ def find_templates(samples: Iterable[Sample], min_frac: float) -> dict[str, Any]
     rows = [
         {"sentence": s, "count": c, "frac": round(c / n, 6)}
         for s, c in counts.most_common()
-        if n and c / n >= min_frac
+        if n and c / n >= min_frac and c >= TEMPLATE_MIN_SAMPLES
     ]
     return {"min_frac": min_frac, "samples": n, "templates": rows}
 
