@@ -270,16 +270,17 @@ def test_dpo_refuses_template_settings_it_would_ignore(settings):
 def test_reference_cache_is_reused_and_invalidated(tiny_model_dir, pairs_file, toyworld, tmp_path):
     model, processor, dataset, collator, _ = encoded_batch(tiny_model_dir, pairs_file, toyworld, n=6)
     encoder = dpo_encoder(processor, DPOSettings())
-    key = reference_key(pairs_file, tiny_model_dir, encoder, processor)
+    key = reference_key(pairs_file, tiny_model_dir, encoder, processor, "float32")
     first, computed = reference_logps(model, dataset, collator, tmp_path / f"{key}.jsonl", 4, False)
     again, recomputed = reference_logps(model, dataset, collator, tmp_path / f"{key}.jsonl", 4, False)
     assert computed == 6 and recomputed == 0 and again == first
-    assert reference_key(pairs_file, tiny_model_dir, encoder, processor) == key
+    assert reference_key(pairs_file, tiny_model_dir, encoder, processor, "float32") == key
     other_format = dpo_encoder(processor, DPOSettings(chat_format="tokenizer"))
-    assert reference_key(pairs_file, tiny_model_dir, other_format, processor) != key
+    assert reference_key(pairs_file, tiny_model_dir, other_format, processor, "float32") != key
+    assert reference_key(pairs_file, tiny_model_dir, encoder, processor, "bfloat16") != key
     assert (
         reference_key(
-            pairs_file, tiny_model_dir, dpo_encoder(processor, DPOSettings(max_length=512)), processor
+            pairs_file, tiny_model_dir, dpo_encoder(processor, DPOSettings(max_length=512)), processor, "float32"
         )
         != key
     )
@@ -288,7 +289,7 @@ def test_reference_cache_is_reused_and_invalidated(tiny_model_dir, pairs_file, t
     (changed_model / "config.json").write_text(
         (changed_model / "config.json").read_text().replace("}", " }", 1)
     )
-    assert reference_key(pairs_file, changed_model, encoder, processor) != key
+    assert reference_key(pairs_file, changed_model, encoder, processor, "float32") != key
 
 
 def test_dpo_training_prefers_chosen_keeps_vision_frozen_and_reuses_the_cache(

@@ -9,12 +9,15 @@ from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration, TrainerCallback
 
 from vialign.models.loading import load_llava
+from vialign.models.precision import cpu_has_native_bf16
 from vialign.records import read_samples, write_jsonl
 from vialign.train.settings import SFTSettings
 from vialign.train.sft import PART_PREFIXES, add_lora, export_trained, set_trainable_parts, train_sft
 
+# float32: the invariants below are exact; bf16 autocast has its own test.
 BASE = dict(
-    use_cpu=True, lr=1e-3, warmup_ratio=0.0, scheduler="constant", logging_steps=1, group_by_length=False
+    use_cpu=True, lr=1e-3, warmup_ratio=0.0, scheduler="constant", logging_steps=1, group_by_length=False,
+    dtype="float32",
 )
 
 
@@ -179,7 +182,8 @@ def test_lora_target_reaching_the_vision_tower_is_refused(tiny_model_dir):
         ({"stage": "full", "lora": {"enabled": True}}, "LoRA with train_vision"),
         ({"train_projector": False, "projector_lr": 1e-3}, "projector is frozen"),
         ({"train_vision": False, "train_projector": False, "train_llm": False}, "nothing would train"),
-        ({"use_cpu": True, "bf16": True}, "bf16"),
+        ({"bf16": True}, "bf16 is now dtype"),
+        ({"dtype": "float8"}, "dtype"),
         ({"chat_format": "chatml"}, "unknown chat_format"),
     ],
 )
@@ -377,3 +381,106 @@ def test_every_sample_too_long_is_a_clear_error_with_the_quarantine_written(
     assert isinstance(result.exception, SystemExit)
     rows = [json.loads(line) for line in (tmp_path / "o" / "quarantine.jsonl").read_text().splitlines()]
     assert len(rows) == 48 and all("max_length" in r["reason"] for r in rows)
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_one_bf16_autocast_step_matches_float32_and_keeps_float32_master_weights(
+    tiny_model_dir, data, toyworld, tmp_path
+):
+    before = weights(tiny_model_dir)
+    runs = {d: run(tiny_model_dir, data, toyworld, tmp_path / d, batch_size=8, max_steps=1, dtype=d)
+            for d in ("float32", "bfloat16")}  # fmt: skip
+    assert {d: m.settings["resolved"]["dtype"] for d, m in runs.items()} == {"float32": "float32", "bfloat16": "bfloat16"}
+    loss32, loss16 = (step_losses(tmp_path / d)[0] for d in ("float32", "bfloat16"))
+    assert loss16 == pytest.approx(loss32, rel=0.02) and loss16 != loss32, "bf16 ran, and close to fp32"
+    w32, w16 = weights(tmp_path / "float32"), weights(tmp_path / "bfloat16")
+    assert all(w16[k].dtype == torch.float32 for k in w16), "master weights stay float32"
+    trained = [k for k in before if not torch.equal(before[k], w32[k])]
+    delta32 = torch.cat([(w32[k] - before[k]).flatten() for k in trained])
+    delta16 = torch.cat([(w16[k] - before[k]).flatten() for k in trained])
+    assert torch.nn.functional.cosine_similarity(delta32, delta16, dim=0) > 0.95
+
+
+def test_auto_dtype_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from vialign.models import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.resolve_dtype("auto", "cpu") == "float32"
+    with pytest.raises(ValueError, match="emulated"):
+        precision.resolve_dtype("bfloat16", "cpu")
+    with pytest.raises(ValueError, match="CUDA"):
+        precision.resolve_dtype("float16", "cpu")
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.resolve_dtype("auto", "cpu") == "bfloat16"
+    assert precision.resolve_dtype("float32", "cpu") == "float32"
+
+
+def packed_and_padded(tiny_model_dir, data, toyworld, n=6, row_tokens=None):
+    from vialign.models.encoding import encode_all
+    from vialign.train.data import PackedSFTCollator, SFTCollator, SFTDataset
+    from vialign.train.sft import training_encoder
+
+    model, processor = load_llava(tiny_model_dir)
+    items, _ = encode_all(training_encoder(processor, SFTSettings(mode="lit"), "lit"), list(read_samples(data))[:n])
+    rows = [SFTDataset(items, toyworld)[i] for i in range(n)]
+    pad = processor.tokenizer.pad_token_id
+    width = row_tokens or sum(len(r["input_ids"]) for r in rows) // 2
+    return model, rows, SFTCollator(pad, processor.image_processor)(rows), PackedSFTCollator(pad, processor.image_processor, width)(rows)
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad()
+    n_labels = int((batch["labels"][:, 1:] != -100).sum())
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.item(), n_labels, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def test_packed_batch_has_the_loss_and_gradients_of_the_padded_batch(tiny_model_dir, data, toyworld):
+    model, rows, padded, packed = packed_and_padded(tiny_model_dir, data, toyworld)
+    assert 1 < packed["input_ids"].shape[0] < len(rows), "several samples per row, more than one row"
+    assert "attention_mask" not in packed
+    real = sum(len(r["input_ids"]) for r in rows)
+    assert packed["input_ids"].numel() - real < padded["input_ids"].numel() - real
+    loss_a, labels_a, grads_a = loss_and_grads(model, padded)
+    loss_b, labels_b, grads_b = loss_and_grads(model, packed)
+    assert labels_a == labels_b
+    assert loss_b == pytest.approx(loss_a, abs=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for k in grads_a:
+        assert torch.allclose(grads_a[k], grads_b[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_packed_samples_never_see_or_predict_each_other(tiny_model_dir, data, toyworld):
+    from vialign.train.data import pack_rows
+
+    model, rows, padded, packed = packed_and_padded(tiny_model_dir, data, toyworld)
+    lengths = [len(r["input_ids"]) for r in rows]
+    layout = pack_rows(lengths, sum(lengths) // 2)
+    positions, labels = packed["position_ids"][0], packed["labels"][0]
+    starts = [i for i in range(len(positions)) if positions[i] == 0]
+    assert len(layout[0]) >= 2 and all(labels[s] == -100 for s in starts), "no label crosses a sample boundary"
+    with torch.no_grad():
+        alone, together = model(**padded).logits, model(**packed).logits
+        changed = {**packed, "input_ids": packed["input_ids"].clone()}
+        first = changed["input_ids"][0, : lengths[layout[0][0]]]
+        text = first != model.config.image_token_id
+        first[text] = next(t for t in range(5, 9) if t != model.config.image_token_id and t not in first)
+        perturbed = model(**changed).logits
+    for k, row in enumerate(layout):
+        start = 0
+        for i in row:
+            n = lengths[i]
+            assert torch.allclose(together[k, start : start + n], alone[i, :n], atol=1e-5), f"sample {i} differs"
+            start += n
+    later = slice(lengths[layout[0][0]], sum(lengths[i] for i in layout[0]))
+    assert torch.equal(perturbed[0, later], together[0, later]), "an earlier sample in the row changed a later one"
+
+
+def test_pack_rows_fills_rows_first_fit_and_keeps_long_samples_alone():
+    from vialign.train.data import pack_rows
+
+    rows = pack_rows([5, 3, 9, 2, 4, 12], capacity=10)
+    assert sorted(i for r in rows for i in r) == list(range(6))
+    assert all(sum([5, 3, 9, 2, 4, 12][i] for i in r) <= 10 for r in rows if len(r) > 1)
+    assert [5] in rows and rows == [[5], [2], [0, 4], [1, 3]]

@@ -86,7 +86,8 @@ def answer_nll(
             torch.arange(width, device=model.device)[None, :]
             < torch.tensor([len(i) for _, i, _ in chunk], device=model.device)[:, None]
         ).long()
-        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+        with backend.autocast():
+            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
         target = labels[:, 1:]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
         valid = target != IGNORE_INDEX

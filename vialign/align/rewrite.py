@@ -22,6 +22,7 @@ from vialign.data.formats import FormatSettings, classify_sample, is_soft
 from vialign.generation.base import Backend, ChatRequest, GenerationParams, ModelSettings
 from vialign.generation.runner import Row, RunnerSettings
 from vialign.manifest import fingerprint_bytes
+from vialign.models.precision import Dtype
 from vialign.records import GPT, Sample
 
 Verdict = Literal["same", "different", "unparsable"]
@@ -43,6 +44,7 @@ class RewriteSettings(Settings):
     chat_format: str = "vicuna_v1"
     model_name: str | None = Field(None, description="model name for the openai backend")
     api_key_env: str = "OPENAI_API_KEY"
+    dtype: Dtype = Field("auto", description="local checkpoints: compute dtype (auto: bfloat16 where native)")
     formats: FormatSettings = Field(default_factory=FormatSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
 
@@ -70,7 +72,7 @@ def parse_verdict(text: str) -> Verdict:
 
 def open_rewriter(target: str, settings: RewriteSettings) -> Backend:
     return ModelSettings(backend=settings.backend, chat_format=settings.chat_format, model_name=settings.model_name,
-                         api_key_env=settings.api_key_env).open(target)  # fmt: skip
+                         api_key_env=settings.api_key_env, dtype=settings.dtype).open(target)  # fmt: skip
 
 
 def ask(backend: Backend, prompts: dict[str, str], params: GenerationParams) -> dict[str, Any]:

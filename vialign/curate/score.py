@@ -8,7 +8,7 @@ asking for different preprocessing is refused.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -26,6 +26,7 @@ from vialign.curate.reward import (
 )
 from vialign.curate.train import RewardCollator, RewardExample, score_examples
 from vialign.generation.runner import Row, RunnerSettings
+from vialign.models.precision import ComputeDtype, Dtype, resolve_dtype, weight_dtype
 from vialign.records import ImagePathError, Sample, existing_images
 
 
@@ -36,7 +37,8 @@ class ScoreSettings(Settings):
         None, description="if given, must equal what the reward models were trained with"
     )
     device: str | None = Field(None, description="cpu, cuda, cuda:1 ...; default: cuda when available")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Dtype = Field("auto", description="compute dtype; auto: bfloat16 where the GPU or CPU does it "
+                         "natively, else float32")  # fmt: skip
 
 
 class PreprocessMismatch(ValueError):
@@ -67,9 +69,11 @@ class CurationScorer:
     """The runner's `process`: a batch of samples → one row of scores per sample."""
 
     def __init__(
-        self, models: dict[RewardKind, LoadedRewardModel], image_root: str | Path | None, forward_batch: int
+        self, models: dict[RewardKind, LoadedRewardModel], image_root: str | Path | None, forward_batch: int,
+        compute: ComputeDtype = "float32",
     ):
         self.models, self.image_root, self.forward_batch = models, image_root, forward_batch
+        self.compute = compute
         self.inputs: dict[RewardKind, RewardInputs] = {k: m.inputs for k, m in models.items()}
 
     def __call__(self, batch: list[Sample]) -> list[Row]:
@@ -95,7 +99,7 @@ class CurationScorer:
             usable = [e for e in examples if e.candidates]
             collator = RewardCollator(self.inputs[kind].tokenizer.pad_token_id, self.inputs[kind])
             scores = dict(zip([e.group_id for e in usable],
-                              score_examples(loaded.model, collator, usable, self.forward_batch), strict=True))  # fmt: skip
+                              score_examples(loaded.model, collator, usable, self.forward_batch, self.compute), strict=True))  # fmt: skip
             for e in examples:
                 values[e.group_id].update(scores_value(kind, scores.get(e.group_id, [])))
         return [Row(s.id, error=errors[s.id]) if s.id in errors else Row(s.id, values[s.id]) for s in batch]
@@ -118,8 +122,8 @@ def load_scorers(
         raise ValueError("give at least one reward model (--questions-rm and/or --answers-rm)")
     models = {}
     for kind, path in paths.items():
-        loaded = load_reward_model(path, device=resolve_device(settings.device),
-                                   dtype=None if settings.dtype == "auto" else getattr(torch, settings.dtype))  # fmt: skip
+        device = resolve_device(settings.device)
+        loaded = load_reward_model(path, device=device, dtype=weight_dtype(resolve_dtype(settings.dtype, device), device))
         if loaded.card.kind != kind:
             raise ValueError(f"{path} is a {loaded.card.kind!r} reward model, given as the {kind!r} one")
         check_preprocess(loaded, settings.preprocess)
@@ -131,7 +135,8 @@ def scorer_factory(
     paths: dict[RewardKind, str | Path], settings: ScoreSettings, image_root: str | Path | None
 ):
     """Builds the scorer inside a Ray actor (one copy of the models per actor)."""
-    return lambda: CurationScorer(load_scorers(paths, settings), image_root, settings.forward_batch)
+    compute = resolve_dtype(settings.dtype, resolve_device(settings.device))
+    return lambda: CurationScorer(load_scorers(paths, settings), image_root, settings.forward_batch, compute)
 
 
 def scored_record(sample: Sample, row: dict[str, Any]) -> dict[str, Any]:

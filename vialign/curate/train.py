@@ -30,6 +30,7 @@ from vialign.curate.reward import (
 from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint_settings, write_manifest
 from vialign.models.encoding import sentences
 from vialign.models.loading import load_llava, model_fingerprint
+from vialign.models.precision import ComputeDtype, autocast
 from vialign.records import ImagePathError, JsonlWriter, existing_images
 from vialign.train.settings import SFTSettings
 from vialign.train.sft import VialignTrainer, prepare_for_training, run_trainer
@@ -203,7 +204,8 @@ class RewardTrainer(VialignTrainer):
 
 @torch.no_grad()
 def score_examples(
-    model: RewardModel, collator: RewardCollator, examples: Sequence[RewardExample], batch_size: int
+    model: RewardModel, collator: RewardCollator, examples: Sequence[RewardExample], batch_size: int,
+    compute: ComputeDtype = "float32",
 ) -> list[list[float]]:
     """Scores of every example's candidates, in order."""
     model.eval()
@@ -213,7 +215,8 @@ def score_examples(
         chunk = examples[start : start + batch_size]
         batch = collator([{"candidates": e.candidates, "images": e.images} for e in chunk])
         batch.pop("pairs")
-        scores = model(**{k: v.to(device) for k, v in batch.items()}).float().cpu().tolist()
+        with autocast(compute, device):
+            scores = model(**{k: v.to(device) for k, v in batch.items()}).float().cpu().tolist()
         for e in chunk:
             out.append(scores[: len(e.candidates)])
             scores = scores[len(e.candidates) :]
@@ -293,7 +296,7 @@ def train_reward_model(
     manifest = Manifest(
         stage="curate.train_rm",
         inputs={**{str(a): fingerprint_file(a) for a in annotations}, "model": str(model_path)},
-        settings={"kind": kind, **settings.model_dump(mode="json")},
+        settings={"kind": kind, **settings.model_dump(mode="json"), "compute_dtype": settings.train.compute_dtype()},
         counts={"groups": len(groups), "rejected": len(rejected), "train_groups": len(examples),
                 "dropped": len(dropped), "heldout_groups": len(heldout),
                 "pairs": sum(len(e.pairs) for e in examples),

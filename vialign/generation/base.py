@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from pydantic import Field
 
 from vialign.config import Settings
+from vialign.models.precision import Dtype
 
 
 class GenerationParams(Settings):
@@ -86,7 +87,8 @@ class ModelSettings(Settings):
     model_name: str | None = Field(None, description="model name for an OpenAI-compatible server")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     device: str | None = Field(None, description="local checkpoints: cpu, cuda, ...")
-    dtype: str | None = Field(None, description="local checkpoints: float32, bfloat16, ...")
+    dtype: Dtype = Field("auto", description="local checkpoints: compute dtype; auto: bfloat16 where the GPU "
+                         "or CPU does it natively, else float32")  # fmt: skip
 
     def open(self, target: str) -> Backend:
         name = backend_name(target, self.backend)

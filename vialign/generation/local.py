@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from vialign.generation.base import ChatRequest, ChatResult, GenerationParams
 from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_prompt
 from vialign.models.loading import load_llava, model_fingerprint, processor_image_tokens
+from vialign.models.precision import ComputeDtype, Dtype, autocast, resolve_dtype, weight_dtype
 
 
 def is_multimodal_checkpoint(path: str | Path) -> bool:
@@ -43,7 +44,8 @@ def split_messages(messages: list[dict[str, str]]) -> tuple[str, list[tuple[str,
 class TransformersBackend:
     name = "transformers"
 
-    def __init__(self, model, tokenizer, image_processor, encoder: ChatEncoder, path: str = "(in memory)"):
+    def __init__(self, model, tokenizer, image_processor, encoder: ChatEncoder, path: str = "(in memory)",
+                 compute: ComputeDtype = "float32"):  # fmt: skip
         self.model, self.tokenizer, self.image_processor, self.encoder, self.path = (
             model,
             tokenizer,
@@ -51,6 +53,7 @@ class TransformersBackend:
             encoder,
             path,
         )
+        self.compute = compute
         self._fingerprint: str | None = None
         self._option_ids: dict[str, list[int]] = {}
 
@@ -61,10 +64,12 @@ class TransformersBackend:
         *,
         chat_format: str = "vicuna_v1",
         device: str | None = None,
-        dtype: str | None = None,
+        dtype: Dtype = "auto",
     ) -> TransformersBackend:
+        compute = resolve_dtype(dtype, device)
+        weights = weight_dtype(compute, device)
         if is_multimodal_checkpoint(path):
-            model, processor = load_llava(path, device=device, dtype=dtype)
+            model, processor = load_llava(path, device=device, dtype=weights)
             tokenizer, image_processor, image_tokens = (
                 processor.tokenizer,
                 processor.image_processor,
@@ -73,18 +78,21 @@ class TransformersBackend:
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             model = AutoModelForCausalLM.from_pretrained(
-                str(path), use_safetensors=True, dtype=dtype or "auto"
+                str(path), use_safetensors=True, dtype=weights
             ).eval()
             model = model.to(device) if device else model
             image_processor, image_tokens = None, 0
         encoder = ChatEncoder(tokenizer, EncoderSettings(chat_format=chat_format, image_tokens=image_tokens))
-        return cls(model, tokenizer, image_processor, encoder, str(path))
+        return cls(model, tokenizer, image_processor, encoder, str(path), compute)
+
+    def autocast(self):
+        return autocast(self.compute, self.model.device)
 
     def identity(self) -> dict[str, Any]:
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.path) if Path(self.path).is_dir() else "unknown"
         return {"backend": self.name, "model": self.path, "fingerprint": self._fingerprint,
-                "chat_format": self.encoder.settings.chat_format}  # fmt: skip
+                "chat_format": self.encoder.settings.chat_format, "compute_dtype": self.compute}  # fmt: skip
 
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         question, history = split_messages(request.messages)
@@ -120,7 +128,9 @@ class TransformersBackend:
         """Per request, the probability that the answer starts with each option's first token."""
         prompts = [self.prompt_ids(r) for r in requests]
         ids = {o: torch.tensor(self.option_token_ids(o)) for o in options}
-        probs = torch.softmax(self.model(**self.left_padded(prompts)).logits[:, -1].float(), dim=-1)
+        with self.autocast():
+            logits = self.model(**self.left_padded(prompts)).logits[:, -1].float()
+        probs = torch.softmax(logits, dim=-1)
         return [{o: float(row[i].sum()) for o, i in ids.items()} for row in probs]
 
     @property
@@ -164,30 +174,34 @@ class TransformersBackend:
     ) -> list[list[str]]:
         device = self.model.device
         inputs = self.left_padded(prompts)
-        width, pad = inputs["input_ids"].shape[1], self.pad_id
+        width = inputs["input_ids"].shape[1]
         files = [p for group in images for p in group]
         if files:
             pixels = self.image_processor(
                 images=[Image.open(p).convert("RGB") for p in files], return_tensors="pt"
             )
             inputs["pixel_values"] = pixels["pixel_values"].to(device, self.model.dtype)
-        sampling = params.temperature > 0
         torch.manual_seed(params.seed)
-        out = self.model.generate(
+        with self.autocast():
+            out = self.generate_with(inputs, params)
+        texts = [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        return [texts[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+
+    def generate_with(self, inputs: dict[str, torch.Tensor], params: GenerationParams) -> torch.Tensor:
+        sampling = params.temperature > 0
+        return self.model.generate(
             **inputs,
             max_new_tokens=params.max_new_tokens,
             do_sample=sampling,
             temperature=params.temperature if sampling else None,
             top_p=params.top_p if sampling else None,
             num_return_sequences=params.n,
-            pad_token_id=pad,
+            pad_token_id=self.pad_id,
             # an answer that writes an image token would break every later encoding of it
             suppress_tokens=[self.encoder.image_token_id]
             if self.encoder.image_token_id is not None
             else None,
         )
-        texts = [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
-        return [texts[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
 
 def generate_batch(model, processor, encoder: ChatEncoder, questions: Sequence[str], images: Sequence[Path | None],

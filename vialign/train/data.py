@@ -1,4 +1,11 @@
-"""SFT data: encoded samples in memory, images read lazily by the collator (in dataloader workers)."""
+"""SFT data: encoded samples in memory, images read lazily by the collator (in dataloader workers).
+
+Padding-free packing: a batch's samples (drawn in random order, as without packing) are laid
+side by side in as few rows as fit `row_tokens`, with position ids restarting at each sample and no
+attention mask. transformers reads restarting position ids as packed sequences: a block-diagonal
+causal mask under SDPA/eager, variable-length kernels under flash-attention, so no token attends
+across a sample boundary. Every sample's first label is ignored (nothing precedes it in its own
+sequence), so the batch's loss and gradients equal those of the padded batch."""
 
 from __future__ import annotations
 
@@ -52,11 +59,58 @@ class SFTCollator:
             labels[k, :n] = torch.tensor(row["labels"])
             attention[k, :n] = 1
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        return self.with_images(batch, rows)
+
+    def with_images(self, batch: dict[str, torch.Tensor], rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         paths = [p for r in rows for p in r.get("images", [])]
         if paths:
             images = [Image.open(p).convert("RGB") for p in paths]
             batch["pixel_values"] = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         return batch
+
+
+@dataclass
+class PackedSFTCollator(SFTCollator):
+    """A batch's samples packed into rows of at most `row_tokens` tokens (first fit, longest first)."""
+
+    row_tokens: int = 2048
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        packed = [[rows[i] for i in row] for row in pack_rows([len(r["input_ids"]) for r in rows], self.row_tokens)]
+        width = max(sum(len(r["input_ids"]) for r in row) for row in packed)
+        input_ids = torch.full((len(packed), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(packed), width), IGNORE_INDEX, dtype=torch.long)
+        positions = torch.zeros((len(packed), width), dtype=torch.long)
+        for k, row in enumerate(packed):
+            start = 0
+            for sample in row:
+                n = len(sample["input_ids"])
+                input_ids[k, start : start + n] = torch.tensor(sample["input_ids"])
+                labels[k, start + 1 : start + n] = torch.tensor(sample["labels"][1:])
+                positions[k, start : start + n] = torch.arange(n)
+                start += n
+            positions[k, start:] = torch.arange(width - start)  # the tail of pads is a sequence of its own
+        # transformers reads packing off position ids only without a cache (a training-time forward in eval
+        # mode would otherwise build one and attend across samples)
+        batch = {"input_ids": input_ids, "labels": labels, "position_ids": positions, "use_cache": False}
+        # pixel_values in the order the image tokens appear: row by row, sample by sample
+        return self.with_images(batch, [sample for row in packed for sample in row])
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into rows whose lengths sum to at most `capacity` (a longer sample gets a row of
+    its own), first fit over lengths in decreasing order."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fit = next((k for k, free in enumerate(room) if lengths[i] <= free), None)
+        if fit is None:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+        else:
+            rows[fit].append(i)
+            room[fit] -= lengths[i]
+    return rows
 
 
 def padding_share(lengths: list[int], batches: list[list[int]]) -> float:

@@ -28,6 +28,7 @@ from vialign.generation.runner import Row, RunnerSettings, run_resumable
 from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint_settings, write_manifest
 from vialign.models.encoding import ENCODER_VERSION, IGNORE_INDEX, ChatEncoder, EncodingError
 from vialign.models.loading import load_llava, model_fingerprint
+from vialign.models.precision import ComputeDtype, autocast
 from vialign.records import JsonlWriter, Sample, confined_image_path, read_samples
 from vialign.train.data import SFTCollator
 from vialign.train.settings import SFTSettings
@@ -43,9 +44,12 @@ class DPOSettings(SFTSettings):
     ref_cache_dir: Path | None = Field(None, description="default: OUT/ref_cache")
     ref_batch_size: int = Field(8, ge=1, description="pairs per reference forward")
     lr: float = Field(5e-5, gt=0)
+    packing: bool = Field(False, description="not for DPO: pairs are padded per batch")
 
     @model_validator(mode="after")
-    def _refuse_template_settings(self) -> DPOSettings:
+    def _refuse_what_dpo_ignores(self) -> DPOSettings:
+        if self.packing:
+            raise ValueError("packing is for `train sft`; DPO pads each batch of pairs (drop packing)")
         # DPO labels responses only, so no template is ever in its loss: a template list would be ignored.
         if isinstance(self.templates, Path) or "template_min_frac" in self.model_fields_set:
             raise ValueError("DPO trains on responses only, so templates do not apply; drop templates and "
@@ -169,9 +173,12 @@ class PairCollator:
 # ---------------------------------------------------------------- the reference cache
 
 
-def reference_key(pairs_path: Path, ref_model: str | Path, encoder: ChatEncoder, processor: Any) -> str:
+def reference_key(
+    pairs_path: Path, ref_model: str | Path, encoder: ChatEncoder, processor: Any, compute: ComputeDtype
+) -> str:
     s = encoder.settings
     parts = {
+        "compute_dtype": compute,
         "pairs": fingerprint_file(pairs_path),
         "reference": model_fingerprint(ref_model),
         "encoding": {"chat_format": s.chat_format, "max_length": s.max_length, "image_tokens": s.image_tokens,
@@ -186,7 +193,7 @@ def reference_key(pairs_path: Path, ref_model: str | Path, encoder: ChatEncoder,
 @torch.no_grad()
 def reference_logps(
     ref_model: torch.nn.Module, dataset: PairDataset, collator: PairCollator, out: Path, batch_size: int,
-    show_progress: bool = True,
+    show_progress: bool = True, compute: ComputeDtype = "float32",
 ) -> tuple[dict[str, dict[str, float]], int]:  # fmt: skip
     """Summed reference log-probs per pair id, from the cache file or computed (resumably) into it.
     Returns them and how many pairs were computed now."""
@@ -196,7 +203,8 @@ def reference_logps(
 
     def process(batch: list[EncodedPair]) -> list[Row]:
         inputs = collator([dataset[index[p.id]] for p in batch])
-        logps, _ = sequence_logps(ref_model, **{k: v.to(device) for k, v in inputs.items()})
+        with autocast(compute, device):
+            logps, _ = sequence_logps(ref_model, **{k: v.to(device) for k, v in inputs.items()})
         chosen, rejected = (
             logps.double().cpu().tolist()[: len(batch)],
             logps.double().cpu().tolist()[len(batch) :],
@@ -282,12 +290,13 @@ def train_dpo(
             for pair_id, reason in quarantined.items():
                 writer.write({"id": pair_id, "reason": reason})
     collator = PairCollator(processor.tokenizer.pad_token_id, processor.image_processor)
-    key = reference_key(pairs_path, model_path, encoder, processor)
+    compute = settings.compute_dtype()
+    key = reference_key(pairs_path, model_path, encoder, processor, compute)
     cache_file = (settings.ref_cache_dir or out / "ref_cache") / f"{key}.jsonl"
     # The policy starts as the reference: its log-probs before any update are the reference's.
     with PartialState().main_process_first():
         ref, computed = reference_logps(model, PairDataset(pairs, image_root), collator, cache_file,
-                                        settings.ref_batch_size, show_progress)  # fmt: skip
+                                        settings.ref_batch_size, show_progress, compute)  # fmt: skip
     model.train()
     model, trainable = prepare_for_training(model, settings)
     dataset = PairDataset(pairs, image_root, ref)
@@ -299,7 +308,7 @@ def train_dpo(
     manifest = Manifest(
         stage="train.dpo",
         inputs={str(pairs_path): fingerprint_file(pairs_path), "model": str(model_path)},
-        settings={**settings.model_dump(mode="json"), "fingerprint": fingerprint_settings(settings)},
+        settings={**settings.model_dump(mode="json"), "compute_dtype": settings.compute_dtype(), "fingerprint": fingerprint_settings(settings)},
         counts={"pairs": len(pairs), "quarantined": len(quarantined), "reference_cache": str(cache_file),
                 "reference_computed": computed, "reference_reused": len(pairs) - computed,
                 "trainable_parameters": trainable, "steps": result.steps, "train_loss": result.train_loss,

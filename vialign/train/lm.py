@@ -43,7 +43,7 @@ def train_lm(
     manifest = Manifest(
         stage="train.lm",
         inputs={str(corpus): fingerprint_file(corpus)},
-        settings={"model": model_settings.model_dump(mode="json"), "train": settings.model_dump(mode="json")},
+        settings={"model": model_settings.model_dump(mode="json"), "train": {**settings.model_dump(mode="json"), "compute_dtype": settings.compute_dtype()}},
         counts={"encoded": report.encoded, "quarantined": len(report.quarantined), "steps": result.steps,
                 "train_loss": result.train_loss, "tokens_per_s": round(result.tokens_per_s, 1)},
         started_at=timer.started_at, duration_s=round(timer.elapsed, 3),

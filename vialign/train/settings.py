@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from vialign.config import Settings
 from vialign.data.templates import DEFAULT_TEMPLATE_MIN_FRAC
 from vialign.models.encoding import CHAT_FORMATS, LabelMode
+from vialign.models.precision import ComputeDtype, Dtype, resolve_dtype
 
 Stage = Literal["pretrain", "finetune", "full"]
 
@@ -81,17 +82,32 @@ class SFTSettings(Settings):
     length_group_batches: int = Field(
         8, ge=1, description="batches per length-sorted group; fewer mixes lengths more"
     )
+    packing: bool = Field(True, description="pack each batch's samples into rows (no padding; attention and "
+                          "labels never cross a sample); loss equals the padded batch's")  # fmt: skip
+    pack_tokens: int | None = Field(None, ge=8, description="tokens per packed row; default: max_length")
     seed: int = 0
     save_steps: int = Field(0, ge=0, description="0: save only at the end")
     save_total_limit: int | None = 2
     logging_steps: int = Field(10, ge=1)
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     dataloader_workers: int = Field(0, ge=0)
-    bf16: bool = False
+    dtype: Dtype = Field("auto", description="compute dtype (autocast, float32 master weights); auto: bfloat16 "
+                         "where the GPU or CPU does it natively, else float32")  # fmt: skip
     gradient_checkpointing: bool = False
     deepspeed: Path | None = Field(None, description="DeepSpeed JSON config (GPU)")
     use_cpu: bool = False
     lora: LoraSettings = Field(default_factory=LoraSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_bf16(cls, data):
+        if isinstance(data, dict) and "bf16" in data:
+            raise ValueError("bf16 is now dtype: write dtype: bfloat16 (or auto, the default)")
+        return data
+
+    def compute_dtype(self) -> ComputeDtype:
+        """Resolved where training runs (not at validation: a GPU recipe is checked on a laptop too)."""
+        return resolve_dtype(self.dtype, "cpu" if self.use_cpu else None)
 
     def resolved(self, name: str):
         value = getattr(self, name)
@@ -118,8 +134,6 @@ class SFTSettings(Settings):
         if self.lora.enabled and train["vision"]:
             raise ValueError("LoRA with train_vision: the vision tower would be fully trained beside adapters; "
                              "use stage 'full' without LoRA, or freeze the vision tower")  # fmt: skip
-        if self.bf16 and self.use_cpu:
-            raise ValueError("bf16 is for GPU training; on CPU leave bf16 off")
         if self.deepspeed is not None and self.use_cpu:
             raise ValueError(
                 "DeepSpeed configs here are for GPU training; drop use_cpu or the deepspeed config"

