@@ -27,13 +27,12 @@ from vialign.models.loading import build_tiny_model
 from vialign.models.tiny import TinyModelSettings
 from vialign.records import read_samples
 from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
-from vialign.train.settings import SFTSettings
 
 
 def build(root: Path) -> dict[str, Path]:
     generate_toyworld(root / "world", ToyWorldSettings(size=600, annotation_images=40, eval_scenes=1))
     build_tiny_model(root / "world", root / "tiny", TinyModelSettings())
-    settings = RewardTrainSettings(train=SFTSettings(max_steps=2, batch_size=2, use_cpu=True))
+    settings = RewardTrainSettings(train={"max_steps": 2, "batch_size": 2, "use_cpu": True})
     paths = {}
     for kind in ("questions", "answers"):
         paths[kind] = root / f"rm_{kind}"

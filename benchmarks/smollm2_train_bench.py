@@ -63,36 +63,33 @@ def run_trainer(model: Path, data: Path, world: Path, out: Path, s: SFTSettings)
 
 
 def run_loop(model_dir: Path, data: Path, world: Path, s: SFTSettings) -> dict:
-    """The baseline: the same encoded samples, collator, LoRA and batch order in a bare loop."""
-    from torch.utils.data import DataLoader, RandomSampler
+    """The baseline: the same encoded samples, collator (packed rows), LoRA and batch size in a bare loop."""
+    from torch.utils.data import RandomSampler
 
     from vialign.models.encoding import encode_all
     from vialign.models.loading import load_llava
     from vialign.models.precision import autocast
-    from vialign.train.data import SFTCollator, SFTDataset
-    from vialign.train.sft import prepare_for_training, training_encoder
+    from vialign.train.data import SFTDataset
+    from vialign.train.sft import prepare_for_training, sft_collator, training_encoder
 
     model, processor = load_llava(model_dir)
     items, _ = encode_all(training_encoder(processor, s, s.resolved("mode")), read_samples(data))
     model, _ = prepare_for_training(model, s)
     model.train()
-    dataset = SFTDataset(items, world)
-    loader = DataLoader(dataset, batch_size=s.batch_size, collate_fn=SFTCollator(processor.tokenizer.pad_token_id,
-                        processor.image_processor), sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(0)))  # fmt: skip
+    dataset, collate = SFTDataset(items, world), sft_collator(processor, s)
+    order = list(RandomSampler(dataset, generator=torch.Generator().manual_seed(0)))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr)
-    compute, tokens, step = s.compute_dtype(), 0, 0
+    compute, tokens = s.compute_dtype(), 0
     t0 = time.perf_counter()
-    while step < s.max_steps:
-        for batch in loader:
-            with autocast(compute, "cpu"):
-                loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens += int(batch["attention_mask"].sum())
-            step += 1
-            if step == s.max_steps:
-                break
+    for step in range(s.max_steps):
+        rows = [dataset[order[(step * s.batch_size + i) % len(order)]] for i in range(s.batch_size)]
+        batch = collate(rows)
+        with autocast(compute, "cpu"):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += sum(len(r["input_ids"]) for r in rows)
     seconds = time.perf_counter() - t0
     return {"tokens_per_s": tokens / seconds, "seconds": seconds}
 

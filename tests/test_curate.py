@@ -36,7 +36,6 @@ from vialign.curate.train import (
 )
 from vialign.models.loading import load_llava
 from vialign.records import Sample, read_jsonl, read_samples, write_jsonl
-from vialign.train.settings import SFTSettings
 
 
 def rm_settings(**train):
@@ -48,7 +47,7 @@ def rm_settings(**train):
         "use_cpu": True,
         "logging_steps": 1,
     }
-    return RewardTrainSettings(heldout=0.2, train=SFTSettings(**{**base, **train}))
+    return RewardTrainSettings(heldout=0.2, train={**base, **train})
 
 
 @pytest.fixture(scope="module")

@@ -260,13 +260,6 @@ def test_dpo_loss_equals_trls_on_the_same_batch_and_logps(
 # ---------------------------------------------------------------- reference cache and training
 
 
-@pytest.mark.parametrize("settings", [{"templates": "t.json"}, {"template_min_frac": 0.2}])
-def test_dpo_refuses_template_settings_it_would_ignore(settings):
-    with pytest.raises(ValueError, match="responses only"):
-        DPOSettings(**settings)
-    assert DPOSettings(templates="none").templates == "none"
-
-
 def test_reference_cache_is_reused_and_invalidated(tiny_model_dir, pairs_file, toyworld, tmp_path):
     model, processor, dataset, collator, _ = encoded_batch(tiny_model_dir, pairs_file, toyworld, n=6)
     encoder = dpo_encoder(processor, DPOSettings())

@@ -484,3 +484,49 @@ def test_pack_rows_fills_rows_first_fit_and_keeps_long_samples_alone():
     assert sorted(i for r in rows for i in r) == list(range(6))
     assert all(sum([5, 3, 9, 2, 4, 12][i] for i in r) <= 10 for r in rows if len(r) > 1)
     assert [5] in rows and rows == [[5], [2], [0, 4], [1, 3]]
+
+
+def trainer_settings_classes():
+    from vialign.curate.train import RewardModelTrainerSettings
+    from vialign.train.dpo import DPOSettings
+    from vialign.train.settings import LMTrainSettings
+
+    return {"sft": SFTSettings, "dpo": DPOSettings, "rm": RewardModelTrainerSettings, "lm": LMTrainSettings}
+
+
+@pytest.mark.parametrize(
+    ("trainer", "field", "value", "reason"),
+    [
+        ("dpo", "mode", "lit", "responses only"),
+        ("dpo", "templates", "t.json", "no template"),
+        ("dpo", "packing", True, "pads each batch"),
+        ("dpo", "group_by_length", True, "random order"),
+        ("rm", "chat_format", "vicuna_v1", "preprocess"),
+        ("rm", "mode", "lit", "scores"),
+        ("rm", "packing", True, "padded"),
+        ("lm", "stage", "full", "no vision tower"),
+        ("lm", "lora", {"enabled": True}, "whole"),
+        ("lm", "chat_format", "plain", "vicuna_v1"),
+        ("lm", "packing", False, "padded"),
+    ],
+)
+def test_a_field_a_trainer_would_ignore_is_refused_with_the_reason(trainer, field, value, reason):
+    cls = trainer_settings_classes()[trainer]
+    with pytest.raises(ValueError, match=reason):
+        cls(**{field: value})
+
+
+@pytest.mark.parametrize("trainer", ["sft", "dpo", "rm", "lm"])
+def test_training_args_pass_through_to_transformers_and_named_ones_are_refused(trainer, tmp_path):
+    from vialign.config import load_settings
+    from vialign.train.sft import training_arguments
+
+    cls = trainer_settings_classes()[trainer]
+    settings = load_settings(cls, overrides=["training_args.max_grad_norm=0.5", "training_args.optim=adafactor",
+                                             "use_cpu=true"])  # fmt: skip
+    args = training_arguments(tmp_path, settings)
+    assert args.max_grad_norm == 0.5 and args.optim == "adafactor"
+    with pytest.raises(ValueError, match="set by vialign from 'lr'"):
+        cls(training_args={"learning_rate": 1.0})
+    with pytest.raises(ValueError, match="no such field"):
+        cls(training_args={"max_grad_nrom": 1.0})

@@ -492,13 +492,13 @@ def train_lm_command(
     """Pretrain the tiny inner LLM on the toy world's own-manner text corpus."""
     from vialign.models.tiny import TinyModelSettings
     from vialign.train.lm import train_lm
-    from vialign.train.settings import SFTSettings
+    from vialign.train.settings import LMTrainSettings
 
     model_settings = settings_or_exit(
         TinyModelSettings, config, "model", {}, [o for o in set_ or [] if o.startswith("model.")]
     )
     settings = settings_or_exit(
-        SFTSettings, config, "lm", {}, [o for o in set_ or [] if not o.startswith("model.")]
+        LMTrainSettings, config, "lm", {}, [o for o in set_ or [] if not o.startswith("model.")]
     )
     manifest = train_lm(toyworld, out, model_settings, settings)
     out_console.print(

@@ -7,7 +7,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -32,10 +32,20 @@ from vialign.models.encoding import sentences
 from vialign.models.loading import load_llava, model_fingerprint
 from vialign.models.precision import ComputeDtype, autocast
 from vialign.records import ImagePathError, JsonlWriter, existing_images
-from vialign.train.settings import SFTSettings
+from vialign.train.settings import PartsSettings
 from vialign.train.sft import VialignTrainer, prepare_for_training, run_trainer
 
 Corruption = Literal["shuffle", "crop", "duplicate"]
+
+
+class RewardModelTrainerSettings(PartsSettings):
+    trainer: ClassVar[str] = "`curate train-rm`"
+    not_used: ClassVar[dict[str, str]] = {
+        **dict.fromkeys(("chat_format", "max_length"), "reward-model inputs are laid out by its preprocess settings"),
+        **dict.fromkeys(("mode", "templates", "template_min_frac"), "a reward model's loss is on its scores, not on tokens"),
+        **dict.fromkeys(("packing", "pack_tokens", "group_by_length", "length_group_batches"),
+                        "candidate groups are padded per batch in random order"),
+    }  # fmt: skip
 
 
 class RewardTrainSettings(Settings):
@@ -45,8 +55,8 @@ class RewardTrainSettings(Settings):
     heldout: float = Field(0.1, ge=0.0, lt=1.0, description="share of groups held out for pairwise accuracy")
     eval_batch_size: int = Field(16, ge=1, description="groups per batch when scoring held-out groups")
     seed: int = 0
-    train: SFTSettings = Field(
-        default_factory=lambda: SFTSettings(stage="finetune", lr=1e-5, batch_size=4, epochs=1.0)
+    train: RewardModelTrainerSettings = Field(
+        default_factory=lambda: RewardModelTrainerSettings(stage="finetune", lr=1e-5, batch_size=4, epochs=1.0)
     )
 
 

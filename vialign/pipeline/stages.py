@@ -57,13 +57,13 @@ def tiny_model(ctx: StageContext) -> None:
 def train_lm(ctx: StageContext) -> None:
     from vialign.models.tiny import TinyModelSettings
     from vialign.train.lm import train_lm as train
-    from vialign.train.settings import SFTSettings
+    from vialign.train.settings import LMTrainSettings
 
     train(
         ctx.take("toyworld"),
         ctx.out,
         build(TinyModelSettings, ctx.take("model", {})),
-        build(SFTSettings, ctx.take("train", {})),
+        build(LMTrainSettings, ctx.take("train", {})),
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 import torch
@@ -26,34 +26,40 @@ from torch.utils.data import Dataset
 
 from vialign.generation.runner import Row, RunnerSettings, run_resumable
 from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint_settings, write_manifest
-from vialign.models.encoding import ENCODER_VERSION, IGNORE_INDEX, ChatEncoder, EncodingError
+from vialign.models.encoding import CHAT_FORMATS, ENCODER_VERSION, IGNORE_INDEX, ChatEncoder, EncodingError
 from vialign.models.loading import load_llava, model_fingerprint
 from vialign.models.precision import ComputeDtype, autocast
 from vialign.records import JsonlWriter, Sample, confined_image_path, read_samples
 from vialign.train.data import SFTCollator
-from vialign.train.settings import SFTSettings
+from vialign.train.settings import PartsSettings
 from vialign.train.sft import VialignTrainer, prepare_for_training, run_trainer, save_run, training_encoder
 
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]
 
 
-class DPOSettings(SFTSettings):
+class DPOSettings(PartsSettings):
+    trainer: ClassVar[str] = "`train dpo`"
+    not_used: ClassVar[dict[str, str]] = {
+        "mode": "DPO's loss is on the responses only (log-probs of chosen and rejected answers)",
+        **dict.fromkeys(("templates", "template_min_frac"),
+                        "DPO trains on responses only, so no template is ever in its loss"),
+        **dict.fromkeys(("packing", "pack_tokens"), "DPO pads each batch of pairs"),
+        **dict.fromkeys(("group_by_length", "length_group_batches"), "DPO draws pairs in random order"),
+    }  # fmt: skip
+
+    chat_format: str | None = None
+    max_length: int = Field(2048, ge=8)
     beta: float = Field(0.1, gt=0)
     loss: PreferenceLoss = "sigmoid"
     sft_weight: float = Field(0.0, ge=0, description="weight of an added NLL term on the chosen responses")
     ref_cache_dir: Path | None = Field(None, description="default: OUT/ref_cache")
     ref_batch_size: int = Field(8, ge=1, description="pairs per reference forward")
     lr: float = Field(5e-5, gt=0)
-    packing: bool = Field(False, description="not for DPO: pairs are padded per batch")
 
     @model_validator(mode="after")
-    def _refuse_what_dpo_ignores(self) -> DPOSettings:
-        if self.packing:
-            raise ValueError("packing is for `train sft`; DPO pads each batch of pairs (drop packing)")
-        # DPO labels responses only, so no template is ever in its loss: a template list would be ignored.
-        if isinstance(self.templates, Path) or "template_min_frac" in self.model_fields_set:
-            raise ValueError("DPO trains on responses only, so templates do not apply; drop templates and "
-                             "template_min_frac (they are for `train sft` in mode lit)")  # fmt: skip
+    def _known_chat_format(self) -> DPOSettings:
+        if self.resolved("chat_format") not in CHAT_FORMATS:
+            raise ValueError(f"unknown chat_format {self.resolved('chat_format')!r}; known: {sorted(CHAT_FORMATS)}")
         return self
 
 

@@ -14,12 +14,12 @@ from vialign.models.tiny import TinyModelSettings, text_config
 from vialign.models.tokenizer import texts_of, train_tokenizer
 from vialign.records import read_samples
 from vialign.train.data import SFTCollator, SFTDataset
-from vialign.train.settings import SFTSettings
+from vialign.train.settings import LMTrainSettings
 from vialign.train.sft import run_trainer, write_quarantine
 
 
 def train_lm(
-    toyworld: str | Path, out: str | Path, model_settings: TinyModelSettings, settings: SFTSettings
+    toyworld: str | Path, out: str | Path, model_settings: TinyModelSettings, settings: LMTrainSettings
 ) -> Manifest:
     toyworld, out = Path(toyworld), Path(out)
     timer = StageTimer()
@@ -32,7 +32,7 @@ def train_lm(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     # Response-only unless asked: the prompts quote teacher-manner text (rewrite and review tasks),
     # and an inner LLM that learned to produce that text would blur the writing-manner gap.
-    encoder = ChatEncoder(tokenizer, EncoderSettings(chat_format="vicuna_v1", mode=settings.mode or "response",
+    encoder = ChatEncoder(tokenizer, EncoderSettings(chat_format="vicuna_v1", mode=settings.mode,
                                                      image_tokens=model_settings.image_tokens, max_length=settings.max_length))  # fmt: skip
     items, report = encode_all(encoder, read_samples(corpus))
     out.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,9 @@ combinations that cannot work are refused here, before any model is loaded, with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from vialign.config import Settings
 from vialign.data.templates import DEFAULT_TEMPLATE_MIN_FRAC
@@ -53,22 +53,26 @@ class LoraSettings(Settings):
     merge_on_save: bool = Field(True, description="also write a merged plain transformers checkpoint")
 
 
-class SFTSettings(Settings):
-    stage: Stage = "finetune"
-    train_vision: bool | None = None
-    train_projector: bool | None = None
-    train_llm: bool | None = None
-    chat_format: str | None = None
-    mode: LabelMode | None = None
-    templates: Path | Literal["none"] | None = Field(
-        None, description="template list from `vialign data templates`; default: detected over the training "
-        "data at template_min_frac (mode lit); 'none': no template is excluded",
-    )  # fmt: skip
-    template_min_frac: float = Field(DEFAULT_TEMPLATE_MIN_FRAC, gt=0, le=1,
-                                     description="share of samples above which a user sentence is a template")  # fmt: skip
-    max_length: int = Field(2048, ge=8)
+# TrainingArguments fields that vialign sets from its own settings (named as vialign names them).
+NAMED_ARGS = {"output_dir": "out", "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps":
+              "grad_accum", "learning_rate": "lr", "weight_decay": "weight_decay", "warmup_steps": "warmup_ratio",
+              "lr_scheduler_type": "scheduler", "num_train_epochs": "epochs", "max_steps": "max_steps",
+              "logging_steps": "logging_steps", "save_strategy": "save_steps", "save_steps": "save_steps",
+              "save_total_limit": "save_total_limit", "report_to": "report_to", "seed": "seed", "data_seed": "seed",
+              "dataloader_num_workers": "dataloader_workers", "bf16": "dtype", "fp16": "dtype",
+              "gradient_checkpointing": "gradient_checkpointing", "deepspeed": "deepspeed", "use_cpu": "use_cpu",
+              "remove_unused_columns": None, "logging_first_step": None}  # fmt: skip
+
+
+class TrainerSettings(Settings):
+    """What every vialign trainer hands to `transformers.TrainingArguments`; anything else of
+    TrainingArguments (max_grad_norm, optim, fsdp, torch_compile, …) goes through `training_args`."""
+
+    # A field of another trainer given to this one, with the reason it would do nothing here.
+    not_used: ClassVar[dict[str, str]] = {}
+    trainer: ClassVar[str] = "this trainer"
+
     lr: float = Field(2e-5, gt=0)
-    projector_lr: float | None = Field(None, gt=0, description="default: same as lr")
     weight_decay: float = 0.0
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     scheduler: str = "cosine"
@@ -76,15 +80,6 @@ class SFTSettings(Settings):
     max_steps: int = Field(-1, description="overrides epochs when > 0")
     batch_size: int = Field(16, ge=1, description="per device")
     grad_accum: int = Field(1, ge=1)
-    # Off by default: on the toy world, length-homogeneous batches (even 4 batches per sorted group) kept
-    # a tiny LLaVA from learning to read images at all (vialign/train/sampling.py has the numbers).
-    group_by_length: bool = False
-    length_group_batches: int = Field(
-        8, ge=1, description="batches per length-sorted group; fewer mixes lengths more"
-    )
-    packing: bool = Field(True, description="pack each batch's samples into rows (no padding; attention and "
-                          "labels never cross a sample); loss equals the padded batch's")  # fmt: skip
-    pack_tokens: int | None = Field(None, ge=8, description="tokens per packed row; default: max_length")
     seed: int = 0
     save_steps: int = Field(0, ge=0, description="0: save only at the end")
     save_total_limit: int | None = 2
@@ -96,35 +91,67 @@ class SFTSettings(Settings):
     gradient_checkpointing: bool = False
     deepspeed: Path | None = Field(None, description="DeepSpeed JSON config (GPU)")
     use_cpu: bool = False
-    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training_args: dict[str, Any] = Field(
+        default_factory=dict, description="any other transformers.TrainingArguments field, passed as given"
+    )
 
     @model_validator(mode="before")
     @classmethod
-    def _renamed_bf16(cls, data):
-        if isinstance(data, dict) and "bf16" in data:
-            raise ValueError("bf16 is now dtype: write dtype: bfloat16 (or auto, the default)")
+    def _refuse_what_this_trainer_ignores(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "bf16" in data:
+                raise ValueError("bf16 is now dtype: write dtype: bfloat16 (or auto, the default)")
+            for name in data:
+                if name in cls.not_used:
+                    raise ValueError(f"{name!r} is not a setting of {cls.trainer}: {cls.not_used[name]}")
         return data
+
+    @field_validator("training_args")
+    @classmethod
+    def _known_training_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from dataclasses import fields
+
+        from transformers import TrainingArguments
+
+        known = {f.name for f in fields(TrainingArguments)}
+        for name in value:
+            if name in NAMED_ARGS:
+                ours = NAMED_ARGS[name]
+                raise ValueError(f"training_args.{name} is set by vialign" + (f" from {ours!r}; set that" if ours else ""))
+            if name not in known:
+                raise ValueError(f"training_args.{name}: transformers.TrainingArguments has no such field")
+        return value
+
+    @model_validator(mode="after")
+    def _deepspeed_needs_a_gpu(self) -> TrainerSettings:
+        if self.deepspeed is not None and self.use_cpu:
+            raise ValueError("DeepSpeed configs here are for GPU training; drop use_cpu or the deepspeed config")
+        return self
 
     def compute_dtype(self) -> ComputeDtype:
         """Resolved where training runs (not at validation: a GPU recipe is checked on a laptop too)."""
         return resolve_dtype(self.dtype, "cpu" if self.use_cpu else None)
+
+
+class PartsSettings(TrainerSettings):
+    """Trainers of a LLaVA: what trains (stage presets, explicit parts, LoRA) and the projector's LR."""
+
+    stage: Stage = "finetune"
+    train_vision: bool | None = None
+    train_projector: bool | None = None
+    train_llm: bool | None = None
+    projector_lr: float | None = Field(None, gt=0, description="default: same as lr")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
 
     def resolved(self, name: str):
         value = getattr(self, name)
         return STAGE_PRESETS[self.stage][name] if value is None else value
 
     @model_validator(mode="after")
-    def _refuse_what_cannot_work(self) -> SFTSettings:
-        fmt, mode = self.resolved("chat_format"), self.resolved("mode")
+    def _refuse_parts_that_cannot_train(self) -> PartsSettings:
         train = {part: self.resolved(f"train_{part}") for part in ("vision", "projector", "llm")}
-        if fmt not in CHAT_FORMATS:
-            raise ValueError(f"unknown chat_format {fmt!r}; known: {sorted(CHAT_FORMATS)}")
         if not any(train.values()):
             raise ValueError("nothing would train: vision, projector and language model are all frozen")
-        if fmt == "plain" and mode == "lit":
-            raise ValueError(
-                "mode 'lit' needs the question text, which the 'plain' format drops; use mode 'response'"
-            )
         if self.projector_lr is not None and not train["projector"]:
             raise ValueError("projector_lr is set but the projector is frozen (train_projector false)")
         if self.lora.enabled and not train["llm"]:
@@ -134,8 +161,56 @@ class SFTSettings(Settings):
         if self.lora.enabled and train["vision"]:
             raise ValueError("LoRA with train_vision: the vision tower would be fully trained beside adapters; "
                              "use stage 'full' without LoRA, or freeze the vision tower")  # fmt: skip
-        if self.deepspeed is not None and self.use_cpu:
+        return self
+
+
+class SFTSettings(PartsSettings):
+    trainer: ClassVar[str] = "`train sft`"
+
+    chat_format: str | None = None
+    mode: LabelMode | None = None
+    templates: Path | Literal["none"] | None = Field(
+        None, description="template list from `vialign data templates`; default: detected over the training "
+        "data at template_min_frac (mode lit); 'none': no template is excluded",
+    )  # fmt: skip
+    template_min_frac: float = Field(DEFAULT_TEMPLATE_MIN_FRAC, gt=0, le=1,
+                                     description="share of samples above which a user sentence is a template")  # fmt: skip
+    max_length: int = Field(2048, ge=8)
+    # Off by default: on the toy world, length-homogeneous batches (even 4 batches per sorted group) kept
+    # a tiny LLaVA from learning to read images at all (vialign/train/sampling.py has the numbers).
+    group_by_length: bool = False
+    length_group_batches: int = Field(
+        8, ge=1, description="batches per length-sorted group; fewer mixes lengths more"
+    )
+    packing: bool = Field(True, description="pack each batch's samples into rows (no padding; attention and "
+                          "labels never cross a sample); loss equals the padded batch's")  # fmt: skip
+    pack_tokens: int | None = Field(None, ge=8, description="tokens per packed row; default: max_length")
+
+    @model_validator(mode="after")
+    def _refuse_labels_that_cannot_work(self) -> SFTSettings:
+        fmt, mode = self.resolved("chat_format"), self.resolved("mode")
+        if fmt not in CHAT_FORMATS:
+            raise ValueError(f"unknown chat_format {fmt!r}; known: {sorted(CHAT_FORMATS)}")
+        if fmt == "plain" and mode == "lit":
             raise ValueError(
-                "DeepSpeed configs here are for GPU training; drop use_cpu or the deepspeed config"
+                "mode 'lit' needs the question text, which the 'plain' format drops; use mode 'response'"
             )
         return self
+
+
+class LMTrainSettings(TrainerSettings):
+    """`train lm`: the tiny inner LLM, trained whole on the toy world's text (no image, no parts)."""
+
+    trainer: ClassVar[str] = "`train lm`"
+    not_used: ClassVar[dict[str, str]] = {
+        **dict.fromkeys(("stage", "train_vision", "train_projector", "train_llm", "projector_lr"),
+                        "the inner LLM has no vision tower or projector; it always trains whole"),
+        "lora": "the inner LLM is trained from scratch, whole",
+        "chat_format": "the inner LLM learns the vicuna_v1 layout its LLaVA uses",
+        **dict.fromkeys(("templates", "template_min_frac"), "its text corpus has no templates"),
+        **dict.fromkeys(("packing", "pack_tokens", "group_by_length", "length_group_batches"),
+                        "its text samples are padded per batch"),
+    }  # fmt: skip
+
+    mode: LabelMode = Field("response", description="response: the answers of its text corpus only")
+    max_length: int = Field(2048, ge=8)

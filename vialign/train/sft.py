@@ -21,7 +21,7 @@ from vialign.records import JsonlWriter, read_samples
 from vialign.train.checkpoints import SealCheckpoint, resume_target, whole_run_loss
 from vialign.train.data import PackedSFTCollator, SFTCollator, SFTDataset
 from vialign.train.sampling import ShuffledLengthGroupedSampler
-from vialign.train.settings import SFTSettings
+from vialign.train.settings import PartsSettings, SFTSettings, TrainerSettings
 
 PART_PREFIXES = {
     "vision": ("model.vision_tower.",),
@@ -37,7 +37,7 @@ def part_of(name: str) -> str:
     raise ValueError(f"parameter {name!r} belongs to no known part of a LLaVA model")
 
 
-def set_trainable_parts(model: PreTrainedModel, settings: SFTSettings) -> dict[str, int]:
+def set_trainable_parts(model: PreTrainedModel, settings: PartsSettings) -> dict[str, int]:
     """Freeze by part; returns the number of trainable parameters per part."""
     counts = dict.fromkeys(PART_PREFIXES, 0)
     for name, param in model.named_parameters():
@@ -47,7 +47,7 @@ def set_trainable_parts(model: PreTrainedModel, settings: SFTSettings) -> dict[s
     return counts
 
 
-def add_lora(model: PreTrainedModel, settings: SFTSettings) -> PreTrainedModel:
+def add_lora(model: PreTrainedModel, settings: PartsSettings) -> PreTrainedModel:
     from peft import LoraConfig, get_peft_model
 
     lora = settings.lora
@@ -127,7 +127,7 @@ class VialignTrainer(Trainer):
         return self.optimizer
 
 
-def training_arguments(out: Path, settings: SFTSettings) -> TrainingArguments:
+def training_arguments(out: Path, settings: TrainerSettings) -> TrainingArguments:
     compute = settings.compute_dtype()
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
@@ -154,6 +154,7 @@ def training_arguments(out: Path, settings: SFTSettings) -> TrainingArguments:
         use_cpu=settings.use_cpu,
         remove_unused_columns=False,
         logging_first_step=True,
+        **settings.training_args,
     )
 
 
@@ -172,7 +173,7 @@ def run_trainer(
     dataset: Any,
     collator: Any,
     out: Path,
-    settings: SFTSettings,
+    settings: TrainerSettings,
     resume: str | bool | None = None,
     callbacks: list | None = None,
     trainer_cls: type[VialignTrainer] = VialignTrainer,
@@ -184,9 +185,9 @@ def run_trainer(
         args=args,
         train_dataset=dataset,
         data_collator=collator,
-        projector_lr=settings.projector_lr,
-        group_by_length=settings.group_by_length,
-        group_batches=settings.length_group_batches,
+        projector_lr=getattr(settings, "projector_lr", None),
+        group_by_length=getattr(settings, "group_by_length", False),
+        group_batches=getattr(settings, "length_group_batches", 8),
         callbacks=[*(callbacks or []), SealCheckpoint()],
     )
     resumed_at = json.loads((Path(target) / "trainer_state.json").read_text())["global_step"] if target else 0
@@ -229,7 +230,7 @@ def training_encoder(
 
 
 def prepare_for_training(
-    model: PreTrainedModel, settings: SFTSettings
+    model: PreTrainedModel, settings: PartsSettings
 ) -> tuple[PreTrainedModel, dict[str, int]]:
     """Freeze by part, add LoRA if asked, ready gradient checkpointing; returns the model to train and the
     trainable parameters per part."""
@@ -242,7 +243,7 @@ def prepare_for_training(
 
 
 def save_run(
-    model: PreTrainedModel, processor: Any, out: Path, settings: SFTSettings, result: TrainResult
+    model: PreTrainedModel, processor: Any, out: Path, settings: PartsSettings, result: TrainResult
 ) -> None:
     export_trained(model, processor, out, settings)
     (out / "log_history.json").write_text(json.dumps(result.log_history, indent=1))
@@ -300,7 +301,7 @@ def train_sft(
     return manifest
 
 
-def export_trained(model: PreTrainedModel, processor: Any, out: Path, settings: SFTSettings) -> None:
+def export_trained(model: PreTrainedModel, processor: Any, out: Path, settings: PartsSettings) -> None:
     """Plain transformers checkpoint in `out`; with LoRA also the adapter in `out/adapter`."""
     if settings.lora.enabled:
         model.save_pretrained(out / "adapter")
