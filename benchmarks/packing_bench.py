@@ -24,9 +24,10 @@ from vialign.models.loading import build_tiny_model, load_llava
 from vialign.models.tiny import TinyModelSettings
 from vialign.records import read_samples, write_jsonl
 from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
+from vialign.train.core import training_encoder
 from vialign.train.data import SFTDataset
 from vialign.train.settings import LoraSettings, SFTSettings
-from vialign.train.sft import sft_collator, train_sft, training_encoder
+from vialign.train.sft import sft_collator, train_sft
 
 
 def pad_share(model_dir: Path, data: Path, world: Path, s: SFTSettings, steps: int) -> float:

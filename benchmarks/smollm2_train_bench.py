@@ -69,8 +69,9 @@ def run_loop(model_dir: Path, data: Path, world: Path, s: SFTSettings) -> dict:
     from vialign.models.encoding import encode_all
     from vialign.models.loading import load_llava
     from vialign.models.precision import autocast
+    from vialign.train.core import prepare_for_training, training_encoder
     from vialign.train.data import SFTDataset
-    from vialign.train.sft import prepare_for_training, sft_collator, training_encoder
+    from vialign.train.sft import sft_collator
 
     model, processor = load_llava(model_dir)
     items, _ = encode_all(training_encoder(processor, s, s.resolved("mode")), read_samples(data))

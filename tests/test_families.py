@@ -379,8 +379,9 @@ def test_lit_sft_trains_on_llava15_family_without_quarantine(real_world, tmp_pat
     import torch
     from transformers import LlavaForConditionalGeneration
 
+    from vialign.train.core import PART_PREFIXES
     from vialign.train.settings import SFTSettings
-    from vialign.train.sft import PART_PREFIXES, train_sft
+    from vialign.train.sft import train_sft
 
     settings = SFTSettings(stage="finetune", use_cpu=True, lr=1e-3, warmup_ratio=0.0, scheduler="constant",
                            logging_steps=1, batch_size=4, max_steps=3)  # fmt: skip

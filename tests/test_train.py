@@ -11,8 +11,9 @@ from transformers import LlavaForConditionalGeneration, TrainerCallback
 from vialign.models.loading import load_llava
 from vialign.models.precision import cpu_has_native_bf16
 from vialign.records import read_samples, write_jsonl
+from vialign.train.core import PART_PREFIXES, add_lora, export_trained, set_trainable_parts
 from vialign.train.settings import SFTSettings
-from vialign.train.sft import PART_PREFIXES, add_lora, export_trained, set_trainable_parts, train_sft
+from vialign.train.sft import train_sft
 
 # float32: the invariants below are exact; bf16 autocast has its own test.
 BASE = dict(
@@ -104,8 +105,8 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_model_dir, dat
 
 
 def test_projector_gets_its_own_learning_rate(tiny_model_dir, data, toyworld, tmp_path):
+    from vialign.train.core import VialignTrainer, training_arguments
     from vialign.train.data import SFTCollator, SFTDataset
-    from vialign.train.sft import VialignTrainer, training_arguments
 
     model, _ = load_llava(tiny_model_dir)
     settings = SFTSettings(**{**BASE, "projector_lr": 7e-3, "lr": 1e-4})
@@ -263,12 +264,13 @@ def test_train_lm_then_assemble_keeps_the_language_model_exact(toyworld, tmp_pat
     from vialign.models.assemble import assemble_llava
     from vialign.models.tiny import TinyModelSettings
     from vialign.train.lm import train_lm
+    from vialign.train.settings import LMTrainSettings
 
     manifest = train_lm(
         toyworld,
         tmp_path / "lm",
         TinyModelSettings(text_layers=1),
-        SFTSettings(**{**BASE, "max_steps": 3, "batch_size": 4}),
+        LMTrainSettings(**{**{k: v for k, v in BASE.items() if k != "group_by_length"}, "max_steps": 3, "batch_size": 4}),
     )
     assert manifest.counts["steps"] == 3 and manifest.counts["encoded"] == 1000
     assemble_llava(tmp_path / "lm", TinyModelSettings(), tmp_path / "llava", vision_feature_layer=-1)
@@ -417,8 +419,8 @@ def test_auto_dtype_is_bf16_only_where_the_hardware_has_it(monkeypatch):
 
 def packed_and_padded(tiny_model_dir, data, toyworld, n=6, row_tokens=None):
     from vialign.models.encoding import encode_all
+    from vialign.train.core import training_encoder
     from vialign.train.data import PackedSFTCollator, SFTCollator, SFTDataset
-    from vialign.train.sft import training_encoder
 
     model, processor = load_llava(tiny_model_dir)
     items, _ = encode_all(training_encoder(processor, SFTSettings(mode="lit"), "lit"), list(read_samples(data))[:n])
@@ -519,7 +521,7 @@ def test_a_field_a_trainer_would_ignore_is_refused_with_the_reason(trainer, fiel
 @pytest.mark.parametrize("trainer", ["sft", "dpo", "rm", "lm"])
 def test_training_args_pass_through_to_transformers_and_named_ones_are_refused(trainer, tmp_path):
     from vialign.config import load_settings
-    from vialign.train.sft import training_arguments
+    from vialign.train.core import training_arguments
 
     cls = trainer_settings_classes()[trainer]
     settings = load_settings(cls, overrides=["training_args.max_grad_norm=0.5", "training_args.optim=adafactor",

@@ -338,3 +338,30 @@ def test_output_is_in_input_order_beyond_the_lookahead_window(tmp_path, root):
     assert [r["id"] for r in valid] == [f"r{i}" for i in range(1500) if i % 7]
     assert [r["line"] for r in rejects] == [i + 1 for i in range(1500) if not i % 7]
     assert Path(tmp_path / "out" / "valid.jsonl").exists() and summary.total == 1500
+
+
+def test_json_array_streams_past_bad_records_in_the_middle(tmp_path, root, monkeypatch):
+    """Read in 64-byte chunks, so records, strings with escaped quotes and brackets cross chunk edges."""
+    from functools import partial
+
+    import vialign.records as records
+
+    monkeypatch.setattr(records, "scan_json_array", partial(records.scan_json_array, chunk=64))
+    bad = {
+        40: b'{"id": "broken", "conversations": [}',
+        41: b"17",
+        90: orjson.dumps({"id": "r90", "image": "a.png"}),
+        91: b'{"id": "r91", "conversations": [{"from": "human", "value": "a \\" ] } [ { quote"}]]',
+    }
+    quoted = good(0, conversations=turns(("human", '<image>\nSay "]}," please'), ("gpt", 'It says "]},"')))
+    elements = [bad.get(i, orjson.dumps(good(i) if i else quoted)) for i in range(150)]
+    src = tmp_path / "in.json"
+    src.write_bytes(b"[\n  " + b",\n  ".join(elements) + b"\n]\n")
+    summary = validate_file(src, tmp_path / "out", ValidateSettings(image_root=root))
+    valid = list(read_jsonl(tmp_path / "out" / "valid.jsonl"))
+    rejects = list(read_jsonl(tmp_path / "out" / "rejects.jsonl"))
+    assert [r["id"] for r in valid] == [f"r{i}" for i in range(150) if i not in bad]
+    assert valid[0]["conversations"] == quoted["conversations"]
+    assert [(r["index"], r["code"]) for r in rejects] == [
+        (41, "not_json"), (42, "not_object"), (91, "missing_conversations"), (92, "not_json")]  # fmt: skip
+    assert summary.valid == 146 and rejects[2]["id"] == "r90"

@@ -112,7 +112,6 @@ def data_validate(
 ) -> None:
     """Split a dataset into valid records and rejects (with line, id, field and reason)."""
     from vialign.data.validate import ValidateSettings, count_records_hint, validate_file
-    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
     from vialign.progress import progress_reporter
 
     options = {
@@ -124,7 +123,6 @@ def data_validate(
         "on_duplicate": on_duplicate,
     }
     settings = settings_or_exit(ValidateSettings, config, "validate", options, set_)
-    timer = StageTimer()
     total = count_records_hint(input)
     with progress_reporter(not quiet) as report:
         summary = validate_file(input, out, settings, progress=lambda: report("validate records", 1, total))
@@ -140,14 +138,6 @@ def data_validate(
         table.add_row(f"[red]{code}[/red]", str(n))
     table.add_row("total", str(summary.total))
     out_console.print(table)
-    write_manifest(out, Manifest(
-        stage="data.validate", inputs={str(input): fingerprint_file(input)},
-        settings=settings.model_dump(mode="json"),
-        counts={"valid": summary.valid, "rejected": summary.rejected, "renamed": summary.renamed,
-                "subsets": dict(summary.by_subset), **dict(summary.by_code)},
-        outputs={"valid.jsonl": fingerprint_file(out / "valid.jsonl")},
-        started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
-    ))  # fmt: skip
     out_console.print(f"wrote {out / 'valid.jsonl'} and {out / 'rejects.jsonl'}")
     if settings.strict and summary.rejected:
         raise typer.Exit(1)
@@ -202,13 +192,16 @@ def data_templates(
     input: Annotated[Path, typer.Argument(help="a validated dataset", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", help="JSON file for the template list")],
     min_frac: Annotated[
-        float, typer.Option("--min-frac", help="a sentence in at least this share of samples is a template")
-    ] = 0.05,
+        float | None, typer.Option("--min-frac", help="a sentence in at least this share of samples is a template")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Find frequent template sentences in user turns (excluded from LIT loss)."""
-    from vialign.data.templates import find_templates, write_templates
+    from vialign.data.templates import TemplateSettings, find_templates, write_templates
     from vialign.records import read_samples
 
+    min_frac = settings_or_exit(TemplateSettings, config, "templates", {"min_frac": min_frac}, set_).min_frac
     result = find_templates(read_samples(input), min_frac)
     write_templates(result, out)
     table = Table(title=f"templates in {result['samples']} samples (min share {min_frac})")
@@ -422,24 +415,26 @@ def model_assemble(
     lm: Annotated[str, typer.Option("--lm", help="language model checkpoint (e.g. a Vicuna folder)")],
     out: Annotated[Path, typer.Option("--out", help="LLaVA checkpoint folder to write")],
     vision: Annotated[
-        str, typer.Option("--vision", help="vision checkpoint folder, or tiny-clip / tiny-siglip")
-    ] = "tiny-clip",
+        str | None, typer.Option("--vision", help="vision checkpoint folder, or tiny-clip / tiny-siglip")
+    ] = None,
     vision_feature_layer: Annotated[
-        int, typer.Option(help="hidden layer whose features feed the projector")
-    ] = -2,
+        int | None, typer.Option(help="hidden layer whose features feed the projector (default -2)")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """A LLaVA from a language model + a vision tower + a fresh projector."""
-    from vialign.models.assemble import assemble_llava
+    from vialign.models.assemble import AssembleSettings, assemble_llava
     from vialign.models.tiny import TinyModelSettings
 
-    tower: str | TinyModelSettings = vision
-    if vision.startswith("tiny-"):
-        tower = settings_or_exit(
-            TinyModelSettings, config, "model", {"vision": vision.removeprefix("tiny-")}, set_
-        )
-    model = assemble_llava(lm, tower, out, vision_feature_layer=vision_feature_layer)
+    settings = settings_or_exit(AssembleSettings, config, "assemble",
+                                {"vision": vision, "vision_feature_layer": vision_feature_layer},
+                                [o for o in set_ or [] if not o.startswith("model.")])  # fmt: skip
+    tower: str | TinyModelSettings = settings.vision
+    if settings.vision.startswith("tiny-"):
+        tower = settings_or_exit(TinyModelSettings, config, "model", {"vision": settings.vision.removeprefix("tiny-")},
+                                 [o.removeprefix("model.") for o in set_ or [] if o.startswith("model.")])  # fmt: skip
+    model = assemble_llava(lm, tower, out, vision_feature_layer=settings.vision_feature_layer, seed=settings.seed)
     out_console.print(f"LLaVA assembled in {out}: {sum(p.numel() for p in model.parameters()):,} parameters")
 
 
@@ -561,17 +556,20 @@ def align_gap(
     llm: Annotated[str, typer.Option("--llm", help="inner LLM checkpoint folder")],
     out: Annotated[Path, typer.Option("--out", help="folder for per-sample NLL, summary and histogram")],
     vs: Annotated[Path | None, typer.Option("--vs", help="a second dataset to compare")] = None,
-    chat_format: Annotated[str, typer.Option("--format", help="vicuna_v1 | tokenizer")] = "vicuna_v1",
+    chat_format: Annotated[str | None, typer.Option("--format", help="vicuna_v1 | tokenizer")] = None,
     subsets: Annotated[
         str | None, typer.Option(help="comma-separated subsets to score (default all)")
     ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Writing-manner gap: the inner LLM's per-token NLL of the answers, text only."""
-    from vialign.align.gap import gap_files
+    from vialign.align.gap import GapSettings, gap_files
 
+    options = {"chat_format": chat_format, "subsets": subsets.split(",") if subsets else None}
+    settings = settings_or_exit(GapSettings, config, "gap", options, set_)
     datasets = {"input": input, **({"vs": vs} if vs else {})}
-    reports, summary = gap_files(llm, datasets, out, subsets=subsets.split(",") if subsets else None,
-                                 chat_format=chat_format)  # fmt: skip
+    reports, summary = gap_files(llm, datasets, out, subsets=settings.subsets, chat_format=settings.chat_format)
     view = Table(title=f"writing-manner gap under {llm}")
     for column in ("dataset", "samples", "mean NLL", "token-weighted", "median"):
         view.add_column(column, justify="left" if column == "dataset" else "right")
@@ -827,21 +825,10 @@ def prefer_pairs(
     set_: SetOpt = None,
 ) -> None:
     """Chosen = best by helpfulness + correctness + coherence; rejected = seeded pick ≤ best − gap."""
-    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
-    from vialign.prefer.pairs import PairSettings, build_pairs, trl_record
-    from vialign.records import read_jsonl, write_jsonl
+    from vialign.prefer.pairs import PairSettings, pairs_file
 
     settings = settings_or_exit(PairSettings, config, "pairs", {"gap": gap}, set_)
-    timer = StageTimer()
-    pairs, counts = build_pairs(list(read_jsonl(input)), settings)
-    write_jsonl(pairs, out)
-    if trl_out:
-        write_jsonl([trl_record(p) for p in pairs], trl_out)
-    write_manifest(out.parent / f"{out.stem}.manifest", Manifest(
-        stage="prefer.pairs", inputs={str(input): fingerprint_file(input)}, settings=settings.model_dump(mode="json"),
-        counts=counts, outputs={str(out): fingerprint_file(out)}, started_at=timer.started_at,
-        duration_s=round(timer.elapsed, 3),
-    ))  # fmt: skip
+    counts = pairs_file(input, out, settings, trl_out)
     out_console.print(f"{counts['pairs']} pairs from {counts['groups']} groups ({counts['small_gap']} below the gap, "
                       f"{counts['unrated']} unrated) → {out}")  # fmt: skip
 
@@ -1123,7 +1110,8 @@ def run(
         if out is not None:
             loaded = loaded.model_copy(update={"out": out})
         folders = run_recipe(loaded, from_stage=from_stage, force=tuple(force or ()),
-                             log=out_console.print, show_progress=not quiet)  # fmt: skip
+                             log=lambda m: out_console.print(m, markup=False, highlight=False),
+                             show_progress=not quiet)  # fmt: skip
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

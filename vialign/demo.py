@@ -32,7 +32,8 @@ def run_demo(out: Path, *, quick: bool, seed: int, console: Console, seeds: int 
     for s in range(seed, seed + seeds):
         console.print(f"[bold]seed {s}[/bold]")
         recipe = demo_recipe(out, quick, s)
-        folders = run_recipe(recipe, log=lambda m: console.print("  " + m), show_progress=False)
+        folders = run_recipe(recipe, log=lambda m: console.print("  " + m, markup=False, highlight=False),
+                             show_progress=False)
         per_seed.append((recipe, folders))
     report_stage = next(st for st in per_seed[0][0].stages if st.name == "report")
     resolved = [substituted(report_stage.settings, folders) for _, folders in per_seed]

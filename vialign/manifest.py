@@ -44,11 +44,12 @@ def fingerprint_file(path: str | Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def fingerprint_dir(path: str | Path, pattern: str = "**/*") -> str:
-    """Fingerprint of a folder's files (names and contents), independent of listing order."""
+def fingerprint_dir(path: str | Path, pattern: str = "**/*", skip: frozenset[str] = frozenset()) -> str:
+    """Fingerprint of a folder's files (names and contents), independent of listing order; files named in
+    `skip` are left out."""
     root = Path(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in root.glob(pattern) if p.is_file()):
+    for file in sorted(p for p in root.glob(pattern) if p.is_file() and p.name not in skip):
         digest.update(str(file.relative_to(root)).encode() + b"\0")
         digest.update(fingerprint_file(file).encode() + b"\0")
     return "sha256:" + digest.hexdigest()

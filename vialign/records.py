@@ -7,6 +7,7 @@ Unknown top-level keys of real datasets are kept and written back unchanged.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -93,6 +94,12 @@ class ImagePathError(ValueError):
         super().__init__(reason)
 
 
+@functools.lru_cache(maxsize=16)
+def resolved_root(root: str) -> Path:
+    """An image root resolved once per run, not once per record."""
+    return Path(root).resolve()
+
+
 def confined_image_path(root: str | Path, rel: str) -> Path:
     """The file an image field names, refusing absolute paths and anything outside the image root."""
     if Path(rel).is_absolute():
@@ -100,7 +107,7 @@ def confined_image_path(root: str | Path, rel: str) -> Path:
             "image_path_absolute", f"{rel!r} is absolute; paths must be relative to the image root"
         )
     path = (Path(root) / rel).resolve()
-    if not path.is_relative_to(Path(root).resolve()):
+    if not path.is_relative_to(resolved_root(str(root))):
         raise ImagePathError("image_path_escapes_root", f"{rel!r} points outside the image root")
     return path
 

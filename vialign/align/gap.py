@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 
+from vialign.config import Settings
 from vialign.generation.local import TransformersBackend
 from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncoderSettings, EncodingError, Kind
 from vialign.records import IMAGE_TAG, Sample, Turn
@@ -34,6 +36,11 @@ class GapReport:
         values = sorted(r["nll"] for r in self.per_sample)
         return {"samples": len(values), "mean_nll": round(self.sample_mean, 4), "token_mean_nll": round(self.token_mean, 4),
                 "median_nll": round(statistics.median(values), 4)}  # fmt: skip
+
+
+class GapSettings(Settings):
+    chat_format: str = Field("vicuna_v1", description="vicuna_v1 | tokenizer")
+    subsets: list[str] | None = Field(None, description="score only these subsets (default all)")
 
 
 def text_only(sample: Sample) -> Sample:

@@ -32,8 +32,8 @@ from vialign.models.encoding import sentences
 from vialign.models.loading import load_llava, model_fingerprint
 from vialign.models.precision import ComputeDtype, autocast
 from vialign.records import ImagePathError, JsonlWriter, existing_images
+from vialign.train.core import VialignTrainer, prepare_for_training, run_trainer
 from vialign.train.settings import PartsSettings
-from vialign.train.sft import VialignTrainer, prepare_for_training, run_trainer
 
 Corruption = Literal["shuffle", "crop", "duplicate"]
 

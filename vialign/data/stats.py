@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,8 @@ UNKNOWN_SUBSET = "(none)"
 class DatasetStats:
     samples: int = 0
     by_subset_class: Counter[tuple[str, str]] = field(default_factory=Counter)
-    lengths: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    # Histograms (length → count), so memory does not grow with the number of samples.
+    lengths: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
 
     @property
     def subsets(self) -> Counter[str]:
@@ -55,16 +55,29 @@ class DatasetStats:
         }
 
 
-def summarise(values: list[int]) -> dict[str, float]:
-    ordered = sorted(values)
+def summarise(histogram: Counter[int]) -> dict[str, float]:
+    n = histogram.total()
+    middle = value_at_rank(histogram, n // 2)
+    if n % 2 == 0:
+        middle = (value_at_rank(histogram, n // 2 - 1) + middle) / 2
     return {
-        "n": len(ordered),
-        "min": ordered[0],
-        "median": statistics.median(ordered),
-        "mean": round(statistics.fmean(ordered), 2),
-        "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
-        "max": ordered[-1],
+        "n": n,
+        "min": min(histogram),
+        "median": middle,
+        "mean": round(sum(v * c for v, c in histogram.items()) / n, 2),
+        "p90": value_at_rank(histogram, min(n - 1, int(0.9 * n))),
+        "max": max(histogram),
     }
+
+
+def value_at_rank(histogram: Counter[int], rank: int) -> int:
+    """The value at 0-based position `rank` of the sorted values the histogram counts."""
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen > rank:
+            return value
+    raise IndexError(rank)
 
 
 def dataset_stats(path: str | Path, settings: FormatSettings | None = None) -> DatasetStats:
@@ -73,7 +86,7 @@ def dataset_stats(path: str | Path, settings: FormatSettings | None = None) -> D
     for sample in read_samples(path):
         stats.samples += 1
         stats.by_subset_class[(sample.meta.subset or UNKNOWN_SUBSET, classify_sample(sample, settings))] += 1
-        stats.lengths["turns per sample"].append(len(sample.conversations))
-        stats.lengths["words per question"] += [len(q.split()) for q in sample.questions]
-        stats.lengths["words per answer"] += [len(a.split()) for a in sample.answers]
+        stats.lengths["turns per sample"][len(sample.conversations)] += 1
+        stats.lengths["words per question"].update(len(q.split()) for q in sample.questions)
+        stats.lengths["words per answer"].update(len(a.split()) for a in sample.answers)
     return stats

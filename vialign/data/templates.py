@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import Field
 
+from vialign.config import Settings
 from vialign.models.encoding import sentences
 from vialign.records import Sample
 
@@ -17,6 +19,11 @@ from vialign.records import Sample
 DEFAULT_TEMPLATE_MIN_FRAC = 0.05
 # A sentence that only one sample asks is that sample's question, whatever share one sample is of a small corpus.
 TEMPLATE_MIN_SAMPLES = 2
+
+
+class TemplateSettings(Settings):
+    min_frac: float = Field(DEFAULT_TEMPLATE_MIN_FRAC, gt=0, le=1,
+                            description="a sentence in at least this share of samples is a template")  # fmt: skip
 
 
 def count_sentences(samples: Iterable[Sample]) -> tuple[Counter[str], int]:

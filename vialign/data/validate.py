@@ -8,7 +8,7 @@ field, code and reason, and the full list of problems.
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -228,21 +228,30 @@ def check_image_file(rel: str, root: Path, mode: ImageCheck) -> Problem | None:
 
 
 class ImageChecker:
-    """Checks each distinct image file once (datasets reuse images across records), in threads."""
+    """Checks each distinct image file once (datasets reuse images across records), in threads.
+    A finished check keeps only its result: a future per image of a 665k-record file would hold
+    hundreds of megabytes."""
 
     def __init__(self, root: Path | None, mode: ImageCheck, workers: int):
         self.root, self.mode = root, mode
         self._pool = ThreadPoolExecutor(max_workers=workers)
-        self._futures: dict[str, Any] = {}
+        self._running: dict[str, Any] = {}
+        self._done: dict[str, Problem | None] = {}
 
     def submit(self, rel: str) -> None:
-        if rel not in self._futures:
-            if self.root is None:
-                raise ValueError("records name images but no image root was given (--image-root)")
-            self._futures[rel] = self._pool.submit(check_image_file, rel, self.root, self.mode)
+        if rel in self._running or rel in self._done:
+            return
+        if self.root is None:
+            raise ValueError("records name images but no image root was given (--image-root)")
+        if self.mode != "none":
+            self._running[rel] = self._pool.submit(check_image_file, rel, self.root, self.mode)
 
     def result(self, rel: str) -> Problem | None:
-        return self._futures[rel].result()
+        if self.mode == "none":  # the path check alone: cheaper to repeat than to remember
+            return check_image_file(rel, self.root, self.mode)
+        if rel in self._running:
+            self._done[rel] = self._running.pop(rel).result()
+        return self._done[rel]
 
     def close(self) -> None:
         self._pool.shutdown()
@@ -257,7 +266,7 @@ def validate_records(path: Path, settings: ValidateSettings, window: int = 512) 
     """Yield one outcome per record in input order. Image checks run ahead in a window of records."""
     checker = ImageChecker(settings.image_root, settings.image_check, settings.workers)
     seen_ids: set[str] = set()
-    pending: list[Outcome] = []
+    pending: deque[Outcome] = deque()
     try:
         for raw in iter_raw_records(path):
             outcome = structural_outcome(raw, settings)
@@ -266,7 +275,7 @@ def validate_records(path: Path, settings: ValidateSettings, window: int = 512) 
                     checker.submit(rel)
             pending.append(outcome)
             if len(pending) >= window:
-                yield finish_outcome(pending.pop(0), checker, seen_ids, settings)
+                yield finish_outcome(pending.popleft(), checker, seen_ids, settings)
         for outcome in pending:
             yield finish_outcome(outcome, checker, seen_ids, settings)
     finally:
@@ -350,8 +359,10 @@ class ValidationSummary:
 def validate_file(
     path: str | Path, out_dir: str | Path, settings: ValidateSettings, progress: Any = None
 ) -> ValidationSummary:
-    """Write `valid.jsonl` and `rejects.jsonl` under out_dir and return the counts."""
-    out = Path(out_dir)
+    """Write `valid.jsonl`, `rejects.jsonl` and `manifest.json` under out_dir and return the counts."""
+    from vialign.manifest import StageTimer
+
+    out, timer = Path(out_dir), StageTimer()
     summary = ValidationSummary()
     with JsonlWriter(out / "valid.jsonl") as valid, JsonlWriter(out / "rejects.jsonl") as rejects:
         for outcome in validate_records(Path(path), settings):
@@ -366,7 +377,22 @@ def validate_file(
                 summary.by_subset[outcome.sample.meta.subset or "(none)"] += 1
             if progress is not None:
                 progress()
+    write_validation_manifest(Path(path), out, settings, summary, timer)
     return summary
+
+
+def write_validation_manifest(
+    path: Path, out: Path, settings: ValidateSettings, summary: ValidationSummary, timer: Any
+) -> None:
+    from vialign.manifest import Manifest, fingerprint_file, write_manifest
+
+    write_manifest(out, Manifest(
+        stage="data.validate", inputs={str(path): fingerprint_file(path)}, settings=settings.model_dump(mode="json"),
+        counts={"valid": summary.valid, "rejected": summary.rejected, "renamed": summary.renamed,
+                "subsets": dict(summary.by_subset), **dict(summary.by_code)},
+        outputs={"valid.jsonl": fingerprint_file(out / "valid.jsonl")},
+        started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
+    ))  # fmt: skip
 
 
 def count_records_hint(path: str | Path) -> int | None:

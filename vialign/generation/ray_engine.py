@@ -10,7 +10,7 @@ import pickle
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from vialign.generation.runner import Row, RunnerSettings
+from vialign.generation.work import Row, RunnerSettings
 
 
 class StageActor:

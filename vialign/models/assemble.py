@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import Field
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -24,6 +25,7 @@ from transformers import (
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
+from vialign.config import Settings
 from vialign.models.loading import save_llava
 from vialign.models.tiny import TinyModelSettings, image_processor, select_strategy, vision_config
 from vialign.models.tokenizer import CHAT_TEMPLATE
@@ -38,6 +40,13 @@ def ensure_image_token(tokenizer) -> bool:
         return False
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TAG]})
     return True
+
+
+class AssembleSettings(Settings):
+    vision: str = Field("tiny-clip", description="vision checkpoint folder, or tiny-clip / tiny-siglip")
+    # LLaVA-1.5 feeds the projector from the penultimate layer (mm_vision_select_layer -2).
+    vision_feature_layer: int = Field(-2, description="hidden layer whose features feed the projector")
+    seed: int = 0
 
 
 def load_vision(vision: str | Path | TinyModelSettings, seed: int = 0):

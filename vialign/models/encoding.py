@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Literal
+from itertools import chain
+from typing import Any, Literal
 
+import numpy as np
 from rich.text import Text
 from transformers import PreTrainedTokenizerBase
 
@@ -346,6 +349,22 @@ class ChatEncoder:
 
     def encode(self, sample: Sample) -> Encoded:
         """Encode one sample; drops whole trailing turns to fit max_length, never part of an image span."""
+        pairs = self.conversation_pairs(sample)
+        for kept in range(len(pairs), 0, -1):
+            pieces = self.render(pairs[:kept])
+            ids, kinds = self.tokenize(pieces)
+            if len(ids) <= self.settings.max_length:
+                break
+        else:
+            raise EncodingError(
+                sample.id, f"the first turn alone is longer than max_length {self.settings.max_length}"
+            )
+        trained = TRAINED[self.settings.mode]
+        labels = [t if k in trained else IGNORE_INDEX for t, k in zip(ids, kinds, strict=True)]
+        return self.checked(sample, pieces, Encoded(ids, labels, kinds, 0, dropped_turns=len(pairs) - kept))
+
+    def conversation_pairs(self, sample: Sample) -> list[tuple[str, str | None]]:
+        """The sample's (question, answer) turns, refusing image tags the encoder cannot place."""
         turns = sample.conversations
         pairs = [(turns[i].value, turns[i + 1].value if i + 1 < len(turns) and turns[i + 1].role == GPT else None)
                  for i in range(0, len(turns), 2)]  # fmt: skip
@@ -356,23 +375,126 @@ class ChatEncoder:
             raise EncodingError(
                 sample.id, f"the tokenizer has no {IMAGE_TAG} token; this model cannot take images"
             )
-        for kept in range(len(pairs), 0, -1):
-            pieces = self.render(pairs[:kept])
-            ids, kinds = self.tokenize(pieces)
-            if len(ids) <= self.settings.max_length:
-                break
-        else:
-            raise EncodingError(
-                sample.id, f"the first turn alone is longer than max_length {self.settings.max_length}"
-            )
-        n_images = sum(1 for k, _ in pieces if k == Kind.IMAGE)
-        if kinds.count(Kind.IMAGE) != n_images * self.settings.image_tokens:
+        return pairs
+
+    def checked(self, sample: Sample, pieces: Pieces, encoded: Encoded) -> Encoded:
+        """The encoding with its image count set, refused when image spans or trained tokens are wrong."""
+        encoded.n_images = sum(1 for k, _ in pieces if k == Kind.IMAGE)
+        if encoded.kinds.count(Kind.IMAGE) != encoded.n_images * self.settings.image_tokens:
             raise EncodingError(sample.id, "image token count differs from images × tokens per image")
-        trained = TRAINED[self.settings.mode]
-        labels = [t if k in trained else IGNORE_INDEX for t, k in zip(ids, kinds, strict=True)]
-        if all(label == IGNORE_INDEX for label in labels):
+        if all(label == IGNORE_INDEX for label in encoded.labels):
             raise EncodingError(sample.id, f"no token is trained in mode {self.settings.mode!r}")
-        return Encoded(ids, labels, kinds, n_images, dropped_turns=len(pairs) - kept)
+        return encoded
+
+    def encode_many(self, samples: Sequence[Sample]) -> list[Encoded | EncodingError]:
+        """`encode` of each sample, or the error it raises, through the batched path."""
+        return [r if isinstance(r, EncodingError) else r.to_encoded() for r in self.encode_arrays(samples)]
+
+    def encode_arrays(
+        self, samples: Sequence[Sample], chunk: int = 256
+    ) -> list[EncodedArrays | EncodingError]:
+        """`encode` of each sample as numpy arrays, or the error it raises. Renderings are tokenized
+        `chunk` at a time in batch calls of the fast tokenizer (Rust, in threads, overlapping the
+        Python work on the previous chunk) and roles are assigned per token in numpy. Samples longer
+        than max_length (turns to drop), tokenizers without a fast backend and encoders that tokenize
+        answers apart take the per-sample path."""
+        backend = batch_backend(self.tokenizer)
+        if backend is None or self.answers_apart:
+            return [self._arrays_or_error(sample) for sample in samples]
+        results: list[EncodedArrays | EncodingError] = []
+        with ThreadPoolExecutor(max_workers=1) as tokenizing:
+            pending = None
+            for start in range(0, len(samples) + chunk, chunk):
+                rendered = self._render_many(samples[start : start + chunk])
+                texts = [text for _, _, text in rendered if text is not None]
+                submitted = (
+                    rendered,
+                    tokenizing.submit(backend.encode_batch, texts, add_special_tokens=False),
+                )
+                if pending is not None:
+                    results += self._finish_many(*pending)
+                pending = submitted
+        return results
+
+    def _render_many(
+        self, samples: Sequence[Sample]
+    ) -> list[tuple[Sample, Pieces | EncodingError, str | None]]:
+        rendered: list[tuple[Sample, Pieces | EncodingError, str | None]] = []
+        for sample in samples:
+            try:
+                pieces = self.render(self.conversation_pairs(sample))
+            except EncodingError as exc:
+                rendered.append((sample, exc, None))
+                continue
+            rendered.append((sample, pieces, "".join(piece for _, piece in pieces)))
+        return rendered
+
+    def _finish_many(self, rendered: list, tokenized: Future) -> list[EncodedArrays | EncodingError]:
+        ok = [(pieces, text) for _, pieces, text in rendered if text is not None]
+        encoded = iter(ChunkRoles(self, ok, tokenized.result()).samples())
+        out: list[EncodedArrays | EncodingError] = []
+        for sample, pieces, text in rendered:
+            out.append(pieces if text is None else self._checked_arrays(sample, *next(encoded)))
+        return out
+
+    def _arrays_or_error(self, sample: Sample) -> EncodedArrays | EncodingError:
+        try:
+            return EncodedArrays.from_encoded(self.encode(sample))
+        except EncodingError as exc:
+            return exc
+
+    def _checked_arrays(
+        self, sample: Sample, arrays: EncodedArrays, straddling: int
+    ) -> EncodedArrays | EncodingError:
+        """`checked` for the batched path; an over-long sample drops turns first, as `encode` does."""
+        self.straddling += straddling
+        if len(arrays) > self.settings.max_length:
+            return self._dropping_turns(sample)
+        if np.count_nonzero(arrays.kinds == Kind.IMAGE) != arrays.n_images * self.settings.image_tokens:
+            return EncodingError(sample.id, "image token count differs from images × tokens per image")
+        if not np.any(arrays.labels != IGNORE_INDEX):
+            return EncodingError(sample.id, f"no token is trained in mode {self.settings.mode!r}")
+        return arrays
+
+    def _dropping_turns(self, sample: Sample) -> EncodedArrays | EncodingError:
+        """`encode`'s loop for a sample over max_length, each shorter rendering through the batched
+        machinery: whole trailing turns dropped until it fits."""
+        pairs = self.conversation_pairs(sample)
+        for kept in range(len(pairs) - 1, 0, -1):
+            pieces = self.render(pairs[:kept])
+            text = "".join(piece for _, piece in pieces)
+            tokenized = batch_backend(self.tokenizer).encode_batch([text], add_special_tokens=False)
+            arrays, straddling = next(ChunkRoles(self, [(pieces, text)], tokenized).samples())
+            if len(arrays) <= self.settings.max_length:
+                arrays.dropped_turns = len(pairs) - kept
+                return self._checked_arrays(sample, arrays, straddling)
+            self.straddling += straddling
+        return EncodingError(
+            sample.id, f"the first turn alone is longer than max_length {self.settings.max_length}"
+        )
+
+
+@dataclass
+class EncodedArrays:
+    """An `Encoded` as numpy arrays (what the batched path makes and the encoded-data cache stores)."""
+
+    input_ids: np.ndarray  # int32
+    labels: np.ndarray  # int32, IGNORE_INDEX where untrained
+    kinds: np.ndarray  # uint8 Kind per token
+    n_images: int
+    dropped_turns: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def to_encoded(self) -> Encoded:
+        return Encoded(self.input_ids.tolist(), self.labels.tolist(), self.kinds.tolist(), self.n_images,
+                       self.dropped_turns)  # fmt: skip
+
+    @classmethod
+    def from_encoded(cls, encoded: Encoded) -> EncodedArrays:
+        return cls(np.array(encoded.input_ids, dtype=np.int32), np.array(encoded.labels, dtype=np.int32),
+                   np.array(encoded.kinds, dtype=np.uint8), encoded.n_images, encoded.dropped_turns)  # fmt: skip
 
 
 def token_kinds(text: str, char_kind: Sequence[Kind], a: int, b: int) -> list[Kind]:
@@ -388,6 +510,120 @@ def token_kinds(text: str, char_kind: Sequence[Kind], a: int, b: int) -> list[Ki
                       and char_kind[b] != Kind.IMAGE)  # fmt: skip
         visible = [b] if word_start else list(range(a, b))
     return list(dict.fromkeys(char_kind[c] for c in visible))
+
+
+# str.isspace by code point; every whitespace character lies below U+3001, the table's last entry is
+# False and stands for every code point above it.
+_IS_SPACE = np.array([chr(c).isspace() for c in range(0x3001)] + [False])
+
+
+def batch_backend(tokenizer: PreTrainedTokenizerBase) -> Any:
+    """The Rust tokenizer of a fast tokenizer, when calling it directly gives what the tokenizer
+    gives (no truncation or padding set on it); else None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return None
+    return backend
+
+
+class ChunkRoles:
+    """`ChatEncoder.tokenize`'s role per token for a chunk of renderings at once, in numpy over the
+    chunk's characters and tokens laid end to end: a token inside one piece with a visible character
+    takes that piece's kind; the others (across pieces, whitespace only, empty) go through
+    `token_kinds` as in the per-sample path."""
+
+    def __init__(self, encoder: ChatEncoder, rendered: list[tuple[Pieces, str]], encodings: list[Any]):
+        self.encoder, self.texts = encoder, [text for _, text in rendered]
+        self.n_images = [sum(1 for kind, _ in pieces if kind == Kind.IMAGE) for pieces, _ in rendered]
+        kinds = np.array([kind for pieces, _ in rendered for kind, _ in pieces], dtype=np.uint8)
+        self.char_kind = np.repeat(kinds, [len(piece) for pieces, _ in rendered for _, piece in pieces])
+        self.char_starts = np.cumsum([0] + [len(text) for text in self.texts])
+        self.n_tokens = np.array([len(e.ids) for e in encodings], dtype=np.int64)
+        self.ids = np.fromiter(
+            chain.from_iterable(e.ids for e in encodings), np.int32, int(self.n_tokens.sum())
+        )
+        flat_offsets = chain.from_iterable(chain.from_iterable(e.offsets for e in encodings))
+        self.spans = np.fromiter(flat_offsets, np.int64, 2 * len(self.ids)).reshape(-1, 2)
+        self.sample_of = np.repeat(np.arange(len(encodings)), self.n_tokens)
+
+    def token_kinds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Kind per token (image tokens not yet expanded) and tokens spanning two kinds per sample."""
+        codes = np.frombuffer("".join(self.texts).encode("utf-32-le"), dtype=np.uint32)
+        visible = ~_IS_SPACE[np.minimum(codes, len(_IS_SPACE) - 1)]
+        base = self.char_starts[:-1][self.sample_of]
+        starts, stops = self.spans[:, 0] + base, self.spans[:, 1] + base
+        kinds, simple, blank = self.visible_kinds(visible, starts, stops)
+        blank_kinds, blank_simple = self.blank_kinds(codes, visible, starts, stops)
+        blank &= blank_simple
+        kinds[blank], simple = blank_kinds[blank], simple | blank
+        image_id = self.encoder.image_token_id
+        image = self.ids == (-1 if image_id is None else image_id)
+        kinds[image] = Kind.IMAGE
+        trained = TRAINED[self.encoder.settings.mode]
+        straddling = np.zeros(len(self.texts), dtype=np.int64)
+        local: dict[int, list[int]] = {}
+        for t in np.flatnonzero(~(simple | image)).tolist():
+            i = int(self.sample_of[t])
+            if i not in local:
+                local[i] = self.char_kind[self.char_starts[i] : self.char_starts[i + 1]].tolist()
+            spanned = token_kinds(self.texts[i], local[i], int(self.spans[t, 0]), int(self.spans[t, 1]))  # type: ignore[arg-type]
+            straddling[i] += len(spanned) > 1
+            kinds[t] = next((k for k in spanned if k not in trained), spanned[0])
+        return kinds, straddling
+
+    def visible_kinds(
+        self, visible: np.ndarray, starts: np.ndarray, stops: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A token with visible characters takes their kind when they all share one (whitespace folds
+        into the word): those kinds, where they apply, and where a token is whitespace only.
+        `first`/`last` index the chunk's visible characters the token covers."""
+        visible_kind = np.append(self.char_kind[visible], np.uint8(0))  # a sentinel past the last
+        visible_before = np.concatenate([[0], np.cumsum(visible)])
+        changes = np.flatnonzero(visible_kind[1:-1] != visible_kind[:-2]) + 1
+        first, last = visible_before[starts], visible_before[stops]
+        one_kind = np.searchsorted(changes, last, "left") == np.searchsorted(changes, first, "right")
+        return visible_kind[first], (last > first) & one_kind, (stops > starts) & (last == first)
+
+    def blank_kinds(
+        self, codes: np.ndarray, visible: np.ndarray, starts: np.ndarray, stops: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For whitespace-only tokens: spaces right before a visible character of the same sample (not
+        an image tag) take its kind; other whitespace of a single kind takes that kind."""
+        n_chars = len(self.char_kind)
+        spaces_before = np.concatenate([[0], np.cumsum(codes == ord(" "))])
+        sample_end = self.char_starts[1:][self.sample_of]
+        after = np.minimum(stops, n_chars - 1)
+        word_start = ((spaces_before[stops] - spaces_before[starts]) == stops - starts) & (stops < sample_end)
+        word_start &= visible[after] & (self.char_kind[after] != Kind.IMAGE)
+        changes = np.flatnonzero(self.char_kind[1:] != self.char_kind[:-1]) + 1
+        one_kind = np.searchsorted(changes, stops, "left") == np.searchsorted(changes, starts, "right")
+        kinds = np.where(word_start, self.char_kind[after], self.char_kind[np.minimum(starts, n_chars - 1)])
+        return kinds, word_start | one_kind
+
+    def samples(self) -> Iterator[tuple[EncodedArrays, int]]:
+        """Each rendering's arrays (image tokens expanded, BOS first) and its straddling count."""
+        encoder, settings = self.encoder, self.encoder.settings
+        kinds, straddling = self.token_kinds()
+        repeats = np.where(kinds == Kind.IMAGE, settings.image_tokens, 1)
+        ids, kinds = np.repeat(self.ids, repeats), np.repeat(kinds, repeats)
+        lengths = np.bincount(self.sample_of, weights=repeats, minlength=len(self.texts)).astype(np.int64)
+        if encoder.add_bos:
+            firsts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            ids = np.insert(ids, firsts, np.int32(encoder.tokenizer.bos_token_id))
+            kinds = np.insert(kinds, firsts, np.uint8(Kind.BOS))
+            lengths += 1
+        labels = np.where(np.isin(kinds, list(TRAINED[settings.mode])), ids, IGNORE_INDEX).astype(np.int32)
+        cuts = np.cumsum(lengths)[:-1]
+        parts = zip(
+            np.split(ids, cuts),
+            np.split(labels, cuts),
+            np.split(kinds, cuts),
+            self.n_images,
+            straddling.tolist(),
+            strict=True,
+        )
+        for sample_ids, sample_labels, sample_kinds, n_images, straddled in parts:
+            yield EncodedArrays(sample_ids, sample_labels, sample_kinds, n_images), straddled
 
 
 def encode_prompt(encoder: ChatEncoder, question: str, history: Sequence[tuple[str, str]] = ()) -> list[int]:
@@ -407,21 +643,32 @@ class EncodeReport:
 
 
 def encode_all(
-    encoder: ChatEncoder, samples: Iterable[Sample]
+    encoder: ChatEncoder, samples: Iterable[Sample], batch_size: int = 512
 ) -> tuple[list[tuple[Sample, Encoded]], EncodeReport]:
-    """Encode every sample; a sample that cannot be encoded is quarantined with its reason and counted."""
+    """Encode every sample, `batch_size` at a time through `encode_many`; a sample that cannot be
+    encoded is quarantined with its reason and counted."""
     report = EncodeReport()
     out = []
-    for sample in samples:
-        try:
-            encoded = encoder.encode(sample)
-        except EncodingError as exc:
-            report.quarantined[sample.id] = exc.reason
-            continue
-        report.encoded += 1
-        report.truncated += encoded.dropped_turns > 0
-        out.append((sample, encoded))
+    for chunk in batched(samples, batch_size):
+        for sample, encoded in zip(chunk, encoder.encode_many(chunk), strict=True):
+            if isinstance(encoded, EncodingError):
+                report.quarantined[sample.id] = encoded.reason
+                continue
+            report.encoded += 1
+            report.truncated += encoded.dropped_turns > 0
+            out.append((sample, encoded))
     return out, report
+
+
+def batched(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    chunk: list[Sample] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 ROLE_NAMES = {Kind.BOS: "bos", Kind.SYSTEM: "system", Kind.ROLE: "role", Kind.IMAGE: "image",

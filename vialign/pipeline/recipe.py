@@ -10,7 +10,8 @@ A recipe names its stages; each uses a stage kind from the registry (exact names
 
 `{{var}}` is replaced by a recipe variable; `${stage}` by that earlier stage's output folder. A stage's
 key hashes its kind, its resolved settings, the output fingerprints of the stages it reads and the
-fingerprints of any outside file it names; its output lives in `OUT/stages/NAME-KEY/` with `stage.json`
+fingerprints of any outside file it names and the vialign version; its settings are validated first
+(defaults and presets applied), so a changed default reruns the stage. Its output lives in `OUT/stages/NAME-KEY/` with `stage.json`
 written last. A stage whose folder has a finished `stage.json` is skipped, so a rerun (or another recipe
 sharing the same upstream stages, e.g. another seed) reuses it; a stage that failed leaves no
 `stage.json`, its resumable parts (`*.partial.jsonl`) stay, and the rerun picks up there.
@@ -28,8 +29,15 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from vialign import __version__
 from vialign.config import read_yaml_section
-from vialign.manifest import fingerprint_dir, fingerprint_file, fingerprint_listing, fingerprint_settings
+from vialign.manifest import (
+    MANIFEST_NAME,
+    fingerprint_dir,
+    fingerprint_file,
+    fingerprint_listing,
+    fingerprint_settings,
+)
 
 REF = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
 VAR = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
@@ -117,8 +125,26 @@ def outside_inputs(value: Any, run_root: Path) -> dict[str, str]:
     return found
 
 
+def prepared(stage: StageSpec, given: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """A stage's inputs and validated settings (defaults and presets applied), errors naming the stage."""
+    from vialign.pipeline.stages import STAGES
+
+    try:
+        return STAGES[stage.uses].prepare(given)
+    except ValueError as exc:
+        raise ValueError(f"stage {stage.name!r} ({stage.uses}): {' '.join(str(exc).split())}") from None
+
+
+def check_every_stage(recipe: Recipe, root: Path) -> None:
+    """Validate every stage's settings before the first one runs (upstream folders as placeholders)."""
+    placeholders = {s.name: root / "stages" / s.name for s in recipe.stages}
+    for stage in recipe.stages:
+        prepared(stage, substitute(stage.settings, placeholders, recipe.vars))
+
+
 def output_fingerprint(folder: Path) -> str:
-    return fingerprint_dir(folder, "**/*")
+    """What a stage produced: its files, less the records of how it ran (manifests hold times)."""
+    return fingerprint_dir(folder, "**/*", skip=frozenset({MANIFEST_NAME, "stage.json"}))
 
 
 def run_recipe(
@@ -139,13 +165,16 @@ def run_recipe(
             raise ValueError(f"no stage named {name!r} in this recipe; stages: {names}")
     forced = set(force) | (set(names[names.index(from_stage) :]) if from_stage else set())
     root = Path(recipe.out)
+    check_every_stage(recipe, root)
     folders: dict[str, Path] = {}
     fingerprints: dict[str, str] = {}
     for stage in recipe.stages:
-        settings = substitute(stage.settings, folders, recipe.vars)
-        key_parts = {"kind": stage.uses, "settings": settings,
+        given = substitute(stage.settings, folders, recipe.vars)
+        inputs, validated = prepared(stage, given)
+        settings = {**inputs, **(validated.model_dump(mode="json") if validated is not None else {})}
+        key_parts = {"kind": stage.uses, "vialign": __version__, "inputs": inputs, "settings": settings,
                      "reads": {r: fingerprints[r] for r in sorted(set(references(stage.settings)))},
-                     "outside": outside_inputs(settings, root)}  # fmt: skip
+                     "outside": outside_inputs(given, root)}  # fmt: skip
         key = fingerprint_settings(key_parts).removeprefix("sha256:")[:16]
         folder = root / "stages" / f"{stage.name}-{key}"
         record = folder / "stage.json"
@@ -159,7 +188,7 @@ def run_recipe(
         log(f"[run] {stage.name} ({stage.uses})" + (" (resuming)" if folder.exists() else ""))
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        STAGES[stage.uses](StageContext(folder, settings, show_progress, log))
+        STAGES[stage.uses].run(StageContext(folder, inputs, validated, show_progress, log))
         fingerprint = output_fingerprint(folder)
         record.write_bytes(orjson.dumps({"name": stage.name, "kind": stage.uses, "key": key, "settings": settings,
                                          "reads": key_parts["reads"], "outside": key_parts["outside"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -81,3 +82,21 @@ def build_pairs(
         pairs.append(pair_record(group, *picked))
     counts["pairs"] = len(pairs)
     return pairs, counts
+
+
+def pairs_file(input: Path, out: Path, settings: PairSettings, trl_out: Path | None = None) -> dict[str, int]:
+    """Pairs of a rated-groups file to `out` (and TRL's format to `trl_out`), with a manifest beside them."""
+    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.records import read_jsonl, write_jsonl
+
+    timer = StageTimer()
+    pairs, counts = build_pairs(list(read_jsonl(input)), settings)
+    write_jsonl(pairs, out)
+    if trl_out:
+        write_jsonl([trl_record(p) for p in pairs], trl_out)
+    write_manifest(out.parent / f"{out.stem}.manifest", Manifest(
+        stage="prefer.pairs", inputs={str(input): fingerprint_file(input)}, settings=settings.model_dump(mode="json"),
+        counts=counts, outputs={str(out): fingerprint_file(out)}, started_at=timer.started_at,
+        duration_s=round(timer.elapsed, 3),
+    ))  # fmt: skip
+    return counts

@@ -21,23 +21,23 @@ import orjson
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch.utils.data import Dataset
 
 from vialign.generation.runner import Row, RunnerSettings, run_resumable
 from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint_settings, write_manifest
-from vialign.models.encoding import CHAT_FORMATS, ENCODER_VERSION, IGNORE_INDEX, ChatEncoder, EncodingError
+from vialign.models.encoding import ENCODER_VERSION, IGNORE_INDEX, ChatEncoder, EncodingError
 from vialign.models.loading import load_llava, model_fingerprint
 from vialign.models.precision import ComputeDtype, autocast
 from vialign.records import JsonlWriter, Sample, confined_image_path, read_samples
+from vialign.train.core import VialignTrainer, prepare_for_training, run_trainer, save_run, training_encoder
 from vialign.train.data import SFTCollator
-from vialign.train.settings import PartsSettings
-from vialign.train.sft import VialignTrainer, prepare_for_training, run_trainer, save_run, training_encoder
+from vialign.train.settings import ChatTrainerSettings
 
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]
 
 
-class DPOSettings(PartsSettings):
+class DPOSettings(ChatTrainerSettings):
     trainer: ClassVar[str] = "`train dpo`"
     not_used: ClassVar[dict[str, str]] = {
         "mode": "DPO's loss is on the responses only (log-probs of chosen and rejected answers)",
@@ -47,20 +47,12 @@ class DPOSettings(PartsSettings):
         **dict.fromkeys(("group_by_length", "length_group_batches"), "DPO draws pairs in random order"),
     }  # fmt: skip
 
-    chat_format: str | None = None
-    max_length: int = Field(2048, ge=8)
     beta: float = Field(0.1, gt=0)
     loss: PreferenceLoss = "sigmoid"
     sft_weight: float = Field(0.0, ge=0, description="weight of an added NLL term on the chosen responses")
     ref_cache_dir: Path | None = Field(None, description="default: OUT/ref_cache")
     ref_batch_size: int = Field(8, ge=1, description="pairs per reference forward")
     lr: float = Field(5e-5, gt=0)
-
-    @model_validator(mode="after")
-    def _known_chat_format(self) -> DPOSettings:
-        if self.resolved("chat_format") not in CHAT_FORMATS:
-            raise ValueError(f"unknown chat_format {self.resolved('chat_format')!r}; known: {sorted(CHAT_FORMATS)}")
-        return self
 
 
 # ---------------------------------------------------------------- log-probs and loss

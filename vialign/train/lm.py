@@ -6,16 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import Field
 from transformers import LlamaForCausalLM
 
+from vialign.config import Settings
 from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
 from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_all
 from vialign.models.tiny import TinyModelSettings, text_config
 from vialign.models.tokenizer import texts_of, train_tokenizer
 from vialign.records import read_samples
+from vialign.train.core import run_trainer, write_quarantine
 from vialign.train.data import SFTCollator, SFTDataset
 from vialign.train.settings import LMTrainSettings
-from vialign.train.sft import run_trainer, write_quarantine
+
+
+class LMStageSettings(Settings):
+    """The recipe stage's settings: the tiny inner LLM's shape and its training."""
+
+    model: TinyModelSettings = Field(default_factory=TinyModelSettings)
+    train: LMTrainSettings = Field(default_factory=LMTrainSettings)
 
 
 def train_lm(

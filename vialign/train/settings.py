@@ -164,10 +164,22 @@ class PartsSettings(TrainerSettings):
         return self
 
 
-class SFTSettings(PartsSettings):
-    trainer: ClassVar[str] = "`train sft`"
+class ChatTrainerSettings(PartsSettings):
+    """Trainers whose samples the chat encoder lays out (SFT, DPO)."""
 
     chat_format: str | None = None
+    max_length: int = Field(2048, ge=8)
+
+    @model_validator(mode="after")
+    def _known_chat_format(self) -> ChatTrainerSettings:
+        if self.resolved("chat_format") not in CHAT_FORMATS:
+            raise ValueError(f"unknown chat_format {self.resolved('chat_format')!r}; known: {sorted(CHAT_FORMATS)}")
+        return self
+
+
+class SFTSettings(ChatTrainerSettings):
+    trainer: ClassVar[str] = "`train sft`"
+
     mode: LabelMode | None = None
     templates: Path | Literal["none"] | None = Field(
         None, description="template list from `vialign data templates`; default: detected over the training "
@@ -175,7 +187,6 @@ class SFTSettings(PartsSettings):
     )  # fmt: skip
     template_min_frac: float = Field(DEFAULT_TEMPLATE_MIN_FRAC, gt=0, le=1,
                                      description="share of samples above which a user sentence is a template")  # fmt: skip
-    max_length: int = Field(2048, ge=8)
     # Off by default: on the toy world, length-homogeneous batches (even 4 batches per sorted group) kept
     # a tiny LLaVA from learning to read images at all (vialign/train/sampling.py has the numbers).
     group_by_length: bool = False
@@ -189,8 +200,6 @@ class SFTSettings(PartsSettings):
     @model_validator(mode="after")
     def _refuse_labels_that_cannot_work(self) -> SFTSettings:
         fmt, mode = self.resolved("chat_format"), self.resolved("mode")
-        if fmt not in CHAT_FORMATS:
-            raise ValueError(f"unknown chat_format {fmt!r}; known: {sorted(CHAT_FORMATS)}")
         if fmt == "plain" and mode == "lit":
             raise ValueError(
                 "mode 'lit' needs the question text, which the 'plain' format drops; use mode 'response'"

@@ -1,205 +1,21 @@
-"""SFT on `transformers.Trainer`: exact label masks from the encoder, stage presets, explicit freezing,
-a separate projector learning rate, LoRA scoped to the language model, merge and export, resume."""
+"""`train sft`: LLaVA-style SFT with exact label masks from the encoder (VIT/LIT, templates detected or
+given), stage presets and padding-free packing, on the shared trainer (`vialign/train/core.py`)."""
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from accelerate import PartialState
-from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from vialign.data.templates import detected_templates, read_template_file
 from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint_settings, write_manifest
-from vialign.models.encoding import ChatEncoder, EncodeReport, EncoderSettings, encode_all
-from vialign.models.loading import load_llava, processor_image_tokens, save_llava
-from vialign.records import JsonlWriter, read_samples
-from vialign.train.checkpoints import SealCheckpoint, resume_target, whole_run_loss
+from vialign.models.encoded_cache import encode_dataset
+from vialign.models.loading import load_llava
+from vialign.records import read_samples
+from vialign.train.core import prepare_for_training, run_trainer, save_run, training_encoder, write_quarantine
 from vialign.train.data import PackedSFTCollator, SFTCollator, SFTDataset
-from vialign.train.sampling import ShuffledLengthGroupedSampler
-from vialign.train.settings import PartsSettings, SFTSettings, TrainerSettings
-
-PART_PREFIXES = {
-    "vision": ("model.vision_tower.",),
-    "projector": ("model.multi_modal_projector.",),
-    "llm": ("model.language_model.", "lm_head."),
-}
-
-
-def part_of(name: str) -> str:
-    for part, prefixes in PART_PREFIXES.items():
-        if name.startswith(prefixes):
-            return part
-    raise ValueError(f"parameter {name!r} belongs to no known part of a LLaVA model")
-
-
-def set_trainable_parts(model: PreTrainedModel, settings: PartsSettings) -> dict[str, int]:
-    """Freeze by part; returns the number of trainable parameters per part."""
-    counts = dict.fromkeys(PART_PREFIXES, 0)
-    for name, param in model.named_parameters():
-        part = part_of(name)
-        param.requires_grad_(bool(settings.resolved(f"train_{part}")))
-        counts[part] += param.numel() if param.requires_grad else 0
-    return counts
-
-
-def add_lora(model: PreTrainedModel, settings: PartsSettings) -> PreTrainedModel:
-    from peft import LoraConfig, get_peft_model
-
-    lora = settings.lora
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        modules_to_save=["multi_modal_projector"] if settings.resolved("train_projector") else None,
-        task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(model, config)
-    leaked = [n for n, p in peft_model.named_parameters() if p.requires_grad and "vision_tower" in n]
-    if leaked:
-        raise ValueError(
-            f"LoRA target {lora.target_modules!r} reaches the vision tower ({leaked[0]}); scope it to the language model"
-        )
-    return peft_model
-
-
-def is_projector(name: str) -> bool:
-    return "multi_modal_projector" in name
-
-
-class VialignTrainer(Trainer):
-    """Trainer with length-grouped batches in shuffled order and a projector parameter group."""
-
-    def __init__(
-        self,
-        *args: Any,
-        projector_lr: float | None = None,
-        group_by_length: bool = True,
-        group_batches: int = 50,
-        **kwargs: Any,
-    ):
-        super().__init__(*args, **kwargs)
-        self.projector_lr, self.group_by_length, self.group_batches = (
-            projector_lr,
-            group_by_length,
-            group_batches,
-        )
-
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.group_by_length and hasattr(dataset, "lengths"):
-            return ShuffledLengthGroupedSampler(
-                dataset.lengths, self.args.per_device_train_batch_size, self.args.seed, self.group_batches
-            )
-        return super()._get_train_sampler(train_dataset)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        # transformers 5 writes checkpoints in the original (legacy) key layout but resumes by loading
-        # them raw with strict=False: no key matches and training silently restarts from the initial
-        # weights. from_pretrained maps the keys; strict loading makes any remaining mismatch loud.
-        target = self.accelerator.unwrap_model(model or self.model)
-        if not isinstance(target, PreTrainedModel) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        saved = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype, use_safetensors=True)
-        target.load_state_dict(saved.state_dict(), strict=True)
-
-    def create_optimizer(self, model=None):
-        if self.optimizer is not None or self.projector_lr is None:
-            return super().create_optimizer(model)
-        opt_model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(opt_model))
-        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-        for name, param in opt_model.named_parameters():
-            if param.requires_grad:
-                groups.setdefault((is_projector(name), name in decay), []).append(param)
-        param_groups = [
-            {"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0,
-             **({"lr": self.projector_lr} if projector else {})}
-            for (projector, decayed), params in sorted(groups.items())
-        ]  # fmt: skip
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
-        return self.optimizer
-
-
-def training_arguments(out: Path, settings: TrainerSettings) -> TrainingArguments:
-    compute = settings.compute_dtype()
-    return TrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        learning_rate=settings.lr,
-        weight_decay=settings.weight_decay,
-        warmup_steps=settings.warmup_ratio,
-        lr_scheduler_type=settings.scheduler,
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        logging_steps=settings.logging_steps,
-        save_strategy="steps" if settings.save_steps else "no",
-        save_steps=settings.save_steps or 500,
-        save_total_limit=settings.save_total_limit,
-        report_to=[] if settings.report_to == "none" else [settings.report_to],
-        seed=settings.seed,
-        data_seed=settings.seed,
-        dataloader_num_workers=settings.dataloader_workers,
-        bf16=compute == "bfloat16",
-        fp16=compute == "float16",
-        gradient_checkpointing=settings.gradient_checkpointing,
-        deepspeed=str(settings.deepspeed) if settings.deepspeed else None,
-        use_cpu=settings.use_cpu,
-        remove_unused_columns=False,
-        logging_first_step=True,
-        **settings.training_args,
-    )
-
-
-@dataclass
-class TrainResult:
-    world_size: int
-    steps: int
-    train_loss: float
-    tokens_per_s: float
-    seconds: float
-    log_history: list[dict]
-
-
-def run_trainer(
-    model: PreTrainedModel,
-    dataset: Any,
-    collator: Any,
-    out: Path,
-    settings: TrainerSettings,
-    resume: str | bool | None = None,
-    callbacks: list | None = None,
-    trainer_cls: type[VialignTrainer] = VialignTrainer,
-) -> TrainResult:
-    args = training_arguments(out, settings)
-    target = resume_target(Path(args.output_dir), resume, main_process=PartialState().is_main_process)
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=collator,
-        projector_lr=getattr(settings, "projector_lr", None),
-        group_by_length=getattr(settings, "group_by_length", False),
-        group_batches=getattr(settings, "length_group_batches", 8),
-        callbacks=[*(callbacks or []), SealCheckpoint()],
-    )
-    resumed_at = json.loads((Path(target) / "trainer_state.json").read_text())["global_step"] if target else 0
-    t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=target)
-    seconds = time.perf_counter() - t0
-    epochs = trainer.state.epoch or 0.0
-    tokens = sum(dataset.lengths) * epochs
-    state = trainer.state
-    loss = whole_run_loss(state.log_history, resumed_at, output.training_loss, state.global_step)
-    return TrainResult(trainer.args.world_size, state.global_step, loss, tokens / max(seconds, 1e-9), seconds,
-                       state.log_history)  # fmt: skip
+from vialign.train.settings import SFTSettings
 
 
 def sft_collator(processor: Any, settings: SFTSettings) -> SFTCollator:
@@ -219,42 +35,6 @@ def training_templates(settings: SFTSettings, mode: str, data: str | Path) -> di
     return detected_templates(read_samples(data), settings.template_min_frac)
 
 
-def training_encoder(
-    processor: Any, settings: SFTSettings, mode: str, templates: dict[str, Any] | None = None
-) -> ChatEncoder:
-    """The encoder a training run uses: its chat format, label mode, length limit and template list."""
-    return ChatEncoder(processor.tokenizer, EncoderSettings(
-        chat_format=settings.resolved("chat_format"), mode=mode, image_tokens=processor_image_tokens(processor),
-        max_length=settings.max_length, templates=frozenset(templates["sentences"]) if templates else frozenset(),
-    ))  # fmt: skip
-
-
-def prepare_for_training(
-    model: PreTrainedModel, settings: PartsSettings
-) -> tuple[PreTrainedModel, dict[str, int]]:
-    """Freeze by part, add LoRA if asked, ready gradient checkpointing; returns the model to train and the
-    trainable parameters per part."""
-    trainable = set_trainable_parts(model, settings)
-    if settings.lora.enabled:
-        model = add_lora(model, settings)
-    if settings.gradient_checkpointing:
-        model.enable_input_require_grads()
-    return model, trainable
-
-
-def save_run(
-    model: PreTrainedModel, processor: Any, out: Path, settings: PartsSettings, result: TrainResult
-) -> None:
-    export_trained(model, processor, out, settings)
-    (out / "log_history.json").write_text(json.dumps(result.log_history, indent=1))
-
-
-def write_quarantine(out: Path, report: EncodeReport) -> None:
-    with JsonlWriter(out / "quarantine.jsonl") as writer:
-        for sample_id, reason in report.quarantined.items():
-            writer.write({"id": sample_id, "reason": reason})
-
-
 def train_sft(
     model_path: str | Path,
     data: str | Path,
@@ -270,7 +50,7 @@ def train_sft(
     model, processor = load_llava(model_path)
     template_file = training_templates(settings, settings.resolved("mode"), data)
     encoder = training_encoder(processor, settings, settings.resolved("mode"), template_file)
-    items, report = encode_all(encoder, read_samples(data))
+    items, report = encode_dataset(encoder, data)
     main_process = PartialState().is_main_process
     out.mkdir(parents=True, exist_ok=True)
     if main_process:
@@ -299,14 +79,3 @@ def train_sft(
     )  # fmt: skip
     write_manifest(out, manifest)
     return manifest
-
-
-def export_trained(model: PreTrainedModel, processor: Any, out: Path, settings: PartsSettings) -> None:
-    """Plain transformers checkpoint in `out`; with LoRA also the adapter in `out/adapter`."""
-    if settings.lora.enabled:
-        model.save_pretrained(out / "adapter")
-        if not settings.lora.merge_on_save:
-            processor.save_pretrained(out / "adapter")
-            return
-        model = model.merge_and_unload()
-    save_llava(model, processor, out)
