@@ -36,6 +36,7 @@ browser:
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)

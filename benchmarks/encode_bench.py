@@ -43,7 +43,12 @@ def same(a, b) -> bool:
     if isinstance(a, EncodingError) or isinstance(b, EncodingError):
         return isinstance(a, EncodingError) and isinstance(b, EncodingError) and a.reason == b.reason
     return (b.input_ids.tolist(), b.labels.tolist(), b.kinds.tolist(), b.n_images, b.dropped_turns) == (
-        a.input_ids, a.labels, a.kinds, a.n_images, a.dropped_turns)  # fmt: skip
+        a.input_ids,
+        a.labels,
+        a.kinds,
+        a.n_images,
+        a.dropped_turns,
+    )
 
 
 def timed(fn, *args) -> tuple[float, list]:
@@ -77,10 +82,12 @@ def main() -> None:
     print(
         f"per record: {min(slow):.1f} s, batched: {min(fast):.1f} s; {tokens / len(samples):.0f} tokens/record"
     )
-    print(f"- encode 665k: ratio {fast_rate / slow_rate:.1f} (records/s of batched LIT encoding ÷ the per-record "
-          f"path, Llama-2 tokenizer, {len(samples):,} LLaVA-1.5-shaped records; {fast_rate:,.0f} vs "
-          f"{slow_rate:,.0f} records/s, outputs identical; `.venv/bin/python benchmarks/encode_bench.py`, "
-          f"{time.strftime('%Y-%m-%d')})")  # fmt: skip
+    print(
+        f"- encode 665k: ratio {fast_rate / slow_rate:.1f} (records/s of batched LIT encoding ÷ the per-record "
+        f"path, Llama-2 tokenizer, {len(samples):,} LLaVA-1.5-shaped records; {fast_rate:,.0f} vs "
+        f"{slow_rate:,.0f} records/s, outputs identical; `.venv/bin/python benchmarks/encode_bench.py`, "
+        f"{time.strftime('%Y-%m-%d')})"
+    )
 
 
 if __name__ == "__main__":

@@ -50,11 +50,16 @@ def main() -> None:
         single_s, single = timed_run(root, "single", args.limit, 1)
         batch_s, batched = timed_run(root, "batched", args.limit, args.batch)
     n = sum(len(single["benchmarks"][b]["samples"]) for b in BENCHES)
-    same = sum(x["prediction"] == y["prediction"] for b in BENCHES
-               for x, y in zip(single["benchmarks"][b]["samples"], batched["benchmarks"][b]["samples"], strict=True))  # fmt: skip
-    print(f"eval throughput: ratio {single_s / batch_s:.1f} (samples/s of `eval run` with batch {args.batch} ÷ one "
-          f"sample at a time; tiny LLaVA, {'+'.join(BENCHES)}, {n} samples; {n / batch_s:.1f} vs {n / single_s:.1f} "
-          f"samples/s; {same}/{n} predictions identical)")  # fmt: skip
+    same = sum(
+        x["prediction"] == y["prediction"]
+        for b in BENCHES
+        for x, y in zip(single["benchmarks"][b]["samples"], batched["benchmarks"][b]["samples"], strict=True)
+    )
+    print(
+        f"eval throughput: ratio {single_s / batch_s:.1f} (samples/s of `eval run` with batch {args.batch} ÷ one "
+        f"sample at a time; tiny LLaVA, {'+'.join(BENCHES)}, {n} samples; {n / batch_s:.1f} vs {n / single_s:.1f} "
+        f"samples/s; {same}/{n} predictions identical)"
+    )
 
 
 if __name__ == "__main__":

@@ -49,14 +49,18 @@ def batched_generation(root: Path) -> None:
     batched = [r.text for k in range(0, 64, 32) for r in backend.generate(requests[k : k + 32], params)]
     batch_time = time.perf_counter() - t0
     same = sum(a == b for a, b in zip(single, batched, strict=True))
-    print(f"batched generation: ratio {one_at_a_time / batch_time:.1f} (batch 32 vs one at a time, 64 prompts, "
-          f"{one_at_a_time:.2f} s vs {batch_time:.2f} s; {same}/64 identical outputs)")  # fmt: skip
+    print(
+        f"batched generation: ratio {one_at_a_time / batch_time:.1f} (batch 32 vs one at a time, 64 prompts, "
+        f"{one_at_a_time:.2f} s vs {batch_time:.2f} s; {same}/64 identical outputs)"
+    )
 
 
 def start_server_process(latency: float) -> tuple[subprocess.Popen, str]:
     """The loopback server in its own process, so client and server do not share one GIL."""
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from tests.fault_server import FaultServer; "
-            "s = FaultServer(latency=float(sys.argv[2])); print(s.url, flush=True); time.sleep(600)")  # fmt: skip
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from tests.fault_server import FaultServer; "
+        "s = FaultServer(latency=float(sys.argv[2])); print(s.url, flush=True); time.sleep(600)"
+    )
     repo = str(Path(__file__).resolve().parents[1])
     proc = subprocess.Popen(
         [sys.executable, "-c", code, repo, str(latency)], stdout=subprocess.PIPE, text=True

@@ -160,8 +160,11 @@ def short_vqa(rng: random.Random, k: int) -> dict:
 def multiple_choice(rng: random.Random, k: int) -> dict:
     options = "\n".join(f"{letter}. {sentence(rng, 1, 4, '')}" for letter in "ABCD")
     question = f"<image>\n{sentence(rng, 5, 12, '?')}\n{options}\n{LETTER}"
-    return {"id": f"aokvqa-{k}", "image": f"coco/train2017/{k:012d}.jpg",
-            "conversations": turns([(question, rng.choice("ABCD"))])}  # fmt: skip
+    return {
+        "id": f"aokvqa-{k}",
+        "image": f"coco/train2017/{k:012d}.jpg",
+        "conversations": turns([(question, rng.choice("ABCD"))]),
+    }
 
 
 def region(rng: random.Random, k: int) -> dict:
@@ -172,15 +175,23 @@ def region(rng: random.Random, k: int) -> dict:
                 (f"Please provide a short description for this region: {box(rng)}.", sentence(rng, 2, 6))
             )
         else:
-            pairs.append((f"Please provide the bounding box coordinate of the region this sentence describes: "
-                          f"{sentence(rng, 2, 6, '')}.", box(rng)))  # fmt: skip
+            pairs.append(
+                (
+                    f"Please provide the bounding box coordinate of the region this sentence describes: "
+                    f"{sentence(rng, 2, 6, '')}.",
+                    box(rng),
+                )
+            )
     pairs[0] = ("<image>\n" + pairs[0][0], pairs[0][1])
     return {"id": f"vg-{k}", "image": f"vg/VG_100K/{k}.jpg", "conversations": turns(pairs)}
 
 
 def caption(rng: random.Random, k: int) -> dict:
-    return {"id": f"textcaps-{k}", "image": f"textvqa/train_images/{k:016x}.jpg",
-            "conversations": turns([(f"<image>\n{CAPTION}", sentence(rng, 8, 16))])}  # fmt: skip
+    return {
+        "id": f"textcaps-{k}",
+        "image": f"textvqa/train_images/{k:016x}.jpg",
+        "conversations": turns([(f"<image>\n{CAPTION}", sentence(rng, 8, 16))]),
+    }
 
 
 def llava_instruct(rng: random.Random, k: int, kind: str) -> dict:
@@ -199,18 +210,23 @@ def llava_instruct(rng: random.Random, k: int, kind: str) -> dict:
 
 
 def sharegpt(rng: random.Random, k: int) -> dict:
-    pairs = [(paragraph(rng, rng.randint(1, 4)), "\n\n".join(paragraph(rng, rng.randint(3, 9)) for _ in range(3)))
-             for _ in range(rng.randint(1, 5))]  # fmt: skip
+    pairs = [
+        (paragraph(rng, rng.randint(1, 4)), "\n\n".join(paragraph(rng, rng.randint(3, 9)) for _ in range(3)))
+        for _ in range(rng.randint(1, 5))
+    ]
     return {"id": f"sharegpt-{k}", "conversations": turns(pairs)}
 
 
 # (share of the mix, maker) after LLaVA-1.5's own mix: VQA-style 36%, multiple choice 10%, regions 20%,
 # captions 3%, LLaVA-Instruct 24% (in id-sharing triples), ShareGPT 6%.
 MIX: list[tuple[float, Callable[[random.Random, int], dict]]] = [
-    (0.36, short_vqa), (0.10, multiple_choice), (0.20, region), (0.03, caption),
+    (0.36, short_vqa),
+    (0.10, multiple_choice),
+    (0.20, region),
+    (0.03, caption),
     (0.24, lambda rng, k: llava_instruct(rng, k, ("conversation", "detail", "complex")[k % 3])),
     (0.06, sharegpt),
-]  # fmt: skip
+]
 
 
 def llava_mix_records(n: int, seed: int = 0) -> Iterator[dict]:
@@ -260,18 +276,33 @@ def main() -> None:
             print(f"wrote {args.records:,} records to {data} in {time.perf_counter() - t0:.1f} s")
         size_gb = data.stat().st_size / 1e9
         load = [sys.executable, "-c", "import json, sys; json.load(open(sys.argv[1], 'rb'))", str(data)]
-        validate = [sys.executable, "-m", "vialign.cli", "data", "validate", str(data), "--out", f"{tmp}/out",
-                    "--image-root", tmp, "--image-check", "none", "--quiet"]  # fmt: skip
+        validate = [
+            sys.executable,
+            "-m",
+            "vialign.cli",
+            "data",
+            "validate",
+            str(data),
+            "--out",
+            f"{tmp}/out",
+            "--image-root",
+            tmp,
+            "--image-check",
+            "none",
+            "--quiet",
+        ]
         load_s, load_mb = measured(load)
         validate_s, validate_mb = measured(validate)
         if not args.file or not args.keep:
             data.unlink()
     print(f"json.load:      {load_s:7.1f} s  {load_mb:8.0f} MB peak RSS")
     print(f"data validate:  {validate_s:7.1f} s  {validate_mb:8.0f} MB peak RSS")
-    print(f"- ingest {args.records / 1000:.0f}k: ratio {validate_mb / load_mb:.2f} (peak RSS of data validate "
-          f"--image-check none ÷ json.load of the same {args.records:,}-record array ({size_gb:.2f} GB); "
-          f"wall {validate_s:.1f} s vs {load_s:.1f} s; RSS {validate_mb:.0f} MB vs {load_mb:.0f} MB; "
-          f"`.venv/bin/python benchmarks/ingest_bench.py`, {time.strftime('%Y-%m-%d')})")  # fmt: skip
+    print(
+        f"- ingest {args.records / 1000:.0f}k: ratio {validate_mb / load_mb:.2f} (peak RSS of data validate "
+        f"--image-check none ÷ json.load of the same {args.records:,}-record array ({size_gb:.2f} GB); "
+        f"wall {validate_s:.1f} s vs {load_s:.1f} s; RSS {validate_mb:.0f} MB vs {load_mb:.0f} MB; "
+        f"`.venv/bin/python benchmarks/ingest_bench.py`, {time.strftime('%Y-%m-%d')})"
+    )
     print(f"time ratio (validate ÷ json.load): {validate_s / load_s:.1f}")
 
 

@@ -24,8 +24,22 @@ from vialign.models.tiny import TinyModelSettings
 from vialign.records import read_samples, write_jsonl
 from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
 
-SETTINGS = ["--set", "use_cpu=true", "--set", "batch_size=4", "--set", "max_steps=120", "--set", "save_steps=2",
-            "--set", "logging_steps=1", "--set", "warmup_ratio=0.1", "--set", "group_by_length=false"]  # fmt: skip
+SETTINGS = [
+    "--set",
+    "use_cpu=true",
+    "--set",
+    "batch_size=4",
+    "--set",
+    "max_steps=120",
+    "--set",
+    "save_steps=2",
+    "--set",
+    "logging_steps=1",
+    "--set",
+    "warmup_ratio=0.1",
+    "--set",
+    "group_by_length=false",
+]
 
 
 def command(model: Path, data: Path, world: Path, out: Path, resume: bool) -> list[str]:
@@ -53,13 +67,21 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     root = Path(tempfile.mkdtemp(prefix="kill-trials-"))
     world = root / "world"
-    generate_toyworld(world, ToyWorldSettings(seed=3, size=200, annotation_images=10, eval_scenes=10,
-                                              eval_text_per_task=5, workers=1))  # fmt: skip
+    generate_toyworld(
+        world,
+        ToyWorldSettings(
+            seed=3, size=200, annotation_images=10, eval_scenes=10, eval_text_per_task=5, workers=1
+        ),
+    )
     build_tiny_model(world, root / "model", TinyModelSettings())
     data = root / "train.jsonl"
     write_jsonl(list(read_samples(world / "corpus.jsonl"))[:160], data)
-    proc = subprocess.Popen(command(root / "model", data, world, root / "whole", False), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        command(root / "model", data, world, root / "whole", False),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     training_started = wait_for_first_checkpoint(root / "whole", proc)
     assert proc.wait() == 0
     window = time.perf_counter() - training_started
@@ -67,8 +89,12 @@ def main() -> None:
     identical, during_save = 0, 0
     for trial in range(args.trials):
         out = root / f"trial{trial}"
-        proc = subprocess.Popen(command(root / "model", data, world, out, False), env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            command(root / "model", data, world, out, False),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_first_checkpoint(out, proc)
         time.sleep(rng.uniform(0.0, window * 0.9))
         os.kill(proc.pid, signal.SIGKILL)
@@ -76,14 +102,19 @@ def main() -> None:
         folders = sorted((out / "checkpoints").glob("checkpoint-*")) if (out / "checkpoints").is_dir() else []
         unsealed = [f.name for f in folders if not (f / "vialign-complete").is_file()]
         during_save += bool(unsealed)
-        resumed = subprocess.run(command(root / "model", data, world, out, True), env=env, capture_output=True,
-                                 text=True)  # fmt: skip
+        resumed = subprocess.run(
+            command(root / "model", data, world, out, True), env=env, capture_output=True, text=True
+        )
         same = resumed.returncode == 0 and all(torch.equal(reference[k], v) for k, v in weights(out).items())
         identical += same
-        print(f"trial {trial}: {len(folders)} checkpoints, unfinished {unsealed or 'none'}, "
-              f"resume rc {resumed.returncode}, identical {same}")  # fmt: skip
-    print(f"resumed bit-identical in {identical} of {args.trials} trials "
-          f"({during_save} killed with an unfinished checkpoint on disk)")  # fmt: skip
+        print(
+            f"trial {trial}: {len(folders)} checkpoints, unfinished {unsealed or 'none'}, "
+            f"resume rc {resumed.returncode}, identical {same}"
+        )
+    print(
+        f"resumed bit-identical in {identical} of {args.trials} trials "
+        f"({during_save} killed with an unfinished checkpoint on disk)"
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ def pad_share(model_dir: Path, data: Path, world: Path, s: SFTSettings, steps: i
     real = total = 0
     for step in range(steps):
         batch = [i % len(order) for i in range(step * s.batch_size, (step + 1) * s.batch_size)]
-        rows = [{"input_ids": items[order[i]][1].input_ids, "labels": items[order[i]][1].labels} for i in batch]
+        rows = [
+            {"input_ids": items[order[i]][1].input_ids, "labels": items[order[i]][1].labels} for i in batch
+        ]
         ids = collate(rows)["input_ids"]
         real += sum(len(r["input_ids"]) for r in rows)
         total += ids.numel()
@@ -54,8 +56,10 @@ def compare(name: str, model_dir: Path, data: Path, world: Path, out: Path, base
         manifest = train_sft(model_dir, data, out / f"{name}-{packing}", s, image_root=world)
         results[packing] = (manifest.counts["tokens_per_s"], pad_share(model_dir, data, world, s, steps))
     (padded, pad_padded), (packed, pad_packed) = results[False], results[True]
-    print(f"packing {name}: ratio {packed / padded:.2f} ({packed:.0f} vs {padded:.0f} real tokens/s; "
-          f"pad share {pad_packed:.3f} packed vs {pad_padded:.3f} padded)")  # fmt: skip
+    print(
+        f"packing {name}: ratio {packed / padded:.2f} ({packed:.0f} vs {padded:.0f} real tokens/s; "
+        f"pad share {pad_packed:.3f} packed vs {pad_padded:.3f} padded)"
+    )
 
 
 def main() -> None:
@@ -74,15 +78,29 @@ def main() -> None:
         build_tiny_model(world, root / "tiny", TinyModelSettings())
         data = root / "train.jsonl"
         write_jsonl(list(read_samples(world / "corpus.jsonl")), data)
-        compare("tiny", root / "tiny", data, world, root, dict(common, max_steps=args.steps, batch_size=args.batch,
-                                                               lr=5e-4), args.steps)  # fmt: skip
+        compare(
+            "tiny",
+            root / "tiny",
+            data,
+            world,
+            root,
+            dict(common, max_steps=args.steps, batch_size=args.batch, lr=5e-4),
+            args.steps,
+        )
         if not args.skip_smollm2:
             from smollm2_train_bench import build_inputs
 
             model, small, world2 = build_inputs(root / "smollm2", 400)
             lora = LoraSettings(enabled=True, r=16, alpha=32, dropout=0.0, merge_on_save=False)
-            compare("smollm2", model, small, world2, root, dict(common, max_steps=args.smollm2_steps,
-                    batch_size=args.smollm2_batch, lr=2e-4, lora=lora), args.smollm2_steps)  # fmt: skip
+            compare(
+                "smollm2",
+                model,
+                small,
+                world2,
+                root,
+                dict(common, max_steps=args.smollm2_steps, batch_size=args.smollm2_batch, lr=2e-4, lora=lora),
+                args.smollm2_steps,
+            )
 
 
 if __name__ == "__main__":

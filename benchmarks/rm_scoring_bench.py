@@ -36,8 +36,14 @@ def build(root: Path) -> dict[str, Path]:
     paths = {}
     for kind in ("questions", "answers"):
         paths[kind] = root / f"rm_{kind}"
-        train_reward_model(root / "tiny", [root / "world" / "annotations" / f"{kind}.jsonl"], kind, paths[kind],
-                           settings, image_root=root / "world")  # fmt: skip
+        train_reward_model(
+            root / "tiny",
+            [root / "world" / "annotations" / f"{kind}.jsonl"],
+            kind,
+            paths[kind],
+            settings,
+            image_root=root / "world",
+        )
     return paths
 
 
@@ -62,13 +68,21 @@ def main() -> None:
         timed(CurationScorer(models, root / "world", 1), samples[:8], 1)  # warm-up
         single_s, single = timed(CurationScorer(models, root / "world", 1), samples, 1)
         batch_s, batched = timed(CurationScorer(models, root / "world", args.forward), samples, 64)
-    worst = max(abs(a - b) for x, y in zip(single, batched, strict=True)
-                for a, b in zip([x.value["question_score"], *x.value["answer_scores"]],
-                                [y.value["question_score"], *y.value["answer_scores"]], strict=True))  # fmt: skip
+    worst = max(
+        abs(a - b)
+        for x, y in zip(single, batched, strict=True)
+        for a, b in zip(
+            [x.value["question_score"], *x.value["answer_scores"]],
+            [y.value["question_score"], *y.value["answer_scores"]],
+            strict=True,
+        )
+    )
     n = len(samples)
-    print(f"rm scoring: ratio {single_s / batch_s:.2f} (samples/s batched, {args.forward} samples per forward, "
-          f"÷ one sample at a time; {n} samples, {turns} answer turns, both reward models; "
-          f"{n / batch_s:.1f} vs {n / single_s:.1f} samples/s; largest score difference {worst:.1e})")  # fmt: skip
+    print(
+        f"rm scoring: ratio {single_s / batch_s:.2f} (samples/s batched, {args.forward} samples per forward, "
+        f"÷ one sample at a time; {n} samples, {turns} answer turns, both reward models; "
+        f"{n / batch_s:.1f} vs {n / single_s:.1f} samples/s; largest score difference {worst:.1e})"
+    )
 
 
 if __name__ == "__main__":

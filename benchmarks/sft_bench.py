@@ -7,6 +7,7 @@
 - `lit vs response`: LIT step time ÷ response-only step time.
 
     .venv/bin/python benchmarks/sft_bench.py [--steps 60] [--batch 16]
+    .venv/bin/python benchmarks/sft_bench.py --model smollm2 --steps 12 --batch 8 --repeats 1 (`sft vs trl` only)
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from bench_models import KINDS, build_bench_model
 from torch.utils.data import RandomSampler
 
 from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_all
-from vialign.models.loading import build_tiny_model, load_llava, processor_image_tokens
-from vialign.models.tiny import TinyModelSettings
+from vialign.models.loading import load_llava, processor_image_tokens
 from vialign.records import read_samples, write_jsonl
 from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
 from vialign.train.data import padding_share
@@ -74,13 +75,45 @@ def trl_tokens_per_s(model_dir: Path, samples: list, world: Path, out: Path, ste
     dataset = Dataset.from_list([row(s) for s in samples])
     model, processor = load_llava(model_dir)
     counter = TokenCounter(model)
-    config = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=5e-4,
-                       use_cpu=True, report_to=[], logging_steps=1000, save_strategy="no", max_length=None,
-                       dataloader_num_workers=0)  # fmt: skip
+    config = SFTConfig(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=5e-4,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=1000,
+        save_strategy="no",
+        max_length=None,
+        dataloader_num_workers=0,
+    )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor)
     t0 = time.perf_counter()
     trainer.train()
     return counter.tokens / (time.perf_counter() - t0)
+
+
+def compare_with_trl(root: Path, world: Path, used: list, args: argparse.Namespace) -> None:
+    ours, theirs = [], []
+    for r in range(args.repeats):
+        ours.append(
+            vialign_tokens_per_s(
+                root / "model",
+                root / "data.jsonl",
+                world,
+                root / f"ours{r}",
+                args.steps,
+                args.batch,
+                "response",
+            )[0]
+        )
+        theirs.append(trl_tokens_per_s(root / "model", used, world, root / f"trl{r}", args.steps, args.batch))
+        print(f"repeat {r}: vialign {ours[-1]:.0f} tok/s, trl {theirs[-1]:.0f} tok/s", flush=True)
+    print(
+        f"sft vs trl ({args.model}): ratio {statistics.median(ours) / statistics.median(theirs):.2f} "
+        f"(vialign {statistics.median(ours):.0f} vs TRL SFTTrainer {statistics.median(theirs):.0f} real tokens/s, "
+        f"batch {args.batch}, {args.steps} steps)"
+    )
 
 
 def main() -> None:
@@ -88,15 +121,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", choices=KINDS, default="tiny")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     root = Path(tempfile.mkdtemp(prefix="vialign-bench-"))
     world = root / "world"
     generate_toyworld(world, ToyWorldSettings(seed=0, size=8000, annotation_images=0, eval_scenes=1))
-    build_tiny_model(world, root / "model", TinyModelSettings())
+    build_bench_model(args.model, world, root / "model")
     samples = [s for s in read_samples(world / "corpus.jsonl")]
     used = samples[: args.steps * args.batch]
     write_jsonl(used, root / "data.jsonl")
+    if args.model != "tiny":
+        return compare_with_trl(root, world, used, args)
 
     # padding: the real corpus, batch 32, grouped vs random sampling
     _, processor = load_llava(root / "model")
@@ -132,9 +168,11 @@ def main() -> None:
         print(
             f"repeat {r}: vialign {ours[-1]:.0f} tok/s, trl {theirs[-1]:.0f} tok/s, lit {seconds_lit:.2f} s, response {seconds_resp:.2f} s"
         )
-    print(f"sft vs trl: ratio {statistics.median(ours) / statistics.median(theirs):.2f} "
-          f"(vialign {statistics.median(ours):.0f} vs TRL SFTTrainer {statistics.median(theirs):.0f} real tokens/s, "
-          f"batch {args.batch}, {args.steps} steps)")  # fmt: skip
+    print(
+        f"sft vs trl: ratio {statistics.median(ours) / statistics.median(theirs):.2f} "
+        f"(vialign {statistics.median(ours):.0f} vs TRL SFTTrainer {statistics.median(theirs):.0f} real tokens/s, "
+        f"batch {args.batch}, {args.steps} steps)"
+    )
     print(
         f"lit vs response: ratio {statistics.median(lit_t) / statistics.median(resp_t):.3f} "
         f"(median train time {statistics.median(lit_t):.2f} s vs {statistics.median(resp_t):.2f} s)"

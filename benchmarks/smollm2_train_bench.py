@@ -25,11 +25,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from bench_models import build_bench_model
 
-from vialign.models.assemble import assemble_llava
-from vialign.models.families import cache_dir
-from vialign.models.importing import import_model
-from vialign.models.tiny import TinyModelSettings
 from vialign.records import read_samples, write_jsonl
 from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
 from vialign.train.settings import LoraSettings, SFTSettings
@@ -37,22 +34,29 @@ from vialign.train.settings import LoraSettings, SFTSettings
 
 def build_inputs(root: Path, samples: int) -> tuple[Path, Path, Path]:
     """(LLaVA folder, training data, toy world); the imported SmolLM2 is cached between runs."""
-    lm = cache_dir() / "models" / "smollm2-135m-instruct"
-    if not (lm / "config.json").is_file():
-        import_model("smollm2", lm)
     root.mkdir(parents=True, exist_ok=True)
     world = root / "world"
-    generate_toyworld(world, ToyWorldSettings(seed=0, size=max(samples, 200), annotation_images=0, eval_scenes=1))
+    generate_toyworld(
+        world, ToyWorldSettings(seed=0, size=max(samples, 200), annotation_images=0, eval_scenes=1)
+    )
     data = root / "train.jsonl"
     write_jsonl(list(read_samples(world / "corpus.jsonl"))[:samples], data)
-    assemble_llava(lm, TinyModelSettings(), root / "llava")
-    return root / "llava", data, world
+    return build_bench_model("smollm2", world, root / "llava"), data, world
 
 
 def settings(steps: int, batch: int, dtype: str) -> SFTSettings:
-    return SFTSettings(use_cpu=True, max_steps=steps, batch_size=batch, lr=2e-4, warmup_ratio=0.0,
-                       scheduler="constant", logging_steps=1000, dtype=dtype, templates="none",
-                       lora=LoraSettings(enabled=True, r=16, alpha=32, dropout=0.0, merge_on_save=False))  # fmt: skip
+    return SFTSettings(
+        use_cpu=True,
+        max_steps=steps,
+        batch_size=batch,
+        lr=2e-4,
+        warmup_ratio=0.0,
+        scheduler="constant",
+        logging_steps=1000,
+        dtype=dtype,
+        templates="none",
+        lora=LoraSettings(enabled=True, r=16, alpha=32, dropout=0.0, merge_on_save=False),
+    )
 
 
 def run_trainer(model: Path, data: Path, world: Path, out: Path, s: SFTSettings) -> dict:
@@ -109,8 +113,20 @@ def one(args: argparse.Namespace) -> None:
 
 
 def measure(root: Path, kind: str, dtype: str, steps: int, batch: int) -> dict:
-    cmd = [sys.executable, __file__, "--one", kind, "--dtype", dtype, "--root", str(root),
-           "--steps", str(steps), "--batch", str(batch)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        kind,
+        "--dtype",
+        dtype,
+        "--root",
+        str(root),
+        "--steps",
+        str(steps),
+        "--batch",
+        str(batch),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -129,17 +145,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build_inputs(root, args.samples)
-        runs = {(kind, dtype): measure(root, kind, dtype, args.steps, args.batch)
-                for dtype in ("float32", "bfloat16") for kind in ("loop", "trainer")}  # fmt: skip
+        runs = {
+            (kind, dtype): measure(root, kind, dtype, args.steps, args.batch)
+            for dtype in ("float32", "bfloat16")
+            for kind in ("loop", "trainer")
+        }
     for (kind, dtype), r in runs.items():
-        print(f"{kind:8s} {dtype:9s} {r['tokens_per_s']:8.1f} real tokens/s  {r['seconds']:6.1f} s  "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB")  # fmt: skip
+        print(
+            f"{kind:8s} {dtype:9s} {r['tokens_per_s']:8.1f} real tokens/s  {r['seconds']:6.1f} s  "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
     bf16 = runs[("trainer", "bfloat16")]["tokens_per_s"] / runs[("trainer", "float32")]["tokens_per_s"]
     print(f"bf16 cpu: ratio {bf16:.2f} (train sft tokens/s, bf16 autocast ÷ float32)")
     for dtype in ("bfloat16", "float32"):
         t, loop = runs[("trainer", dtype)], runs[("loop", dtype)]
-        print(f"trainer vs loop ({dtype}): ratio {t['tokens_per_s'] / loop['tokens_per_s']:.2f} "
-              f"(peak RSS {t['peak_rss_mb']:.0f} MB vs {loop['peak_rss_mb']:.0f} MB)")  # fmt: skip
+        print(
+            f"trainer vs loop ({dtype}): ratio {t['tokens_per_s'] / loop['tokens_per_s']:.2f} "
+            f"(peak RSS {t['peak_rss_mb']:.0f} MB vs {loop['peak_rss_mb']:.0f} MB)"
+        )
 
 
 if __name__ == "__main__":

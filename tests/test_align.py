@@ -34,8 +34,20 @@ def test_gap_cli_compares_two_datasets(toyworld, tiny_model_dir, tmp_path):
     samples = list(read_samples(toyworld / "corpus.jsonl"))[:12]
     write_jsonl(samples[:6], tmp_path / "a.jsonl")
     write_jsonl(samples[6:], tmp_path / "b.jsonl")
-    result = CliRunner().invoke(app, ["align", "gap", str(tmp_path / "a.jsonl"), "--llm", str(tiny_model_dir),
-                                      "--out", str(tmp_path / "gap"), "--vs", str(tmp_path / "b.jsonl")])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "align",
+            "gap",
+            str(tmp_path / "a.jsonl"),
+            "--llm",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path / "gap"),
+            "--vs",
+            str(tmp_path / "b.jsonl"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "gap" / "gap.json").read_text())
     assert summary["input"]["samples"] == summary["vs"]["samples"] == 6
@@ -49,12 +61,21 @@ def test_facts_report_counts_preserved_and_accepted_bad_rewrites():
     teacher = "In the image, there are two shapes: a large red circle in the upper left corner, and a small blue square right in the middle."
     own = "There are 2 objects: a large red circle at top left, and a small blue square at the center."
     wrong = "There are 2 objects: a large green circle at top left, and a small blue square at the center."
-    turns = [{"turn": 1, "original": teacher, "rewrite": own, "verdict": "same", "kept": "rewrite"},
-             {"turn": 3, "original": teacher, "rewrite": wrong, "verdict": "different", "kept": "original"},
-             {"turn": 5, "original": teacher, "rewrite": wrong, "verdict": "same", "kept": "rewrite"}]  # fmt: skip
+    turns = [
+        {"turn": 1, "original": teacher, "rewrite": own, "verdict": "same", "kept": "rewrite"},
+        {"turn": 3, "original": teacher, "rewrite": wrong, "verdict": "different", "kept": "original"},
+        {"turn": 5, "original": teacher, "rewrite": wrong, "verdict": "same", "kept": "rewrite"},
+    ]
     values = ["q", own, "q", teacher, "q", wrong]
-    sample = Sample.model_validate({"id": "s", "conversations": [{"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(values)],
-                                    "meta": {"provenance": [{"stage": "align.rewrite", "turns": turns}]}})  # fmt: skip
+    sample = Sample.model_validate(
+        {
+            "id": "s",
+            "conversations": [
+                {"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(values)
+            ],
+            "meta": {"provenance": [{"stage": "align.rewrite", "turns": turns}]},
+        }
+    )
     c = rewrite_fact_report([sample])
     assert (
         c["answers"],

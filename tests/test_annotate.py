@@ -26,13 +26,27 @@ CRITERIA = AnnotateSettings().criteria
 
 def groups(root: Path):
     return [
-        {"group_id": "q1", "kind": "questions", "image": "img/a.png",
-         "candidates": [{"questions": ["What is it?", "Where is it?"]}, {"questions": ["What is it?"]}]},
-        {"group_id": "a1", "kind": "answers", "image": "img/a.png", "question": "What is it?",
-         "candidates": [{"answer": "A red circle."}, {"answer": "A blue square."}, {"answer": "A"}]},
-        {"group_id": "a2", "kind": "answers", "image": "img/b.png", "question": "How many?",
-         "candidates": [{"answer": "Two."}, {"answer": "Three."}]},
-    ]  # fmt: skip
+        {
+            "group_id": "q1",
+            "kind": "questions",
+            "image": "img/a.png",
+            "candidates": [{"questions": ["What is it?", "Where is it?"]}, {"questions": ["What is it?"]}],
+        },
+        {
+            "group_id": "a1",
+            "kind": "answers",
+            "image": "img/a.png",
+            "question": "What is it?",
+            "candidates": [{"answer": "A red circle."}, {"answer": "A blue square."}, {"answer": "A"}],
+        },
+        {
+            "group_id": "a2",
+            "kind": "answers",
+            "image": "img/b.png",
+            "question": "How many?",
+            "candidates": [{"answer": "Two."}, {"answer": "Three."}],
+        },
+    ]
 
 
 @pytest.fixture
@@ -66,21 +80,80 @@ def test_every_endpoint_and_its_bad_input(served):
     assert client.get("/api/items/nope").status_code == 404
     assert client.get("/api/next", params={"annotator": "<script>"}).status_code == 422
     bad = {
-        "unknown item": ("/api/items/nope/ratings", {"annotator": "ann", "ratings": full_rating("answers", 3)}, 404),
-        "score above 1": ("/api/items/a1/ratings", {"annotator": "ann", "ratings": full_rating("answers", 3, 1.5)}, 422),
-        "score below 0": ("/api/items/a1/ratings", {"annotator": "ann", "ratings": full_rating("answers", 3, -0.1)}, 422),
-        "missing candidate": ("/api/items/a1/ratings", {"annotator": "ann", "ratings": full_rating("answers", 2)}, 422),
-        "no such candidate": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": full_rating("answers", 3)}, 422),
-        "wrong criteria": ("/api/items/q1/ratings", {"annotator": "ann", "ratings": full_rating("answers", 2)}, 422),
-        "empty annotator": ("/api/items/a2/ratings", {"annotator": "", "ratings": full_rating("answers", 2)}, 422),
-        "rated twice": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": full_rating("answers", 1) * 2}, 422),
-        "not a number": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": [{"candidate": 0, "scores": {"accuracy": "x"}}]}, 422),
-        "score as a string": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": stringly(full_rating("answers", 2), "0.5")}, 422),
-        "score as a boolean": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": stringly(full_rating("answers", 2), True)}, 422),
-        "candidate as a string": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": [{**r, "candidate": str(r["candidate"])} for r in full_rating("answers", 2)]}, 422),
-        "unknown field": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": full_rating("answers", 2), "note": "hi"}, 422),
-        "unknown rating field": ("/api/items/a2/ratings", {"annotator": "ann", "ratings": [{**r, "x": 1} for r in full_rating("answers", 2)]}, 422),
-    }  # fmt: skip
+        "unknown item": (
+            "/api/items/nope/ratings",
+            {"annotator": "ann", "ratings": full_rating("answers", 3)},
+            404,
+        ),
+        "score above 1": (
+            "/api/items/a1/ratings",
+            {"annotator": "ann", "ratings": full_rating("answers", 3, 1.5)},
+            422,
+        ),
+        "score below 0": (
+            "/api/items/a1/ratings",
+            {"annotator": "ann", "ratings": full_rating("answers", 3, -0.1)},
+            422,
+        ),
+        "missing candidate": (
+            "/api/items/a1/ratings",
+            {"annotator": "ann", "ratings": full_rating("answers", 2)},
+            422,
+        ),
+        "no such candidate": (
+            "/api/items/a2/ratings",
+            {"annotator": "ann", "ratings": full_rating("answers", 3)},
+            422,
+        ),
+        "wrong criteria": (
+            "/api/items/q1/ratings",
+            {"annotator": "ann", "ratings": full_rating("answers", 2)},
+            422,
+        ),
+        "empty annotator": (
+            "/api/items/a2/ratings",
+            {"annotator": "", "ratings": full_rating("answers", 2)},
+            422,
+        ),
+        "rated twice": (
+            "/api/items/a2/ratings",
+            {"annotator": "ann", "ratings": full_rating("answers", 1) * 2},
+            422,
+        ),
+        "not a number": (
+            "/api/items/a2/ratings",
+            {"annotator": "ann", "ratings": [{"candidate": 0, "scores": {"accuracy": "x"}}]},
+            422,
+        ),
+        "score as a string": (
+            "/api/items/a2/ratings",
+            {"annotator": "ann", "ratings": stringly(full_rating("answers", 2), "0.5")},
+            422,
+        ),
+        "score as a boolean": (
+            "/api/items/a2/ratings",
+            {"annotator": "ann", "ratings": stringly(full_rating("answers", 2), True)},
+            422,
+        ),
+        "candidate as a string": (
+            "/api/items/a2/ratings",
+            {
+                "annotator": "ann",
+                "ratings": [{**r, "candidate": str(r["candidate"])} for r in full_rating("answers", 2)],
+            },
+            422,
+        ),
+        "unknown field": (
+            "/api/items/a2/ratings",
+            {"annotator": "ann", "ratings": full_rating("answers", 2), "note": "hi"},
+            422,
+        ),
+        "unknown rating field": (
+            "/api/items/a2/ratings",
+            {"annotator": "ann", "ratings": [{**r, "x": 1} for r in full_rating("answers", 2)]},
+            422,
+        ),
+    }
     for name, (url, body, code) in bad.items():
         assert client.post(url, json=body).status_code == code, name
     assert store.all_ratings() == [], "nothing of a refused submission is stored"
@@ -100,8 +173,12 @@ def test_every_endpoint_and_its_bad_input(served):
         "annotators": {"ann": {"rated": 1, "skipped": 1}},
     }
     assert client.get("/images/img/a.png").status_code == 200
-    for attack in ("/images/..%2Fsecret.txt", "/images/img%2F..%2F..%2Fsecret.txt", "/images/%2Fetc%2Fpasswd",
-                   "/images/img/link.png"):  # fmt: skip
+    for attack in (
+        "/images/..%2Fsecret.txt",
+        "/images/img%2F..%2F..%2Fsecret.txt",
+        "/images/%2Fetc%2Fpasswd",
+        "/images/img/link.png",
+    ):
         assert client.get(attack).status_code == 403, attack
     assert client.get("/images/img/missing.png").status_code == 404
     (root / "annotations").mkdir()
@@ -121,8 +198,11 @@ def test_a_body_over_the_limit_is_refused_before_parsing(served):
     huge = json.dumps({"annotator": "ann", "ratings": [1] * 100_000})
     sent = client.post("/api/items/a2/ratings", content=huge, headers={"content-type": "application/json"})
     assert sent.status_code == 413
-    streamed = client.post("/api/items/a2/ratings", content=iter([huge[:3000].encode(), huge[3000:].encode()]),
-                           headers={"content-type": "application/json"})  # fmt: skip
+    streamed = client.post(
+        "/api/items/a2/ratings",
+        content=iter([huge[:3000].encode(), huge[3000:].encode()]),
+        headers={"content-type": "application/json"},
+    )
     assert streamed.status_code == 413, "a chunked body without Content-Length is counted as it arrives"
     ok = client.post("/api/items/a2/ratings", json={"annotator": "ann", "ratings": full_rating("answers", 2)})
     assert ok.status_code == 200 and len(store.all_ratings()) == 2 * len(CRITERIA["answers"])
@@ -171,8 +251,17 @@ def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path, monkeypatc
 def test_items_file_problems_name_their_line(tmp_path):
     path = tmp_path / "items.jsonl"
     rows = groups(tmp_path)
-    path.write_text("\n".join([json.dumps(rows[0]), "{oops", json.dumps({**rows[1], "question": ""}),
-                               json.dumps({**rows[2], "candidates": rows[2]["candidates"][:1]})]) + "\n")  # fmt: skip
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(rows[0]),
+                "{oops",
+                json.dumps({**rows[1], "question": ""}),
+                json.dumps({**rows[2], "candidates": rows[2]["candidates"][:1]}),
+            ]
+        )
+        + "\n"
+    )
     items, problems = read_items(path, CRITERIA)
     assert [g["group_id"] for g in items] == ["q1"]
     assert problems[0].startswith("line 2: not JSON")
@@ -186,8 +275,15 @@ def test_export_means_over_annotators_keeps_criteria_and_measures_agreement(serv
     store.submit(
         "a1", "ann", {0: dict.fromkeys(crit, 1.0), 1: dict.fromkeys(crit, 0.5), 2: dict.fromkeys(crit, 0.0)}
     )
-    store.submit("a1", "bob", {0: {**dict.fromkeys(crit, 0.5), "accuracy": 1.0}, 1: dict.fromkeys(crit, 0.75),
-                               2: dict.fromkeys(crit, 0.25)})  # fmt: skip
+    store.submit(
+        "a1",
+        "bob",
+        {
+            0: {**dict.fromkeys(crit, 0.5), "accuracy": 1.0},
+            1: dict.fromkeys(crit, 0.75),
+            2: dict.fromkeys(crit, 0.25),
+        },
+    )
     exported, counts = export_groups(store, AnnotateSettings())
     assert counts == {"items": 3, "exported": 1, "unrated": 2}
     (group,) = exported
@@ -197,8 +293,12 @@ def test_export_means_over_annotators_keeps_criteria_and_measures_agreement(serv
     assert first["score"] == pytest.approx((1.0 + (1.0 + 0.5 * 3) / 4) / 2)
     assert first["criteria"] == {"accuracy": 1.0, "completeness": 0.75, "fluency": 0.75, "detail": 0.75}
     assert first["ratings"]["bob"]["accuracy"] == 1.0
-    weighted = export_groups(store, AnnotateSettings(weights={"answers": {"accuracy": 1.0, "completeness": 0.0,
-                                                                          "fluency": 0.0, "detail": 0.0}}))[0]  # fmt: skip
+    weighted = export_groups(
+        store,
+        AnnotateSettings(
+            weights={"answers": {"accuracy": 1.0, "completeness": 0.0, "fluency": 0.0, "detail": 0.0}}
+        ),
+    )[0]
     assert weighted[0]["candidates"][0]["score"] == 1.0
     stats = agreement(store, AnnotateSettings())
     (pair,) = stats["pairs"]
@@ -225,8 +325,11 @@ def free_port() -> int:
 def live_server(served):
     store, root = served
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store, root, AnnotateSettings()), host="127.0.0.1", port=port,
-                                           log_level="warning"))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(store, root, AnnotateSettings()), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -239,8 +342,16 @@ def live_server(served):
 
 def test_concurrent_submissions_from_two_clients_are_all_stored(live_server, tmp_path):
     store, url = live_server
-    many = [{"group_id": f"c{i}", "kind": "answers", "image": "img/a.png", "question": "Q?",
-             "candidates": [{"answer": "x"}, {"answer": "y"}]} for i in range(40)]  # fmt: skip
+    many = [
+        {
+            "group_id": f"c{i}",
+            "kind": "answers",
+            "image": "img/a.png",
+            "question": "Q?",
+            "candidates": [{"answer": "x"}, {"answer": "y"}],
+        }
+        for i in range(40)
+    ]
     store.add_items(many, "bulk")
     errors = []
 
@@ -328,23 +439,47 @@ def test_load_mix_keeps_every_valid_submission_and_no_malformed_one(live_server,
     20 MB, wrong types, unknown fields, bad paths), all on loopback: every valid one lands, no malformed
     one does, and valid submissions stay fast."""
     store, url = live_server
-    items = [{"group_id": f"load{i}", "kind": "answers", "image": "img/a.png", "question": "Q?",
-              "candidates": [{"answer": "x"}, {"answer": "y"}]} for i in range(50)]  # fmt: skip
+    items = [
+        {
+            "group_id": f"load{i}",
+            "kind": "answers",
+            "image": "img/a.png",
+            "question": "Q?",
+            "candidates": [{"answer": "x"}, {"answer": "y"}],
+        }
+        for i in range(50)
+    ]
     store.add_items(items, "load")
     latencies, failures, malformed_accepted = [], [], []
     big = json.dumps({"annotator": "evil", "ratings": [1] * 1_000_000})  # 2 MB
     malformed = [
         ("post", "/api/items/load0/ratings", big),
         ("post", "/api/items/load1/ratings", big * 10),
-        ("post", "/api/items/load2/ratings", json.dumps({"annotator": "evil", "ratings": stringly(full_rating("answers", 2), "0.5")})),
-        ("post", "/api/items/load3/ratings", json.dumps({"annotator": "evil", "ratings": full_rating("answers", 2), "x": 1})),
+        (
+            "post",
+            "/api/items/load2/ratings",
+            json.dumps({"annotator": "evil", "ratings": stringly(full_rating("answers", 2), "0.5")}),
+        ),
+        (
+            "post",
+            "/api/items/load3/ratings",
+            json.dumps({"annotator": "evil", "ratings": full_rating("answers", 2), "x": 1}),
+        ),
         ("post", "/api/items/load4/ratings", "{not json"),
         ("get", "/images/%00..%2F..%2Fetc%2Fpasswd", None),
         ("get", "/images/..%2F..%2Fetc%2Fpasswd", None),
-        ("post", "/api/items/load5/ratings", json.dumps({"annotator": "evil", "ratings": stringly(full_rating("answers", 2), True)})),
+        (
+            "post",
+            "/api/items/load5/ratings",
+            json.dumps({"annotator": "evil", "ratings": stringly(full_rating("answers", 2), True)}),
+        ),
         ("post", "/api/items/load6/skip", json.dumps({"annotator": "evil", "extra": 1})),
-        ("post", "/api/items/load7/ratings", json.dumps({"annotator": "evil", "ratings": [{"candidate": "1", "scores": {}}]})),
-    ] * 10  # fmt: skip
+        (
+            "post",
+            "/api/items/load7/ratings",
+            json.dumps({"annotator": "evil", "ratings": [{"candidate": "1", "scores": {}}]}),
+        ),
+    ] * 10
 
     def rate(name: str) -> None:
         with httpx.Client(base_url=url, timeout=60) as client:
@@ -360,8 +495,12 @@ def test_load_mix_keeps_every_valid_submission_and_no_malformed_one(live_server,
         with httpx.Client(base_url=url, timeout=60) as client:
             for method, path, body in part:
                 try:
-                    response = client.request(method, path, content=body,
-                                              headers={"content-type": "application/json"} if body else None)  # fmt: skip
+                    response = client.request(
+                        method,
+                        path,
+                        content=body,
+                        headers={"content-type": "application/json"} if body else None,
+                    )
                 except httpx.HTTPError:
                     continue  # the server may close a connection that sent an oversized body
                 if response.status_code < 400 or response.status_code >= 500:

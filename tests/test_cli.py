@@ -62,9 +62,14 @@ def test_bad_setting_exits_2_with_the_reason(tmp_path):
 
 
 def test_stats_count_records_per_subset_and_none_for_untagged(tmp_path):
-    rows = [{"id": f"r{i}", "conversations": [{"from": "human", "value": "Why?"}, {"from": "gpt", "value": "So."}],
-             **({"meta": {"subset": subset}} if subset else {})}
-            for i, subset in enumerate(["detail_23k", "detail_23k", "conversation_58k", None])]  # fmt: skip
+    rows = [
+        {
+            "id": f"r{i}",
+            "conversations": [{"from": "human", "value": "Why?"}, {"from": "gpt", "value": "So."}],
+            **({"meta": {"subset": subset}} if subset else {}),
+        }
+        for i, subset in enumerate(["detail_23k", "detail_23k", "conversation_58k", None])
+    ]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = runner.invoke(app, ["data", "stats", str(data), "--json"])

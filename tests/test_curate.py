@@ -54,8 +54,14 @@ def rm_settings(**train):
 def reward_models(toyworld, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rms")
     for kind in ("questions", "answers"):
-        train_reward_model(tiny_model_dir, [toyworld / "annotations" / f"{kind}.jsonl"], kind, out / kind,
-                           rm_settings(), image_root=toyworld)  # fmt: skip
+        train_reward_model(
+            tiny_model_dir,
+            [toyworld / "annotations" / f"{kind}.jsonl"],
+            kind,
+            out / kind,
+            rm_settings(),
+            image_root=toyworld,
+        )
     return out
 
 
@@ -88,8 +94,13 @@ def test_pairwise_accuracy_counts_predicted_ties_as_half():
 
 
 def test_bad_annotation_lines_are_rejected_with_line_and_reason(tmp_path):
-    good = {"group_id": "g1", "kind": "answers", "image": "a.png", "question": "q?",
-            "candidates": [{"answer": "x", "score": 0.2}, {"answer": "y", "score": 0.8}]}  # fmt: skip
+    good = {
+        "group_id": "g1",
+        "kind": "answers",
+        "image": "a.png",
+        "question": "q?",
+        "candidates": [{"answer": "x", "score": 0.2}, {"answer": "y", "score": 0.8}],
+    }
     lines = [
         json.dumps(good),
         "{not json",
@@ -243,8 +254,14 @@ def test_lora_reward_model_trains_the_head_fully_and_never_the_vision_tower(
     toyworld, tiny_model_dir, tmp_path
 ):
     settings = rm_settings(lora={"enabled": True, "r": 4, "alpha": 8})
-    train_reward_model(tiny_model_dir, [toyworld / "annotations" / "questions.jsonl"], "questions", tmp_path / "rm",
-                       settings, image_root=toyworld)  # fmt: skip
+    train_reward_model(
+        tiny_model_dir,
+        [toyworld / "annotations" / "questions.jsonl"],
+        "questions",
+        tmp_path / "rm",
+        settings,
+        image_root=toyworld,
+    )
     before, _ = load_llava(tiny_model_dir)
     loaded = load_reward_model(tmp_path / "rm")
     after = loaded.model.base_llava.state_dict()
@@ -262,8 +279,9 @@ def scored_values(path):
 
 def test_scoring_is_deterministic_and_independent_of_batching(toyworld, reward_models):
     samples = list(read_samples(toyworld / "corpus.jsonl"))[:10]
-    models = load_scorers({"questions": reward_models / "questions", "answers": reward_models / "answers"},
-                          ScoreSettings())  # fmt: skip
+    models = load_scorers(
+        {"questions": reward_models / "questions", "answers": reward_models / "answers"}, ScoreSettings()
+    )
     first = CurationScorer(models, toyworld, forward_batch=4)(samples)
     again = CurationScorer(models, toyworld, forward_batch=4)(samples)
     single = [row for s in samples for row in CurationScorer(models, toyworld, forward_batch=1)([s])]
@@ -276,8 +294,10 @@ def test_scoring_is_deterministic_and_independent_of_batching(toyworld, reward_m
 
 def test_scoring_with_other_preprocessing_is_refused(reward_models):
     with pytest.raises(PreprocessMismatch, match="image_mode='resize' \\(trained: 'pad'\\)"):
-        load_scorers({"answers": reward_models / "answers"},
-                     ScoreSettings(preprocess=PreprocessSettings(image_mode="resize")))  # fmt: skip
+        load_scorers(
+            {"answers": reward_models / "answers"},
+            ScoreSettings(preprocess=PreprocessSettings(image_mode="resize")),
+        )
     load_scorers({"answers": reward_models / "answers"}, ScoreSettings(preprocess=PreprocessSettings()))
     with pytest.raises(ValueError, match="is a 'answers' reward model, given as the 'questions' one"):
         load_scorers({"questions": reward_models / "answers"}, ScoreSettings())
@@ -293,9 +313,25 @@ def test_a_sample_whose_image_is_missing_is_recorded_as_failed(toyworld, reward_
 
 
 def score_command(rms, data, out, image_root):
-    return [sys.executable, "-m", "vialign.cli", "curate", "score", str(data), "--out", str(out),
-            "--questions-rm", str(rms / "questions"), "--answers-rm", str(rms / "answers"),
-            "--image-root", str(image_root), "--batch-size", "2", "--quiet"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "vialign.cli",
+        "curate",
+        "score",
+        str(data),
+        "--out",
+        str(out),
+        "--questions-rm",
+        str(rms / "questions"),
+        "--answers-rm",
+        str(rms / "answers"),
+        "--image-root",
+        str(image_root),
+        "--batch-size",
+        "2",
+        "--quiet",
+    ]
 
 
 @pytest.mark.slow
@@ -319,13 +355,34 @@ def test_resuming_with_another_reward_model_is_refused(toyworld, tmp_path):
 
     settings = RunnerSettings(batch_size=2)
     with pytest.raises(RuntimeError):
-        run_resumable(samples, lambda s: s.id, crash_after_first_batch, out, settings, identity={"rm": "a"},
-                      show_progress=False)  # fmt: skip
+        run_resumable(
+            samples,
+            lambda s: s.id,
+            crash_after_first_batch,
+            out,
+            settings,
+            identity={"rm": "a"},
+            show_progress=False,
+        )
     with pytest.raises(ValueError, match="holds results made with other models or settings"):
-        run_resumable(samples, lambda s: s.id, crash_after_first_batch, out, settings, identity={"rm": "b"},
-                      show_progress=False)  # fmt: skip
-    report = run_resumable(samples, lambda s: s.id, lambda b: [Row(s.id, 2.0) for s in b], out, settings,
-                           identity={"rm": "a"}, show_progress=False)  # fmt: skip
+        run_resumable(
+            samples,
+            lambda s: s.id,
+            crash_after_first_batch,
+            out,
+            settings,
+            identity={"rm": "b"},
+            show_progress=False,
+        )
+    report = run_resumable(
+        samples,
+        lambda s: s.id,
+        lambda b: [Row(s.id, 2.0) for s in b],
+        out,
+        settings,
+        identity={"rm": "a"},
+        show_progress=False,
+    )
     assert report.reused == 2 and [r for r in read_jsonl(out)] == [1.0, 1.0, 2.0, 2.0]
 
 
@@ -333,20 +390,32 @@ def test_resuming_with_another_reward_model_is_refused(toyworld, tmp_path):
 
 
 def table_sample(i, subset, q, a):
-    return Sample.model_validate({
-        "id": f"s{i}", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
-        "meta": {"subset": subset, "curation": {"question_score": q, "answer_score": a}},
-    })  # fmt: skip
+    return Sample.model_validate(
+        {
+            "id": f"s{i}",
+            "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+            "meta": {"subset": subset, "curation": {"question_score": q, "answer_score": a}},
+        }
+    )
 
 
 TABLE = [  # id, subset, question score, answer score
-    (0, "conversation", 0.9, 0.1), (1, "conversation", 0.8, 0.7), (2, "conversation", 0.7, 0.9),
-    (3, "conversation", 0.6, 0.95), (4, "conversation", 0.5, 0.99), (5, "conversation", 0.4, 0.2),
-    (6, "conversation", 0.3, 0.3), (7, "conversation", 0.2, 0.4), (8, "conversation", 0.1, 0.5),
+    (0, "conversation", 0.9, 0.1),
+    (1, "conversation", 0.8, 0.7),
+    (2, "conversation", 0.7, 0.9),
+    (3, "conversation", 0.6, 0.95),
+    (4, "conversation", 0.5, 0.99),
+    (5, "conversation", 0.4, 0.2),
+    (6, "conversation", 0.3, 0.3),
+    (7, "conversation", 0.2, 0.4),
+    (8, "conversation", 0.1, 0.5),
     (9, "conversation", 0.0, 0.6),
-    (10, "detail", 0.5, 0.5), (11, "detail", 0.5, 0.4), (12, "detail", 0.2, 0.9), (13, "detail", None, 0.9),
+    (10, "detail", 0.5, 0.5),
+    (11, "detail", 0.5, 0.4),
+    (12, "detail", 0.2, 0.9),
+    (13, "detail", None, 0.9),
     (14, "vqa", 0.0, 0.0),
-]  # fmt: skip
+]
 
 
 def test_cascade_selection_on_a_fixed_table_picks_exactly_the_expected_ids():
@@ -363,8 +432,10 @@ def test_cascade_selection_on_a_fixed_table_picks_exactly_the_expected_ids():
     assert (
         summary["conversation"]["after_questions"] == 5 and summary["conversation"]["answer_cutoff"] == 0.95
     )
-    thresholds, _ = select(samples, SelectSettings(question_min=0.5, answer_min=0.9, others="drop",
-                                                   subsets=["conversation", "detail"]))  # fmt: skip
+    thresholds, _ = select(
+        samples,
+        SelectSettings(question_min=0.5, answer_min=0.9, others="drop", subsets=["conversation", "detail"]),
+    )
     assert sorted(i for i, d in thresholds.items() if d == "kept") == ["s2", "s3", "s4"]
     assert thresholds["s14"] == "dropped: subset not curated"
 
@@ -390,9 +461,26 @@ def test_a_share_and_a_threshold_for_one_stage_are_refused():
 def test_cli_select_writes_selected_records_with_their_scores(tmp_path):
     samples = [table_sample(*row) for row in TABLE]
     write_jsonl(samples, tmp_path / "scored.jsonl")
-    result = subprocess.run([sys.executable, "-m", "vialign.cli", "curate", "select", str(tmp_path / "scored.jsonl"),
-                             "--out", str(tmp_path / "sel"), "--question-keep", "0.5", "--answer-keep", "0.4",
-                             "--subsets", "conversation,detail"], capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vialign.cli",
+            "curate",
+            "select",
+            str(tmp_path / "scored.jsonl"),
+            "--out",
+            str(tmp_path / "sel"),
+            "--question-keep",
+            "0.5",
+            "--answer-keep",
+            "0.4",
+            "--subsets",
+            "conversation,detail",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     selected = list(read_jsonl(tmp_path / "sel" / "selected.jsonl"))
     assert [r["id"] for r in selected] == ["s3", "s4", "s10", "s14"]
@@ -433,8 +521,10 @@ def test_select_stops_naming_the_field_when_no_record_has_it_or_nothing_is_score
     unscored = [
         s.model_copy(update={"meta": s.meta.model_copy(update={"model_extra": None})}) for s in samples
     ]
-    write_jsonl([Sample.model_validate({**s.to_json(), "meta": {"subset": s.meta.subset}}) for s in unscored],
-                tmp_path / "unscored.jsonl")  # fmt: skip
+    write_jsonl(
+        [Sample.model_validate({**s.to_json(), "meta": {"subset": s.meta.subset}}) for s in unscored],
+        tmp_path / "unscored.jsonl",
+    )
     result = CliRunner().invoke(
         app, ["curate", "select", str(tmp_path / "unscored.jsonl"), "--out", str(tmp_path / "s2")]
     )

@@ -17,17 +17,38 @@ from vialign.records import IMAGE_TAG, Sample, read_samples, write_jsonl
 
 LONG = " ".join(f"word{k} and more text." for k in range(60))
 EXTRA = [
-    {"id": "long-tail", "image": "a.jpg", "conversations": [
-        {"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": "A bus."},
-        {"from": "human", "value": "Tell me everything."}, {"from": "gpt", "value": LONG}]},
+    {
+        "id": "long-tail",
+        "image": "a.jpg",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is shown?"},
+            {"from": "gpt", "value": "A bus."},
+            {"from": "human", "value": "Tell me everything."},
+            {"from": "gpt", "value": LONG},
+        ],
+    },
     {"id": "too-long", "conversations": [{"from": "human", "value": LONG}, {"from": "gpt", "value": "ok"}]},
-    {"id": "tag-mismatch", "image": "a.jpg", "conversations": [
-        {"from": "human", "value": "no tag here"}, {"from": "gpt", "value": "fine"}]},
-    {"id": "spaces", "conversations": [
-        {"from": "human", "value": "  leading   spaces\n\n\tand tabs \u3000 wide  "}, {"from": "gpt", "value": " x  y "}]},
-    {"id": "unicode", "image": "b.jpg", "conversations": [
-        {"from": "human", "value": f"Größe? 東京 🚌\n{IMAGE_TAG}"}, {"from": "gpt", "value": "Très grand — 大きい 🚌."}]},
-]  # fmt: skip
+    {
+        "id": "tag-mismatch",
+        "image": "a.jpg",
+        "conversations": [{"from": "human", "value": "no tag here"}, {"from": "gpt", "value": "fine"}],
+    },
+    {
+        "id": "spaces",
+        "conversations": [
+            {"from": "human", "value": "  leading   spaces\n\n\tand tabs \u3000 wide  "},
+            {"from": "gpt", "value": " x  y "},
+        ],
+    },
+    {
+        "id": "unicode",
+        "image": "b.jpg",
+        "conversations": [
+            {"from": "human", "value": f"Größe? 東京 🚌\n{IMAGE_TAG}"},
+            {"from": "gpt", "value": "Très grand — 大きい 🚌."},
+        ],
+    },
+]
 SAMPLES = [Sample.model_validate(r) for r in [*RECORDS, *EXTRA] * 3]
 
 

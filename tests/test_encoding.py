@@ -252,9 +252,14 @@ def test_tokenizer_template_format_follows_another_template(tok):
     with pytest.warns(UserWarning, match="keeps the whole string"):
         encoder = ChatEncoder(
             chatml,
-            EncoderSettings(chat_format="tokenizer", mode="lit", image_tokens=4, templates=frozenset({TEMPLATE}),
-                            eos_after_answer=False),
-        )  # fmt: skip
+            EncoderSettings(
+                chat_format="tokenizer",
+                mode="lit",
+                image_tokens=4,
+                templates=frozenset({TEMPLATE}),
+                eos_after_answer=False,
+            ),
+        )
     encoded = encoder.encode(sample)
     messages = [
         {"role": "user" if t.role == "human" else "assistant", "content": t.value}

@@ -30,28 +30,64 @@ TEMPLATES = frozenset({SHORT, LETTER})
 # Records shaped like LLaVA-1.5's 665k mix: image last (LLaVA-Instruct), short-answer VQA, multiple
 # choice, region boxes, a text-only ShareGPT conversation with blank lines and indentation.
 RECORDS = [
-    {"id": "000000033471", "image": "coco/train2017/000000033471.jpg", "conversations": [
-        {"from": "human", "value": "What are the colors of the bus in the image?\n<image>"},
-        {"from": "gpt", "value": "The bus in the image is white and red."},
-        {"from": "human", "value": "What feature can be seen on the back of the bus?"},
-        {"from": "gpt", "value": "The back of the bus features an advertisement."}]},
-    {"id": "vqav2-458752", "image": "coco/train2017/000000458752.jpg", "conversations": [
-        {"from": "human", "value": f"<image>\nWhat is the man holding?\n{SHORT}"},
-        {"from": "gpt", "value": "Kite"},
-        {"from": "human", "value": f"How many people are there?\n{SHORT}"},
-        {"from": "gpt", "value": "2"}]},
-    {"id": "mc-1", "image": "ocr_vqa/images/1.jpg", "conversations": [
-        {"from": "human", "value": f"<image>\nWhat is the dog doing?\nA. Running\nB. Sleeping\nC. Eating\n{LETTER}"},
-        {"from": "gpt", "value": "B"}]},
-    {"id": "vg-77", "image": "vg/VG_100K/77.jpg", "conversations": [
-        {"from": "human", "value": "<image>\nPlease provide a short description for this region: [0.37, 0.4, 0.56, 0.67]."},
-        {"from": "gpt", "value": "Man in a red shirt."},
-        {"from": "human", "value": "Please provide the bounding box coordinate of the region this sentence describes: white dog."},
-        {"from": "gpt", "value": "[0.12, 0.55, 0.33, 0.91]"}]},
-    {"id": "sharegpt-9", "conversations": [
-        {"from": "human", "value": "Write a haiku about autumn.\nKeep it short."},
-        {"from": "gpt", "value": "Leaves fall softly down\n\nCrisp air whispers through the trees\n  Autumn says goodbye"}]},
-]  # fmt: skip
+    {
+        "id": "000000033471",
+        "image": "coco/train2017/000000033471.jpg",
+        "conversations": [
+            {"from": "human", "value": "What are the colors of the bus in the image?\n<image>"},
+            {"from": "gpt", "value": "The bus in the image is white and red."},
+            {"from": "human", "value": "What feature can be seen on the back of the bus?"},
+            {"from": "gpt", "value": "The back of the bus features an advertisement."},
+        ],
+    },
+    {
+        "id": "vqav2-458752",
+        "image": "coco/train2017/000000458752.jpg",
+        "conversations": [
+            {"from": "human", "value": f"<image>\nWhat is the man holding?\n{SHORT}"},
+            {"from": "gpt", "value": "Kite"},
+            {"from": "human", "value": f"How many people are there?\n{SHORT}"},
+            {"from": "gpt", "value": "2"},
+        ],
+    },
+    {
+        "id": "mc-1",
+        "image": "ocr_vqa/images/1.jpg",
+        "conversations": [
+            {
+                "from": "human",
+                "value": f"<image>\nWhat is the dog doing?\nA. Running\nB. Sleeping\nC. Eating\n{LETTER}",
+            },
+            {"from": "gpt", "value": "B"},
+        ],
+    },
+    {
+        "id": "vg-77",
+        "image": "vg/VG_100K/77.jpg",
+        "conversations": [
+            {
+                "from": "human",
+                "value": "<image>\nPlease provide a short description for this region: [0.37, 0.4, 0.56, 0.67].",
+            },
+            {"from": "gpt", "value": "Man in a red shirt."},
+            {
+                "from": "human",
+                "value": "Please provide the bounding box coordinate of the region this sentence describes: white dog.",
+            },
+            {"from": "gpt", "value": "[0.12, 0.55, 0.33, 0.91]"},
+        ],
+    },
+    {
+        "id": "sharegpt-9",
+        "conversations": [
+            {"from": "human", "value": "Write a haiku about autumn.\nKeep it short."},
+            {
+                "from": "gpt",
+                "value": "Leaves fall softly down\n\nCrisp air whispers through the trees\n  Autumn says goodbye",
+            },
+        ],
+    },
+]
 SAMPLES = [Sample.model_validate(r) for r in RECORDS]
 IMAGE_TOKENS = 5
 
@@ -71,8 +107,16 @@ LLAVA_HF_TEMPLATE = (
 
 def llama3_tokenizer():
     tok = copy.deepcopy(smollm2_tokenizer())
-    tok.add_special_tokens({"additional_special_tokens": [
-        "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})  # fmt: skip
+    tok.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                "<|begin_of_text|>",
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|eot_id|>",
+            ]
+        }
+    )
     tok.bos_token = "<|begin_of_text|>"
     tok.chat_template = LLAMA3_TEMPLATE
     # eos stays <|im_end|>: the end of turn must be read off the template (<|eot_id|>). SmolLM2's
@@ -273,8 +317,23 @@ def test_preview_labels_json_on_real_records(tmp_path, family):
         json.dumps({"min_frac": 0.1, "templates": [{"sentence": t} for t in sorted(TEMPLATES)]})
     )
     chat_format = "vicuna_v1" if family == "llava-1.5" else "tokenizer"
-    result = CliRunner().invoke(app, ["data", "preview-labels", str(data), "--model", str(tmp_path / "m"),
-                                      "--format", chat_format, "--templates", str(templates), "--json", "-n", "9"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "preview-labels",
+            str(data),
+            "--model",
+            str(tmp_path / "m"),
+            "--format",
+            chat_format,
+            "--templates",
+            str(templates),
+            "--json",
+            "-n",
+            "9",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [r["id"] for r in rows] == [r["id"] for r in RECORDS]
@@ -332,8 +391,12 @@ def test_imported_smollm2_computes_what_the_gguf_does(smollm2_checkpoint):
     imported = AutoModelForCausalLM.from_pretrained(str(smollm2_checkpoint), use_safetensors=True)
     tok = AutoTokenizer.from_pretrained(str(smollm2_checkpoint))
     assert "<|im_start|>" in tok.chat_template and tok.eos_token == "<|im_end|>"
-    ids = tok.apply_chat_template([{"role": "user", "content": "What colour is the sky?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]  # fmt: skip
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What colour is the sky?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     with torch.no_grad():
         assert torch.allclose(imported(ids).logits, reference(ids).logits, atol=1e-5)
         answer = imported.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1] :]
@@ -383,10 +446,19 @@ def test_lit_sft_trains_on_llava15_family_without_quarantine(real_world, tmp_pat
     from vialign.train.settings import SFTSettings
     from vialign.train.sft import train_sft
 
-    settings = SFTSettings(stage="finetune", use_cpu=True, lr=1e-3, warmup_ratio=0.0, scheduler="constant",
-                           logging_steps=1, batch_size=4, max_steps=3)  # fmt: skip
-    manifest = train_sft(real_world / "llava15", real_world / "train.jsonl", tmp_path / "sft", settings,
-                         image_root=real_world)  # fmt: skip
+    settings = SFTSettings(
+        stage="finetune",
+        use_cpu=True,
+        lr=1e-3,
+        warmup_ratio=0.0,
+        scheduler="constant",
+        logging_steps=1,
+        batch_size=4,
+        max_steps=3,
+    )
+    manifest = train_sft(
+        real_world / "llava15", real_world / "train.jsonl", tmp_path / "sft", settings, image_root=real_world
+    )
     assert manifest.counts["quarantined"] == 0 and manifest.counts["encoded"] == len(SAMPLES) * 2
     losses = [
         r["loss"] for r in json.loads((tmp_path / "sft" / "log_history.json").read_text()) if "loss" in r
@@ -402,14 +474,21 @@ def test_dpo_trains_on_llava15_family(real_world, tmp_path):
     from vialign.records import write_jsonl
     from vialign.train.dpo import DPOSettings, train_dpo
 
-    pairs = [{"id": f"p{k}", "image": RECORDS[k]["image"],
-              "conversations": [RECORDS[k]["conversations"][0]],
-              "chosen": RECORDS[k]["conversations"][1]["value"], "rejected": "I cannot see anything."}
-             for k in range(4)]  # fmt: skip
+    pairs = [
+        {
+            "id": f"p{k}",
+            "image": RECORDS[k]["image"],
+            "conversations": [RECORDS[k]["conversations"][0]],
+            "chosen": RECORDS[k]["conversations"][1]["value"],
+            "rejected": "I cannot see anything.",
+        }
+        for k in range(4)
+    ]
     write_jsonl([Sample.model_validate(p) for p in pairs], tmp_path / "pairs.jsonl")
     settings = DPOSettings(use_cpu=True, batch_size=2, max_steps=2, logging_steps=1, warmup_ratio=0.0)
-    manifest = train_dpo(real_world / "llava15", tmp_path / "pairs.jsonl", tmp_path / "dpo", settings,
-                         image_root=real_world)  # fmt: skip
+    manifest = train_dpo(
+        real_world / "llava15", tmp_path / "pairs.jsonl", tmp_path / "dpo", settings, image_root=real_world
+    )
     assert manifest.counts["pairs"] == 4 and not manifest.counts.get("quarantined")
     assert list((tmp_path / "dpo" / "ref_cache").glob("*.jsonl"))
 
@@ -419,14 +498,19 @@ def test_generation_on_llava15_family_feeds_the_processors_prompt(real_world):
     from vialign.generation.local import TransformersBackend
 
     backend = TransformersBackend.load(real_world / "llava15")
-    request = ChatRequest("r", [{"role": "user", "content": "<image>\nWhat is shown?"}],
-                          images=[real_world / RECORDS[1]["image"]])  # fmt: skip
+    request = ChatRequest(
+        "r",
+        [{"role": "user", "content": "<image>\nWhat is shown?"}],
+        images=[real_world / RECORDS[1]["image"]],
+    )
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(real_world / "llava15")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
-    expected = processor(text=processor.apply_chat_template(messages, add_generation_prompt=True),
-                         images=__import__("PIL.Image").Image.new("RGB", (48, 48)))["input_ids"][0]  # fmt: skip
+    expected = processor(
+        text=processor.apply_chat_template(messages, add_generation_prompt=True),
+        images=__import__("PIL.Image").Image.new("RGB", (48, 48)),
+    )["input_ids"][0]
     assert backend.prompt_ids(request) == list(expected)
     [result] = backend.generate([request], GenerationParams(max_new_tokens=6))
     assert result.error is None and isinstance(result.texts[0], str)
@@ -442,8 +526,10 @@ def test_smollm2_inner_llm_answers_through_the_transformers_backend(smollm2_chec
     backend = TransformersBackend.load(smollm2_checkpoint, chat_format="tokenizer")
     messages = [{"role": "user", "content": "What colour is the sky on a clear day? Answer in one word."}]
     tok = AutoTokenizer.from_pretrained(str(smollm2_checkpoint))
-    assert backend.prompt_ids(ChatRequest("q", messages)) == tok.apply_chat_template(
-        messages, add_generation_prompt=True, return_dict=True)["input_ids"]  # fmt: skip
+    assert (
+        backend.prompt_ids(ChatRequest("q", messages))
+        == tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    )
     [result] = backend.generate([ChatRequest("q", messages)], GenerationParams(max_new_tokens=24))
     assert "blue" in result.texts[0].lower()
 
@@ -454,9 +540,18 @@ def test_smollm2_gap_prefers_its_own_fluent_text_to_shuffled_words(smollm2_check
 
     fluent = "The sky is blue on a clear day because air scatters blue light more than red light."
     shuffled = "light blue day red more the a than clear air on scatters because sky is blue light The."
-    samples = [Sample.model_validate({"id": i, "conversations": [{"from": "human", "value": "Why is the sky blue?"},
-                                                                 {"from": "gpt", "value": text}]})
-               for i, text in (("fluent", fluent), ("shuffled", shuffled))]  # fmt: skip
+    samples = [
+        Sample.model_validate(
+            {
+                "id": i,
+                "conversations": [
+                    {"from": "human", "value": "Why is the sky blue?"},
+                    {"from": "gpt", "value": text},
+                ],
+            }
+        )
+        for i, text in (("fluent", fluent), ("shuffled", shuffled))
+    ]
     rows = {r["id"]: r for r in answer_nll(smollm2_checkpoint, samples, chat_format="tokenizer").per_sample}
     tok_count = len(
         __import__("transformers").AutoTokenizer.from_pretrained(str(smollm2_checkpoint))(" " + fluent)[
@@ -465,3 +560,40 @@ def test_smollm2_gap_prefers_its_own_fluent_text_to_shuffled_words(smollm2_check
     )
     assert abs(rows["fluent"]["tokens"] - tok_count) <= 1
     assert rows["fluent"]["nll"] + 1.0 < rows["shuffled"]["nll"]
+
+
+def test_an_assembled_llava_renders_typed_content_as_llava_writes_it(tmp_path):
+    """TRL, lmms-eval and processors pass content as typed parts; a text-only template (ChatML) must render
+    them as `<image>` + newline + text, exactly as the string the encoder renders."""
+    from transformers import AutoProcessor, LlamaConfig, LlamaForCausalLM
+
+    from vialign.models.assemble import assemble_llava
+    from vialign.models.tiny import TinyModelSettings
+
+    tok = smollm2_tokenizer()
+    lm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
+    lm.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    assemble_llava(tmp_path / "lm", TinyModelSettings(), tmp_path / "llava")
+    processor = AutoProcessor.from_pretrained(tmp_path / "llava")
+    text = [{"role": "user", "content": "<image>\nWhat is here?"}, {"role": "assistant", "content": "A dog."}]
+    typed = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is here?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A dog."}]},
+    ]
+    rendered = processor.apply_chat_template(typed, tokenize=False)
+    assert (
+        rendered
+        == processor.apply_chat_template(text, tokenize=False)
+        == tok.apply_chat_template(text, tokenize=False)
+    )
+    assert "<|im_start|>user\n<image>\nWhat is here?<|im_end|>" in rendered

@@ -40,17 +40,29 @@ def backend(server, **kw):
 def test_faults_end_done_or_failed_and_nothing_is_lost(server, tmp_path, monkeypatch):
     monkeypatch.setenv("VIALIGN_TEST_KEY", SECRET)
     prompts = [f"plain {i}" for i in range(8)] + [
-        "FAULT:429x2 a", "FAULT:500x1 b", "FAULT:timeoutx1 c", "FAULT:garbagex1 d",
-        "FAULT:500 e", "FAULT:garbagex9 f", "FAULT:empty g",
-    ]  # fmt: skip
+        "FAULT:429x2 a",
+        "FAULT:500x1 b",
+        "FAULT:timeoutx1 c",
+        "FAULT:garbagex1 d",
+        "FAULT:500 e",
+        "FAULT:garbagex9 f",
+        "FAULT:empty g",
+    ]
     items = [{"id": f"r{i}", "prompt": p} for i, p in enumerate(prompts)]
     client = backend(server)
 
     process = prompt_rows(client)
 
     out = tmp_path / "out.jsonl"
-    report = run_resumable(items, lambda x: x["id"], process, out, RunnerSettings(batch_size=5), show_progress=False,
-                           finish=lambda item, row: {"id": item["id"], "text": row["value"], "error": row["error"]})  # fmt: skip
+    report = run_resumable(
+        items,
+        lambda x: x["id"],
+        process,
+        out,
+        RunnerSettings(batch_size=5),
+        show_progress=False,
+        finish=lambda item, row: {"id": item["id"], "text": row["value"], "error": row["error"]},
+    )
     rows = list(read_jsonl(out))
     assert [r["id"] for r in rows] == [x["id"] for x in items]
     by_prompt = {x["prompt"]: r for x, r in zip(items, rows, strict=True)}
@@ -89,6 +101,8 @@ def test_images_travel_as_data_urls_and_n_samples(server, tmp_path):
 
     Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "a.png")
     client = open_backend(server.url, model="m", api_key_env="VIALIGN_TEST_KEY")
-    (result,) = client.generate([ChatRequest("i", [{"role": "user", "content": "<image>\nWhat?"}], [tmp_path / "a.png"])],
-                                GenerationParams(n=3, temperature=0.7))  # fmt: skip
+    (result,) = client.generate(
+        [ChatRequest("i", [{"role": "user", "content": "<image>\nWhat?"}], [tmp_path / "a.png"])],
+        GenerationParams(n=3, temperature=0.7),
+    )
     assert result.texts == ["echo: [image] What?"] * 3

@@ -23,12 +23,29 @@ def small_recipe(tmp_path, min_frac=0.1, world_size=60):
         "out": str(tmp_path / "run"),
         "vars": {"size": world_size},
         "stages": [
-            {"name": "world", "uses": "toyworld",
-             "with": {"size": "{{size}}", "annotation_images": 2, "eval_scenes": 2, "eval_text_per_task": 1, "workers": 1}},
-            {"name": "validate", "uses": "validate", "with": {"input": "${world}/corpus.jsonl", "image_root": "${world}"}},
-            {"name": "templates", "uses": "templates", "with": {"data": "${validate}/valid.jsonl", "min_frac": min_frac}},
+            {
+                "name": "world",
+                "uses": "toyworld",
+                "with": {
+                    "size": "{{size}}",
+                    "annotation_images": 2,
+                    "eval_scenes": 2,
+                    "eval_text_per_task": 1,
+                    "workers": 1,
+                },
+            },
+            {
+                "name": "validate",
+                "uses": "validate",
+                "with": {"input": "${world}/corpus.jsonl", "image_root": "${world}"},
+            },
+            {
+                "name": "templates",
+                "uses": "templates",
+                "with": {"data": "${validate}/valid.jsonl", "min_frac": min_frac},
+            },
         ],
-    }  # fmt: skip
+    }
 
 
 def ran(log_lines):
@@ -123,16 +140,27 @@ def test_shipped_recipes_parse():
 def test_quick_demo_writes_a_report_that_renders_in_chromium(tmp_path):
     result = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
-    again = subprocess.run([sys.executable, "-m", "vialign.cli", "demo", "--quick", "--out", str(tmp_path / "demo")],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "123"}, timeout=600)  # fmt: skip
+    again = subprocess.run(
+        [sys.executable, "-m", "vialign.cli", "demo", "--quick", "--out", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "[run]" not in again.stdout and again.stdout.count("[skip]") == result.output.count("[run]"), (
         "a second demo in a new process (another hash seed) reuses every stage"
     )
     report = tmp_path / "demo" / "report.html"
     text = report.read_text()
-    for title in ("Response-only VIT vs LIT", "Full corpus vs RM-curated subset", "Teacher-manner vs rewritten data",
-                  "SFT vs SFT + DPO", "Writing-manner gap", "Dataset viewer"):  # fmt: skip
+    for title in (
+        "Response-only VIT vs LIT",
+        "Full corpus vs RM-curated subset",
+        "Teacher-manner vs rewritten data",
+        "SFT vs SFT + DPO",
+        "Writing-manner gap",
+        "Dataset viewer",
+    ):
         assert title in text, title
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
@@ -163,8 +191,15 @@ def test_sample_stage_filtering_on_subsets_no_record_has_names_the_field(tmp_pat
     from vialign.pipeline.stages import STAGES, StageContext
 
     data = tmp_path / "d.jsonl"
-    data.write_text(json.dumps({"id": "r1", "conversations": [{"from": "human", "value": "Why?"},
-                                                              {"from": "gpt", "value": "So."}]}) + "\n")  # fmt: skip
+    data.write_text(
+        json.dumps(
+            {
+                "id": "r1",
+                "conversations": [{"from": "human", "value": "Why?"}, {"from": "gpt", "value": "So."}],
+            }
+        )
+        + "\n"
+    )
     kind = STAGES["sample"]
     inputs, settings = kind.prepare({"data": str(data), "target": "unused", "subsets": ["detail"]})
     with pytest.raises(ValueError, match=r"no record has meta\.subset.*--subset NAME"):

@@ -49,9 +49,15 @@ def pairs_file(toyworld, tmp_path_factory):
     records = []
     for group in list(read_jsonl(toyworld / "annotations" / "answers.jsonl"))[:16]:
         ranked = sorted(group["candidates"], key=lambda c: -c["score"])
-        records.append({"id": group["group_id"], "image": group["image"],
-                        "conversations": [{"from": "human", "value": f"<image>\n{group['question']}"}],
-                        "chosen": ranked[0]["answer"], "rejected": ranked[-1]["answer"]})  # fmt: skip
+        records.append(
+            {
+                "id": group["group_id"],
+                "image": group["image"],
+                "conversations": [{"from": "human", "value": f"<image>\n{group['question']}"}],
+                "chosen": ranked[0]["answer"],
+                "rejected": ranked[-1]["answer"],
+            }
+        )
     write_jsonl(records, out)
     return out
 
@@ -115,10 +121,12 @@ def test_a_malformed_judge_reply_never_crashes_the_run(tmp_path):
     server = FaultServer(reply=reply)
     settings = PreferenceJudgeSettings(target=server.url, model=ModelSettings(model_name="judge"))
     judge = open_judge(settings, ResponseCache(tmp_path / "cache.jsonl"), tmp_path)
-    groups = [{"id": "ok", "question": "Q1", "responses": ["a", "b"]},
-              {"id": "bad", "question": "garbage", "responses": ["a", "b"]},
-              {"id": "flaky", "question": "FLAKY", "responses": ["a", "b"]},
-              {"id": "down", "question": "FAULT:500", "responses": ["a", "b"]}]  # fmt: skip
+    groups = [
+        {"id": "ok", "question": "Q1", "responses": ["a", "b"]},
+        {"id": "bad", "question": "garbage", "responses": ["a", "b"]},
+        {"id": "flaky", "question": "FLAKY", "responses": ["a", "b"]},
+        {"id": "down", "question": "FAULT:500", "responses": ["a", "b"]},
+    ]
     results = judge.rate(groups)
     assert results[0]["ratings"] == [rating(4, 4, 4), rating(0, 0, 1)]
     assert results[1]["ratings"] is None and "no JSON object" in results[1]["error"]
@@ -175,8 +183,14 @@ def test_pair_rule_on_a_fixed_table():
 
 
 def test_pair_records_in_vialign_and_trl_formats():
-    group = {"id": "g", "image": "images/a.png", "question": "<image>\nWhat is it?", "responses": ["good", "bad"],
-             "ratings": [rating(4, 4, 4), rating(0, 0, 0)], "judge": {"judge": "x"}}  # fmt: skip
+    group = {
+        "id": "g",
+        "image": "images/a.png",
+        "question": "<image>\nWhat is it?",
+        "responses": ["good", "bad"],
+        "ratings": [rating(4, 4, 4), rating(0, 0, 0)],
+        "judge": {"judge": "x"},
+    }
     (pair,), _ = build_pairs([group], PairSettings())
     assert pair["chosen"] == "good" and pair["rejected"] == "bad"
     assert pair["conversations"] == [{"from": "human", "value": "<image>\nWhat is it?"}]
@@ -210,12 +224,17 @@ def test_summed_logps_equal_a_manual_forward_over_the_expanded_sequence(tiny_mod
     for row in range(3):
         ids, labels = dataset.pairs[row].chosen
         assert ids.count(image_id) > 1, "the image is expanded in the ids"
-        pixels = processor.image_processor(images=[__import__("PIL.Image").Image.open(dataset[row]["images"][0]).convert("RGB")],
-                                           return_tensors="pt")["pixel_values"]  # fmt: skip
+        pixels = processor.image_processor(
+            images=[__import__("PIL.Image").Image.open(dataset[row]["images"][0]).convert("RGB")],
+            return_tensors="pt",
+        )["pixel_values"]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids]), pixel_values=pixels).logits[0]
-        manual = sum(torch.log_softmax(logits[t - 1], -1)[ids[t]].item()
-                     for t in range(1, len(ids)) if labels[t] != IGNORE_INDEX)  # fmt: skip
+        manual = sum(
+            torch.log_softmax(logits[t - 1], -1)[ids[t]].item()
+            for t in range(1, len(ids))
+            if labels[t] != IGNORE_INDEX
+        )
         assert logps[row].item() == pytest.approx(manual, abs=1e-4)
         assert tokens[row].item() == sum(label != IGNORE_INDEX for label in labels[1:])
 
@@ -239,18 +258,35 @@ def test_dpo_loss_equals_trls_on_the_same_batch_and_logps(
     ours = preference_loss(
         chosen, rejected, ref_chosen, ref_rejected, 0.1, loss_type, *tokens.chunk(2)
     ).mean()
-    placeholder = Dataset.from_list([{"images": [], "prompt": [{"role": "user", "content": "q"}],
-                                      "chosen": [{"role": "assistant", "content": "a"}],
-                                      "rejected": [{"role": "assistant", "content": "b"}]}])  # fmt: skip
+    placeholder = Dataset.from_list(
+        [
+            {
+                "images": [],
+                "prompt": [{"role": "user", "content": "q"}],
+                "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+            }
+        ]
+    )
     config = DPOConfig(
         output_dir=str(tmp_path), use_cpu=True, max_length=None, beta=0.1, loss_type=[loss_type], report_to=[]
     )
-    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=config, train_dataset=placeholder,
-                         processing_class=processor)  # fmt: skip
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=copy.deepcopy(model),
+        args=config,
+        train_dataset=placeholder,
+        processing_class=processor,
+    )
     trainer.precompute_ref_logps = True  # hand TRL the same reference log-probs
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "pixel_values": batch["pixel_values"],
-              "completion_mask": (batch["labels"] != IGNORE_INDEX).long(), "ref_chosen_logps": ref_chosen,
-              "ref_rejected_logps": ref_rejected}  # fmt: skip
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "pixel_values": batch["pixel_values"],
+        "completion_mask": (batch["labels"] != IGNORE_INDEX).long(),
+        "ref_chosen_logps": ref_chosen,
+        "ref_rejected_logps": ref_rejected,
+    }
     model.eval()
     with torch.no_grad():
         theirs = trainer._compute_loss(trainer.model, inputs, False)
@@ -273,7 +309,11 @@ def test_reference_cache_is_reused_and_invalidated(tiny_model_dir, pairs_file, t
     assert reference_key(pairs_file, tiny_model_dir, encoder, processor, "bfloat16") != key
     assert (
         reference_key(
-            pairs_file, tiny_model_dir, dpo_encoder(processor, DPOSettings(max_length=512)), processor, "float32"
+            pairs_file,
+            tiny_model_dir,
+            dpo_encoder(processor, DPOSettings(max_length=512)),
+            processor,
+            "float32",
         )
         != key
     )
@@ -288,8 +328,16 @@ def test_reference_cache_is_reused_and_invalidated(tiny_model_dir, pairs_file, t
 def test_dpo_training_prefers_chosen_keeps_vision_frozen_and_reuses_the_cache(
     tiny_model_dir, pairs_file, toyworld, tmp_path
 ):
-    settings = DPOSettings(use_cpu=True, max_steps=12, batch_size=4, lr=5e-3, warmup_ratio=0.0, logging_steps=1,
-                           ref_cache_dir=tmp_path / "refs", beta=0.5)  # fmt: skip
+    settings = DPOSettings(
+        use_cpu=True,
+        max_steps=12,
+        batch_size=4,
+        lr=5e-3,
+        warmup_ratio=0.0,
+        logging_steps=1,
+        ref_cache_dir=tmp_path / "refs",
+        beta=0.5,
+    )
     first = train_dpo(
         tiny_model_dir, pairs_file, tmp_path / "a", settings, image_root=toyworld, show_progress=False
     )
@@ -304,8 +352,14 @@ def test_dpo_training_prefers_chosen_keeps_vision_frozen_and_reuses_the_cache(
     for name, weight in before.state_dict().items():
         if "vision_tower" in name:
             assert torch.equal(weight, trained[name]), name
-    second = train_dpo(tiny_model_dir, pairs_file, tmp_path / "b", settings.model_copy(update={"max_steps": 1}),
-                       image_root=toyworld, show_progress=False)  # fmt: skip
+    second = train_dpo(
+        tiny_model_dir,
+        pairs_file,
+        tmp_path / "b",
+        settings.model_copy(update={"max_steps": 1}),
+        image_root=toyworld,
+        show_progress=False,
+    )
     assert second.counts["reference_computed"] == 0 and second.counts["reference_reused"] == 16
 
 

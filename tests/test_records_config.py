@@ -128,4 +128,29 @@ def test_bad_settings_files_are_named_with_the_problem(tmp_path):
     with pytest.raises(SettingsError, match="cannot read"):
         load_settings(ToyWorldSettings, yaml_path=tmp_path / "missing.yaml", section="toyworld")
     (tmp_path / "empty.yaml").write_text("toyworld:\n")
-    assert load_settings(ToyWorldSettings, yaml_path=tmp_path / "empty.yaml", section="toyworld") == ToyWorldSettings()
+    assert (
+        load_settings(ToyWorldSettings, yaml_path=tmp_path / "empty.yaml", section="toyworld")
+        == ToyWorldSettings()
+    )
+
+
+def test_a_stage_manifest_is_written_only_when_the_stage_finishes(tmp_path):
+    import json
+
+    from vialign.manifest import stage_manifest
+
+    with stage_manifest(tmp_path / "ok", "demo.stage", {"k": 1}, {"in": "sha256:x"}) as manifest:
+        manifest.counts = {"n": 3}
+    written = json.loads((tmp_path / "ok" / "manifest.json").read_text())
+    assert (
+        written["stage"] == "demo.stage" and written["counts"] == {"n": 3} and written["settings"] == {"k": 1}
+    )
+    assert (
+        written["inputs"] == {"in": "sha256:x"} and written["duration_s"] >= 0 and written["started_at"] > 0
+    )
+    with pytest.raises(RuntimeError), stage_manifest(tmp_path / "failed", "demo.stage"):
+        raise RuntimeError("the stage broke")
+    assert not (tmp_path / "failed" / "manifest.json").exists(), "a manifest means a finished run"
+    with stage_manifest(tmp_path / "rank1", "demo.stage", write=False):
+        pass
+    assert not (tmp_path / "rank1").exists()

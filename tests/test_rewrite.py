@@ -59,10 +59,14 @@ def test_parse_verdict(verdict, expected):
 def test_review_decides_and_failures_keep_the_original(tmp_path):
     server = FaultServer(reply=scripted)
     try:
-        samples = [conv("accept", "A red circle. ACCEPT"), conv("refuse", "A red circle. REFUSE"),
-                   conv("blank", "A red circle. BLANK"), conv("vague", "A red circle."),
-                   conv("broken", "A red circle. FAULT:500"),
-                   conv("hard", "Red", "<image>\nWhat color?\nAnswer the question using a single word or phrase.")]  # fmt: skip
+        samples = [
+            conv("accept", "A red circle. ACCEPT"),
+            conv("refuse", "A red circle. REFUSE"),
+            conv("blank", "A red circle. BLANK"),
+            conv("vague", "A red circle."),
+            conv("broken", "A red circle. FAULT:500"),
+            conv("hard", "Red", "<image>\nWhat color?\nAnswer the question using a single word or phrase."),
+        ]
         settings = RewriteSettings(model_name="m", runner=RunnerSettings(batch_size=4))
         rewriter = make_rewriter(server.url, settings)
         rewriter.backend.max_retries = 1
@@ -104,8 +108,15 @@ def test_hard_format_samples_are_byte_identical(toyworld, tiny_model_dir, tmp_pa
     (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
     settings = RewriteSettings(rewrite_params={"max_new_tokens": 4}, review_params={"max_new_tokens": 2})
     samples = list(read_samples(tmp_path / "in.jsonl"))
-    run_resumable(samples, lambda s: s.id, make_rewriter(str(tiny_model_dir), settings), tmp_path / "out.jsonl",
-                  RunnerSettings(batch_size=8), finish=keep_original_on_failure, show_progress=False)  # fmt: skip
+    run_resumable(
+        samples,
+        lambda s: s.id,
+        make_rewriter(str(tiny_model_dir), settings),
+        tmp_path / "out.jsonl",
+        RunnerSettings(batch_size=8),
+        finish=keep_original_on_failure,
+        show_progress=False,
+    )
     out = (tmp_path / "out.jsonl").read_bytes().splitlines(keepends=True)
     hard = [
         k
@@ -155,11 +166,26 @@ def test_ray_engine_gives_the_local_output(toyworld, tiny_model_dir, tmp_path):
     soft = list(read_samples(toyworld / "corpus.jsonl"))[:12]
     settings = RewriteSettings(rewrite_params={"max_new_tokens": 6}, review_params={"max_new_tokens": 2})
     local = RunnerSettings(batch_size=4)
-    run_resumable(soft, lambda s: s.id, make_rewriter(str(tiny_model_dir), settings), tmp_path / "local.jsonl", local,
-                  finish=keep_original_on_failure, show_progress=False)  # fmt: skip
+    run_resumable(
+        soft,
+        lambda s: s.id,
+        make_rewriter(str(tiny_model_dir), settings),
+        tmp_path / "local.jsonl",
+        local,
+        finish=keep_original_on_failure,
+        show_progress=False,
+    )
     ray_settings = local.model_copy(update={"engine": "ray"})
-    run_resumable(soft, lambda s: s.id, None, tmp_path / "ray.jsonl", ray_settings, finish=keep_original_on_failure,
-                  ray_factory=rewriter_factory(str(tiny_model_dir), settings), show_progress=False)  # fmt: skip
+    run_resumable(
+        soft,
+        lambda s: s.id,
+        None,
+        tmp_path / "ray.jsonl",
+        ray_settings,
+        finish=keep_original_on_failure,
+        ray_factory=rewriter_factory(str(tiny_model_dir), settings),
+        show_progress=False,
+    )
     assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
 
 
@@ -193,7 +219,9 @@ def test_review_threshold_decides_by_the_yes_probability(toyworld, tiny_model_di
 
     soft = [s for s in read_samples(toyworld / "corpus.jsonl") if s.meta.subset == "conversation"][:3]
     settings = RewriteSettings(
-        rewrite_params={"max_new_tokens": 5}, review_params={"max_new_tokens": 2}, review_min_yes=0.5,
+        rewrite_params={"max_new_tokens": 5},
+        review_params={"max_new_tokens": 2},
+        review_min_yes=0.5,
         dtype="float32",  # batched and single forwards agree to 1e-4 only in float32
     )
     rewriter = make_rewriter(str(tiny_model_dir), settings)

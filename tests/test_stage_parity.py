@@ -33,7 +33,9 @@ def read_any(path: Path, paths: dict[str, str]):
 
 
 def one_stage(tmp_path: Path, uses: str, settings: dict) -> Path:
-    recipe = Recipe.model_validate({"out": str(tmp_path / "run"), "stages": [{"name": "s", "uses": uses, "with": settings}]})
+    recipe = Recipe.model_validate(
+        {"out": str(tmp_path / "run"), "stages": [{"name": "s", "uses": uses, "with": settings}]}
+    )
     return run_recipe(recipe, log=lambda m: None, show_progress=False)["s"]
 
 
@@ -50,7 +52,16 @@ def sample_file(toyworld, tmp_path_factory):
 
 
 def test_validate(tmp_path, toyworld, sample_file):
-    cli("data", "validate", str(sample_file), "--out", str(tmp_path / "cli"), "--image-root", str(toyworld), "--quiet")
+    cli(
+        "data",
+        "validate",
+        str(sample_file),
+        "--out",
+        str(tmp_path / "cli"),
+        "--image-root",
+        str(toyworld),
+        "--quiet",
+    )
     folder = one_stage(tmp_path, "validate", {"input": str(sample_file), "image_root": str(toyworld)})
     for name in ("valid.jsonl", "rejects.jsonl", "manifest.json"):
         assert read_any(tmp_path / "cli" / name, {}) == read_any(folder / name, {}), name
@@ -63,12 +74,25 @@ def test_templates(tmp_path, sample_file):
 
 
 def test_pairs(tmp_path):
-    ratings = [{"helpfulness": h, "correctness": h, "coherence": 4, "complexity": 2, "verbosity": 2} for h in (4, 1, 0)]
-    groups = [{"id": f"g{i}", "question": f"Q{i}", "responses": ["a", "b", "c"], "ratings": ratings} for i in range(6)]
+    ratings = [
+        {"helpfulness": h, "correctness": h, "coherence": 4, "complexity": 2, "verbosity": 2}
+        for h in (4, 1, 0)
+    ]
+    groups = [
+        {"id": f"g{i}", "question": f"Q{i}", "responses": ["a", "b", "c"], "ratings": ratings}
+        for i in range(6)
+    ]
     rated = tmp_path / "rated.jsonl"
     write_jsonl(groups, rated)
-    cli("prefer", "pairs", str(rated), "--out", str(tmp_path / "cli" / "pairs.jsonl"), "--trl-out",
-        str(tmp_path / "cli" / "pairs.trl.jsonl"))  # fmt: skip
+    cli(
+        "prefer",
+        "pairs",
+        str(rated),
+        "--out",
+        str(tmp_path / "cli" / "pairs.jsonl"),
+        "--trl-out",
+        str(tmp_path / "cli" / "pairs.trl.jsonl"),
+    )
     folder = one_stage(tmp_path, "pairs", {"data": str(rated)})
     cli_paths = {str(tmp_path / "cli" / "pairs.jsonl"): "OUT"}
     recipe_paths = {str(folder / "pairs.jsonl"): "OUT"}
@@ -86,3 +110,123 @@ def test_tiny_model(tmp_path, toyworld):
     assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)
     for name in ("config.json", "tokenizer.json"):
         assert read_any(tmp_path / "cli" / name, {}) == read_any(folder / name, {}), name
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    ours, theirs = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)
+
+
+def test_toyworld(tmp_path):
+    cli(
+        "toyworld",
+        "generate",
+        "--out",
+        str(tmp_path / "cli"),
+        "--size",
+        "60",
+        "--set",
+        "annotation_images=4",
+        "--set",
+        "eval_scenes=4",
+        "--quiet",
+    )
+    folder = one_stage(tmp_path, "toyworld", {"size": 60, "annotation_images": 4, "eval_scenes": 4})
+
+    def files_of(root: Path) -> list[Path]:  # stage.json: the recipe's own bookkeeping
+        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.name != "stage.json")
+
+    files = files_of(tmp_path / "cli")
+    assert files == files_of(folder)
+    for name in files:
+        if name.name != "manifest.json":
+            assert (tmp_path / "cli" / name).read_bytes() == (folder / name).read_bytes(), name
+
+
+def test_sft_trains_the_same_weights(tmp_path, tiny_model_dir, toyworld, sample_file):
+    common = {"max_steps": 2, "batch_size": 4, "use_cpu": True, "dtype": "float32"}
+    cli(
+        "train",
+        "sft",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(sample_file),
+        "--out",
+        str(tmp_path / "cli"),
+        "--image-root",
+        str(toyworld),
+        *[x for k, v in common.items() for x in ("--set", f"{k}={v}")],
+    )
+    folder = one_stage(
+        tmp_path,
+        "sft",
+        {"model": str(tiny_model_dir), "data": str(sample_file), "image_root": str(toyworld), **common},
+    )
+    assert same_weights(tmp_path / "cli", folder)
+    speed = {"tokens_per_s", "steady_tokens_per_s", "train_seconds"}
+    ours, theirs = (json.loads((f / "manifest.json").read_text()) for f in (tmp_path / "cli", folder))
+    for m in (ours, theirs):
+        m["counts"] = {k: v for k, v in m["counts"].items() if k not in speed}
+    assert comparable(ours, {}) == comparable(theirs, {})
+
+
+def test_select(tmp_path, sample_file):
+    scored = tmp_path / "scored.jsonl"
+    rows = [json.loads(line) for line in sample_file.read_text().splitlines()]
+    for k, row in enumerate(rows):
+        row["meta"]["curation"] = {"question_score": (k * 37 % 101) / 101, "answer_score": (k * 53 % 97) / 97}
+    write_jsonl(rows, scored)
+    cli("curate", "select", str(scored), "--out", str(tmp_path / "cli"), "--question-keep", "0.5")
+    folder = one_stage(tmp_path, "select", {"data": str(scored), "question_keep": 0.5})
+    for name in ("selected.jsonl", "decisions.jsonl", "summary.json"):
+        assert read_any(tmp_path / "cli" / name, {}) == read_any(folder / name, {}), name
+
+
+def test_gap(tmp_path, toyworld):
+    from vialign.models.tiny import TinyModelSettings
+    from vialign.train.lm import train_lm
+    from vialign.train.settings import LMTrainSettings
+
+    lm = tmp_path / "lm"
+    train_lm(toyworld, lm, TinyModelSettings(), LMTrainSettings(max_steps=1, use_cpu=True))
+    data = tmp_path / "text.jsonl"
+    write_jsonl(list(read_samples(toyworld / "text" / "corpus.jsonl"))[:20], data)
+    cli("align", "gap", str(data), "--llm", str(lm), "--out", str(tmp_path / "cli"))
+    folder = one_stage(tmp_path, "gap", {"data": str(data), "llm": str(lm)})
+    for name in ("input.nll.jsonl", "gap.json"):
+        assert read_any(tmp_path / "cli" / name, {}) == read_any(folder / name, {}), name
+
+
+def test_sample(tmp_path, tiny_model_dir, toyworld, sample_file):
+    cli(
+        "prefer",
+        "sample",
+        str(sample_file),
+        "--model",
+        str(tiny_model_dir),
+        "--image-root",
+        str(toyworld),
+        "--out",
+        str(tmp_path / "cli.jsonl"),
+        "--limit",
+        "4",
+        "--k",
+        "2",
+        "--set",
+        "params.max_new_tokens=8",
+        "--quiet",
+    )
+    folder = one_stage(
+        tmp_path,
+        "sample",
+        {
+            "data": str(sample_file),
+            "target": str(tiny_model_dir),
+            "image_root": str(toyworld),
+            "limit": 4,
+            "k": 2,
+            "params": {"max_new_tokens": 8},
+        },
+    )
+    assert read_any(tmp_path / "cli.jsonl", {}) == read_any(folder / "groups.jsonl", {})

@@ -46,9 +46,11 @@ def test_same_seed_gives_byte_identical_files_across_processes_with_other_hash_s
     import subprocess
     import sys
 
-    script = ("import sys; from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld; "
-              "generate_toyworld(sys.argv[1], ToyWorldSettings(seed=3, size=300, annotation_images=8, "
-              "eval_scenes=8, eval_text_per_task=3, workers=1))")  # fmt: skip
+    script = (
+        "import sys; from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld; "
+        "generate_toyworld(sys.argv[1], ToyWorldSettings(seed=3, size=300, annotation_images=8, "
+        "eval_scenes=8, eval_text_per_task=3, workers=1))"
+    )
     for name, hash_seed in (("a", "1"), ("b", "2")):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, env=env, timeout=300)

@@ -17,7 +17,12 @@ from vialign.train.sft import train_sft
 
 # float32: the invariants below are exact; bf16 autocast has its own test.
 BASE = dict(
-    use_cpu=True, lr=1e-3, warmup_ratio=0.0, scheduler="constant", logging_steps=1, group_by_length=False,
+    use_cpu=True,
+    lr=1e-3,
+    warmup_ratio=0.0,
+    scheduler="constant",
+    logging_steps=1,
+    group_by_length=False,
     dtype="float32",
 )
 
@@ -185,7 +190,7 @@ def test_lora_target_reaching_the_vision_tower_is_refused(tiny_model_dir):
         ({"train_vision": False, "train_projector": False, "train_llm": False}, "nothing would train"),
         ({"bf16": True}, "bf16 is now dtype"),
         ({"dtype": "float8"}, "dtype"),
-        ({"chat_format": "chatml"}, "unknown chat_format"),
+        ({"chat_format": "chatml"}, "(?s)chat_format.*'vicuna_v1', 'plain' or 'tokenizer'"),
     ],
 )
 def test_incompatible_settings_are_refused_with_the_reason(settings, reason):
@@ -205,8 +210,15 @@ def test_truncated_and_quarantined_samples_are_counted(tiny_model_dir, data, toy
         }
     )
     write_jsonl([*samples, bad], tmp_path / "d.jsonl")
-    manifest = run(tiny_model_dir, tmp_path / "d.jsonl", toyworld, tmp_path / "q", batch_size=4, max_steps=1,
-                   templates="none")  # fmt: skip
+    manifest = run(
+        tiny_model_dir,
+        tmp_path / "d.jsonl",
+        toyworld,
+        tmp_path / "q",
+        batch_size=4,
+        max_steps=1,
+        templates="none",
+    )
     assert (manifest.counts["encoded"], manifest.counts["quarantined"]) == (8, 1)
     assert manifest.settings["templates"] == "none", "template exclusion turned off is recorded as off"
     (row,) = [json.loads(line) for line in (tmp_path / "q" / "quarantine.jsonl").read_text().splitlines()]
@@ -270,7 +282,9 @@ def test_train_lm_then_assemble_keeps_the_language_model_exact(toyworld, tmp_pat
         toyworld,
         tmp_path / "lm",
         TinyModelSettings(text_layers=1),
-        LMTrainSettings(**{**{k: v for k, v in BASE.items() if k != "group_by_length"}, "max_steps": 3, "batch_size": 4}),
+        LMTrainSettings(
+            **{**{k: v for k, v in BASE.items() if k != "group_by_length"}, "max_steps": 3, "batch_size": 4}
+        ),
     )
     assert manifest.counts["steps"] == 3 and manifest.counts["encoded"] == 1000
     assemble_llava(tmp_path / "lm", TinyModelSettings(), tmp_path / "llava", vision_feature_layer=-1)
@@ -376,8 +390,22 @@ def test_every_sample_too_long_is_a_clear_error_with_the_quarantine_written(
 
     from vialign.cli import app
 
-    args = ["train", "sft", "--model", str(tiny_model_dir), "--data", str(data), "--image-root", str(toyworld),
-            "--out", str(tmp_path / "o"), "--set", "max_length=8", "--set", "use_cpu=true"]  # fmt: skip
+    args = [
+        "train",
+        "sft",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(data),
+        "--image-root",
+        str(toyworld),
+        "--out",
+        str(tmp_path / "o"),
+        "--set",
+        "max_length=8",
+        "--set",
+        "use_cpu=true",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "no sample of" in result.output and "max_length" in result.output
     assert isinstance(result.exception, SystemExit)
@@ -390,9 +418,14 @@ def test_one_bf16_autocast_step_matches_float32_and_keeps_float32_master_weights
     tiny_model_dir, data, toyworld, tmp_path
 ):
     before = weights(tiny_model_dir)
-    runs = {d: run(tiny_model_dir, data, toyworld, tmp_path / d, batch_size=8, max_steps=1, dtype=d)
-            for d in ("float32", "bfloat16")}  # fmt: skip
-    assert {d: m.settings["resolved"]["dtype"] for d, m in runs.items()} == {"float32": "float32", "bfloat16": "bfloat16"}
+    runs = {
+        d: run(tiny_model_dir, data, toyworld, tmp_path / d, batch_size=8, max_steps=1, dtype=d)
+        for d in ("float32", "bfloat16")
+    }
+    assert {d: m.settings["resolved"]["dtype"] for d, m in runs.items()} == {
+        "float32": "float32",
+        "bfloat16": "bfloat16",
+    }
     loss32, loss16 = (step_losses(tmp_path / d)[0] for d in ("float32", "bfloat16"))
     assert loss16 == pytest.approx(loss32, rel=0.02) and loss16 != loss32, "bf16 ran, and close to fp32"
     w32, w16 = weights(tmp_path / "float32"), weights(tmp_path / "bfloat16")
@@ -413,8 +446,29 @@ def test_auto_dtype_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     with pytest.raises(ValueError, match="CUDA"):
         precision.resolve_dtype("float16", "cpu")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_bf16_is_faster", lambda: False)
+    assert precision.resolve_dtype("auto", "cpu") == "float32", "native but measured slower: float32"
+    assert precision.resolve_dtype("bfloat16", "cpu") == "bfloat16", "asked for explicitly: honoured"
+    monkeypatch.setattr(precision, "cpu_bf16_is_faster", lambda: True)
     assert precision.resolve_dtype("auto", "cpu") == "bfloat16"
     assert precision.resolve_dtype("float32", "cpu") == "float32"
+
+
+def test_the_bf16_probe_is_measured_once_per_machine(tmp_path, monkeypatch):
+    from vialign.models import precision
+
+    monkeypatch.setenv("VIALIGN_CACHE", str(tmp_path))
+    precision.cpu_bf16_is_faster.cache_clear()
+    calls = []
+    monkeypatch.setattr(
+        precision,
+        "matmul_seconds",
+        lambda dtype: calls.append(dtype) or (1.0 if dtype == torch.float32 else 0.4),
+    )
+    assert precision.cpu_bf16_is_faster() and len(calls) == 2
+    precision.cpu_bf16_is_faster.cache_clear()
+    assert precision.cpu_bf16_is_faster() and len(calls) == 2, "read back from the cache file"
+    precision.cpu_bf16_is_faster.cache_clear()
 
 
 def packed_and_padded(tiny_model_dir, data, toyworld, n=6, row_tokens=None):
@@ -423,11 +477,18 @@ def packed_and_padded(tiny_model_dir, data, toyworld, n=6, row_tokens=None):
     from vialign.train.data import PackedSFTCollator, SFTCollator, SFTDataset
 
     model, processor = load_llava(tiny_model_dir)
-    items, _ = encode_all(training_encoder(processor, SFTSettings(mode="lit"), "lit"), list(read_samples(data))[:n])
+    items, _ = encode_all(
+        training_encoder(processor, SFTSettings(mode="lit"), "lit"), list(read_samples(data))[:n]
+    )
     rows = [SFTDataset(items, toyworld)[i] for i in range(n)]
     pad = processor.tokenizer.pad_token_id
     width = row_tokens or sum(len(r["input_ids"]) for r in rows) // 2
-    return model, rows, SFTCollator(pad, processor.image_processor)(rows), PackedSFTCollator(pad, processor.image_processor, width)(rows)
+    return (
+        model,
+        rows,
+        SFTCollator(pad, processor.image_processor)(rows),
+        PackedSFTCollator(pad, processor.image_processor, width)(rows),
+    )
 
 
 def loss_and_grads(model, batch):
@@ -435,7 +496,11 @@ def loss_and_grads(model, batch):
     n_labels = int((batch["labels"][:, 1:] != -100).sum())
     loss = model(**batch).loss
     loss.backward()
-    return loss.item(), n_labels, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return (
+        loss.item(),
+        n_labels,
+        {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None},
+    )
 
 
 def test_packed_batch_has_the_loss_and_gradients_of_the_padded_batch(tiny_model_dir, data, toyworld):
@@ -459,13 +524,14 @@ def test_packed_samples_never_see_or_predict_each_other(tiny_model_dir, data, to
     model, rows, padded, packed = packed_and_padded(tiny_model_dir, data, toyworld)
     lengths = [len(r["input_ids"]) for r in rows]
     layout = pack_rows(lengths, sum(lengths) // 2)
-    positions, labels = packed["position_ids"][0], packed["labels"][0]
+    shared = next(k for k, row in enumerate(layout) if len(row) >= 2)
+    positions, labels = packed["position_ids"][shared], packed["labels"][shared]
     starts = [i for i in range(len(positions)) if positions[i] == 0]
-    assert len(layout[0]) >= 2 and all(labels[s] == -100 for s in starts), "no label crosses a sample boundary"
+    assert len(starts) >= 2 and all(labels[s] == -100 for s in starts), "no label crosses a sample boundary"
     with torch.no_grad():
         alone, together = model(**padded).logits, model(**packed).logits
         changed = {**packed, "input_ids": packed["input_ids"].clone()}
-        first = changed["input_ids"][0, : lengths[layout[0][0]]]
+        first = changed["input_ids"][shared, : lengths[layout[shared][0]]]
         text = first != model.config.image_token_id
         first[text] = next(t for t in range(5, 9) if t != model.config.image_token_id and t not in first)
         perturbed = model(**changed).logits
@@ -473,19 +539,26 @@ def test_packed_samples_never_see_or_predict_each_other(tiny_model_dir, data, to
         start = 0
         for i in row:
             n = lengths[i]
-            assert torch.allclose(together[k, start : start + n], alone[i, :n], atol=1e-5), f"sample {i} differs"
+            assert torch.allclose(together[k, start : start + n], alone[i, :n], atol=1e-5), (
+                f"sample {i} differs"
+            )
             start += n
-    later = slice(lengths[layout[0][0]], sum(lengths[i] for i in layout[0]))
-    assert torch.equal(perturbed[0, later], together[0, later]), "an earlier sample in the row changed a later one"
+    later = slice(lengths[layout[shared][0]], sum(lengths[i] for i in layout[shared]))
+    assert torch.equal(perturbed[shared, later], together[shared, later]), (
+        "an earlier sample changed a later one"
+    )
 
 
-def test_pack_rows_fills_rows_first_fit_and_keeps_long_samples_alone():
+def test_pack_rows_balances_rows_under_the_capacity_and_keeps_long_samples_alone():
     from vialign.train.data import pack_rows
 
-    rows = pack_rows([5, 3, 9, 2, 4, 12], capacity=10)
+    lengths = [5, 3, 9, 2, 4, 12]
+    rows = pack_rows(lengths, capacity=10)
     assert sorted(i for r in rows for i in r) == list(range(6))
-    assert all(sum([5, 3, 9, 2, 4, 12][i] for i in r) <= 10 for r in rows if len(r) > 1)
-    assert [5] in rows and rows == [[5], [2], [0, 4], [1, 3]]
+    assert [5] in rows, "longer than the capacity: a row of its own"
+    loads = sorted(sum(lengths[i] for i in r) for r in rows if r != [5])
+    assert loads == [7, 7, 9], "three rows (23 tokens, capacity 10), as even as the lengths allow"
+    assert pack_rows([6, 6, 6], capacity=10) == [[0], [1], [2]], "two per row would overflow"
 
 
 def trainer_settings_classes():
@@ -524,11 +597,46 @@ def test_training_args_pass_through_to_transformers_and_named_ones_are_refused(t
     from vialign.train.core import training_arguments
 
     cls = trainer_settings_classes()[trainer]
-    settings = load_settings(cls, overrides=["training_args.max_grad_norm=0.5", "training_args.optim=adafactor",
-                                             "use_cpu=true"])  # fmt: skip
+    settings = load_settings(
+        cls, overrides=["training_args.max_grad_norm=0.5", "training_args.optim=adafactor", "use_cpu=true"]
+    )
     args = training_arguments(tmp_path, settings)
     assert args.max_grad_norm == 0.5 and args.optim == "adafactor"
     with pytest.raises(ValueError, match="set by vialign from 'lr'"):
         cls(training_args={"learning_rate": 1.0})
     with pytest.raises(ValueError, match="no such field"):
         cls(training_args={"max_grad_nrom": 1.0})
+
+
+def test_packed_rows_default_to_four_times_the_longest_sample_within_max_length():
+    from vialign.train.data import PackedSFTCollator
+
+    assert PackedSFTCollator(0).capacity([100, 300, 50]) == 1200
+    assert PackedSFTCollator(0, max_tokens=256).capacity([100, 300, 50]) == 256
+    assert PackedSFTCollator(0, row_tokens=128).capacity([100, 300, 50]) == 128
+    rows = [{"input_ids": [5] * n, "labels": [5] * n} for n in (120, 90, 80, 75, 60, 40, 33, 30)]
+    ids = PackedSFTCollator(0)(rows)["input_ids"]
+    assert ids.shape[0] == 2 and 1 - sum(len(r["input_ids"]) for r in rows) / ids.numel() < 0.02
+
+
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
+def test_a_half_precision_checkpoint_trains_float32_master_weights(tiny_model_dir, compute, monkeypatch):
+    from vialign.models import precision
+    from vialign.train.core import prepare_for_training
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    model, _ = load_llava(tiny_model_dir, dtype=torch.bfloat16)
+    settings = SFTSettings(use_cpu=True, dtype=compute, lora={"enabled": True, "r": 4, "alpha": 8})
+    model, _ = prepare_for_training(model, settings)
+    trainable = {p.dtype for p in model.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert trainable == {torch.float32}, "AdamW steps on float32 master weights"
+    assert frozen == ({torch.float32} if compute == "float32" else {torch.bfloat16}), (
+        "without autocast every layer is float32; under autocast frozen weights keep the checkpoint's dtype"
+    )
+
+
+def test_the_manifest_reports_throughput_after_the_first_step(tiny_model_dir, data, toyworld, tmp_path):
+    manifest = run(tiny_model_dir, data, toyworld, tmp_path / "o", batch_size=4, max_steps=3)
+    assert manifest.counts["steady_tokens_per_s"] > 0
+    assert "peak_gpu_mb" not in manifest.counts, "no GPU here"

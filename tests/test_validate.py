@@ -139,14 +139,29 @@ def test_duplicate_id_is_rejected_when_asked(tmp_path, root):
 def test_repeated_ids_of_real_llava_data_keep_every_record_with_unique_ids(tmp_path, root):
     """LLaVA-Instruct's ids are COCO image ids shared by an image's conversation, detail and reasoning
     samples; every record is kept, renamed in input order, the input id kept in meta."""
-    coco = [good(0, id="000000215677"), good(0, id="000000215677"), good(0, id="000000215677#2"),
-            good(0, id="000000215677"), good(0, id="000000033471")]  # fmt: skip
+    coco = [
+        good(0, id="000000215677"),
+        good(0, id="000000215677"),
+        good(0, id="000000215677#2"),
+        good(0, id="000000215677"),
+        good(0, id="000000033471"),
+    ]
     summary, valid, rejects = run(tmp_path, root, coco)
     assert rejects == [] and summary.renamed == 3
-    assert [r["id"] for r in valid] == ["000000215677", "000000215677#2", "000000215677#2#2",
-                                        "000000215677#3", "000000033471"]  # fmt: skip
-    assert [r.get("meta", {}).get("original_id") for r in valid] == [None, "000000215677", "000000215677#2",
-                                                                    "000000215677", None]  # fmt: skip
+    assert [r["id"] for r in valid] == [
+        "000000215677",
+        "000000215677#2",
+        "000000215677#2#2",
+        "000000215677#3",
+        "000000033471",
+    ]
+    assert [r.get("meta", {}).get("original_id") for r in valid] == [
+        None,
+        "000000215677",
+        "000000215677#2",
+        "000000215677",
+        None,
+    ]
     from vialign.records import read_samples, write_llava_json
 
     samples = list(read_samples(tmp_path / "out" / "valid.jsonl"))
@@ -163,8 +178,12 @@ def test_subset_tags_every_record_and_rules_infer_it(tmp_path, root):
         {"subset": "short", "question_regex": "single word"},
         {"subset": "conversation", "id_regex": "^r"},
     ]
-    short = good(3, conversations=turns(("human", "<image>\nColour? Answer the question using a single word or phrase."),
-                                        ("gpt", "Red")))  # fmt: skip
+    short = good(
+        3,
+        conversations=turns(
+            ("human", "<image>\nColour? Answer the question using a single word or phrase."), ("gpt", "Red")
+        ),
+    )
     summary, valid, _ = run(tmp_path, root, [good(1), short, good(4, id="x")], subset_rules=rules)
     assert [r.get("meta", {}).get("subset") for r in valid] == ["conversation", "short", None]
     assert summary.by_subset == {"conversation": 1, "short": 1, "(none)": 1}
@@ -290,8 +309,14 @@ def test_cli_validate_mixed_file_and_strict_exit_code(tmp_path, root):
     assert result.exit_code == 0, result.output
     assert "not_json" in result.output and "image_missing" in result.output
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    assert manifest["counts"] == {"valid": 1, "rejected": 2, "not_json": 1, "image_missing": 1, "renamed": 0,
-                                  "subsets": {"(none)": 1}}  # fmt: skip
+    assert manifest["counts"] == {
+        "valid": 1,
+        "rejected": 2,
+        "not_json": 1,
+        "image_missing": 1,
+        "renamed": 0,
+        "subsets": {"(none)": 1},
+    }
     strict = runner.invoke(app, [*args, "--strict"])
     assert strict.exit_code == 1
     clean = tmp_path / "clean.jsonl"
@@ -363,5 +388,9 @@ def test_json_array_streams_past_bad_records_in_the_middle(tmp_path, root, monke
     assert [r["id"] for r in valid] == [f"r{i}" for i in range(150) if i not in bad]
     assert valid[0]["conversations"] == quoted["conversations"]
     assert [(r["index"], r["code"]) for r in rejects] == [
-        (41, "not_json"), (42, "not_object"), (91, "missing_conversations"), (92, "not_json")]  # fmt: skip
+        (41, "not_json"),
+        (42, "not_object"),
+        (91, "missing_conversations"),
+        (92, "not_json"),
+    ]
     assert summary.valid == 146 and rejects[2]["id"] == "r90"

@@ -14,9 +14,20 @@ from rich.console import Console
 from vialign.pipeline.recipe import Recipe, load_recipe, run_recipe
 from vialign.report.html import ReportSettings, write_report
 
-QUICK = {"size": 600, "text_size": 800, "annotation_images": 60, "eval_scenes": 30, "lm_steps": 60,
-         "stage1_steps": 40, "sft_steps": 30, "rm_steps": 20, "prompts": 24, "dpo_steps": 8, "eval_limit": 24,
-         "rewrite_limit": 40}  # fmt: skip
+QUICK = {
+    "size": 600,
+    "text_size": 800,
+    "annotation_images": 60,
+    "eval_scenes": 30,
+    "lm_steps": 60,
+    "stage1_steps": 40,
+    "sft_steps": 30,
+    "rm_steps": 20,
+    "prompts": 24,
+    "dpo_steps": 8,
+    "eval_limit": 24,
+    "rewrite_limit": 40,
+}
 
 
 def demo_recipe(out: Path, quick: bool, seed: int) -> Recipe:
@@ -32,16 +43,20 @@ def run_demo(out: Path, *, quick: bool, seed: int, console: Console, seeds: int 
     for s in range(seed, seed + seeds):
         console.print(f"[bold]seed {s}[/bold]")
         recipe = demo_recipe(out, quick, s)
-        folders = run_recipe(recipe, log=lambda m: console.print("  " + m, markup=False, highlight=False),
-                             show_progress=False)
+        folders = run_recipe(
+            recipe, log=lambda m: console.print("  " + m, markup=False, highlight=False), show_progress=False
+        )
         per_seed.append((recipe, folders))
     report_stage = next(st for st in per_seed[0][0].stages if st.name == "report")
     resolved = [substituted(report_stage.settings, folders) for _, folders in per_seed]
     runs = {label: [r["runs"][label][0] for r in resolved] for label in resolved[0]["runs"]}
     settings = ReportSettings(**{**resolved[0], "runs": runs})
-    notes = ["quick demo: tiny sizes, numbers are a smoke check, not a result" if quick else
-             "full demo: tiny models on 2 CPU cores; differences within the intervals are noise",
-             f"{seeds} seed(s) from {seed}; elapsed {time.perf_counter() - t0:.0f} s"]  # fmt: skip
+    notes = [
+        "quick demo: tiny sizes, numbers are a smoke check, not a result"
+        if quick
+        else "full demo: tiny models on 2 CPU cores; differences within the intervals are noise",
+        f"{seeds} seed(s) from {seed}; elapsed {time.perf_counter() - t0:.0f} s",
+    ]
     report = write_report(out, settings.model_copy(update={"notes": notes}))
     console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; report: {report}")
     return report

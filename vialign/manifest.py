@@ -5,9 +5,11 @@ Later stages (and `vialign run`) use the fingerprints to decide whether finished
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +74,27 @@ def fingerprint_settings(settings: Any) -> str:
     return fingerprint_bytes(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS))
 
 
-class StageTimer:
-    def __init__(self) -> None:
-        self.started_at = time.time()
-        self._t0 = time.perf_counter()
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self._t0
+@contextlib.contextmanager
+def stage_manifest(
+    out_dir: str | Path,
+    stage: str,
+    settings: Any = None,
+    inputs: dict[str, str] | None = None,
+    write: bool = True,
+) -> Iterator[Manifest]:
+    """The manifest of one stage run, timed from entry: the block fills in counts and outputs (and any
+    input or setting known only later); it is written when the block ends without an error, so a
+    manifest always means a finished run. `write=False` on the other ranks of a distributed run."""
+    if isinstance(settings, BaseModel):
+        settings = settings.model_dump(mode="json")
+    manifest = Manifest(
+        stage=stage, inputs=dict(inputs or {}), settings=dict(settings or {}), started_at=time.time()
+    )
+    t0 = time.perf_counter()
+    yield manifest
+    manifest.duration_s = round(time.perf_counter() - t0, 3)
+    if write:
+        write_manifest(out_dir, manifest)
 
 
 def write_manifest(out_dir: str | Path, manifest: Manifest) -> Path:

@@ -155,9 +155,11 @@ class RawRecord:
 
 UTF8_BOM = b"\xef\xbb\xbf"
 WIDE_ENCODINGS = (  # byte-order marks, longest first; then the NUL pattern of BOM-less text
-    (b"\xff\xfe\x00\x00", "UTF-32 LE"), (b"\x00\x00\xfe\xff", "UTF-32 BE"),
-    (b"\xff\xfe", "UTF-16 LE"), (b"\xfe\xff", "UTF-16 BE"),
-)  # fmt: skip
+    (b"\xff\xfe\x00\x00", "UTF-32 LE"),
+    (b"\x00\x00\xfe\xff", "UTF-32 BE"),
+    (b"\xff\xfe", "UTF-16 LE"),
+    (b"\xfe\xff", "UTF-16 BE"),
+)
 
 
 def wide_encoding(head: bytes) -> str | None:
@@ -182,8 +184,13 @@ def check_readable_text(path: Path) -> None:
         raise RecordError(str(path), "file", "(file)", "the file is empty: there is nothing to read")
     encoding = wide_encoding(head)
     if encoding:
-        raise RecordError(str(path), "file", "(file)", f"the file is {encoding} encoded; records must be UTF-8 "
-                          f"(convert it, e.g. `iconv -f {encoding.split()[0]} -t UTF-8`)")  # fmt: skip
+        raise RecordError(
+            str(path),
+            "file",
+            "(file)",
+            f"the file is {encoding} encoded; records must be UTF-8 "
+            f"(convert it, e.g. `iconv -f {encoding.split()[0]} -t UTF-8`)",
+        )
 
 
 def detect_format(path: Path) -> Literal["jsonl", "json"]:
@@ -412,5 +419,9 @@ def require_meta_field(samples: Iterable[Sample], field: str, source: str, purpo
     """Stop, naming the field, when a filter on `meta.FIELD` would meet no record that has it (real
     LLaVA data carries no subset: filtering would silently keep all or nothing)."""
     if not any(meta_value(s, field) is not None for s in samples):
-        hint = " (tag the records: `vialign data validate … --subset NAME`, one file per subset)" if field == "subset" else ""
+        hint = (
+            " (tag the records: `vialign data validate … --subset NAME`, one file per subset)"
+            if field == "subset"
+            else ""
+        )
         raise ValueError(f"{source}: no record has meta.{field}, which {purpose} filters on{hint}")

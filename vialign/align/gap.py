@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from vialign.choices import ChatFormatName
 from vialign.config import Settings
 from vialign.generation.local import TransformersBackend
 from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncoderSettings, EncodingError, Kind
@@ -34,12 +35,16 @@ class GapReport:
 
     def summary(self) -> dict[str, float]:
         values = sorted(r["nll"] for r in self.per_sample)
-        return {"samples": len(values), "mean_nll": round(self.sample_mean, 4), "token_mean_nll": round(self.token_mean, 4),
-                "median_nll": round(statistics.median(values), 4)}  # fmt: skip
+        return {
+            "samples": len(values),
+            "mean_nll": round(self.sample_mean, 4),
+            "token_mean_nll": round(self.token_mean, 4),
+            "median_nll": round(statistics.median(values), 4),
+        }
 
 
 class GapSettings(Settings):
-    chat_format: str = Field("vicuna_v1", description="vicuna_v1 | tokenizer")
+    chat_format: ChatFormatName = "vicuna_v1"
     subsets: list[str] | None = Field(None, description="score only these subsets (default all)")
 
 
@@ -106,9 +111,13 @@ def answer_nll(
 
 
 def gap_files(
-    llm: str | Path, datasets: dict[str, Path], out: Path, *, subsets: Iterable[str] | None = None,
+    llm: str | Path,
+    datasets: dict[str, Path],
+    out: Path,
+    *,
+    subsets: Iterable[str] | None = None,
     chat_format: str = "vicuna_v1",
-) -> tuple[dict[str, GapReport], dict[str, Any]]:  # fmt: skip
+) -> tuple[dict[str, GapReport], dict[str, Any]]:
     """The gap of each dataset under one load of the inner LLM: `NAME.nll.jsonl` per dataset, `gap.json`
     (with the delta `vs − input` when both are given) and `gap.png` in `out`."""
     import orjson
@@ -124,7 +133,9 @@ def gap_files(
         reports[name] = answer_nll(backend, chosen, chat_format=chat_format)
         if not reports[name].per_sample:
             which = f" of subsets {sorted(wanted)}" if wanted is not None else ""
-            raise ValueError(f"{path}: no answer{which} could be scored (empty file, or no sample with an answer)")
+            raise ValueError(
+                f"{path}: no answer{which} could be scored (empty file, or no sample with an answer)"
+            )
         write_jsonl(reports[name].per_sample, out / f"{name}.nll.jsonl")
     summary: dict[str, Any] = {
         name: {"path": str(datasets[name]), **r.summary()} for name, r in reports.items()

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from vialign.align.prompts import DEFAULT_REVIEW_PROMPT, DEFAULT_REWRITE_PROMPT
+from vialign.choices import BackendName, ChatFormatName
 from vialign.config import Settings
 from vialign.data.formats import FormatSettings, classify_sample, is_soft
 from vialign.generation.base import Backend, ChatRequest, GenerationParams, ModelSettings
@@ -40,8 +41,8 @@ class RewriteSettings(Settings):
         description="accept a rewrite only when P(Yes) / (P(Yes) + P(No)) for the review's first token reaches "
         "this; needs a backend that scores options (transformers)",
     )
-    backend: str | None = Field(None, description="transformers | vllm | openai; default from --llm")
-    chat_format: str = "vicuna_v1"
+    backend: BackendName | None = Field(None, description="default: from --llm")
+    chat_format: ChatFormatName = "vicuna_v1"
     model_name: str | None = Field(None, description="model name for the openai backend")
     api_key_env: str = "OPENAI_API_KEY"
     dtype: Dtype = Field("auto", description="local checkpoints: compute dtype (auto: bfloat16 where native)")
@@ -71,8 +72,13 @@ def parse_verdict(text: str) -> Verdict:
 
 
 def open_rewriter(target: str, settings: RewriteSettings) -> Backend:
-    return ModelSettings(backend=settings.backend, chat_format=settings.chat_format, model_name=settings.model_name,
-                         api_key_env=settings.api_key_env, dtype=settings.dtype).open(target)  # fmt: skip
+    return ModelSettings(
+        backend=settings.backend,
+        chat_format=settings.chat_format,
+        model_name=settings.model_name,
+        api_key_env=settings.api_key_env,
+        dtype=settings.dtype,
+    ).open(target)
 
 
 def ask(backend: Backend, prompts: dict[str, str], params: GenerationParams) -> dict[str, Any]:
@@ -90,19 +96,27 @@ class Rewriter:
         if settings.review_min_yes is not None and not hasattr(backend, "option_probs"):
             raise ValueError(f"review_min_yes needs a backend that scores options; {backend.name} cannot")
         self.backend, self.settings = backend, settings
-        self.identity = {**backend.identity(), "rewrite_prompt": fingerprint_bytes(settings.rewrite_prompt.encode()),
-                         "review_prompt": fingerprint_bytes(settings.review_prompt.encode())}  # fmt: skip
+        self.identity = {
+            **backend.identity(),
+            "rewrite_prompt": fingerprint_bytes(settings.rewrite_prompt.encode()),
+            "review_prompt": fingerprint_bytes(settings.review_prompt.encode()),
+        }
 
     def __call__(self, batch: list[Sample]) -> list[Row]:
         soft = [s for s in batch if is_soft(classify_sample(s, self.settings.formats), self.settings.formats)]
         answers = {
             f"{s.id}#{k}": t.value for s in soft for k, t in enumerate(s.conversations) if t.role == GPT
         }
-        rewrites = ask(self.backend, {key: self.settings.rewrite_prompt.format(text=text) for key, text in answers.items()},
-                       self.settings.rewrite_params)  # fmt: skip
+        rewrites = ask(
+            self.backend,
+            {key: self.settings.rewrite_prompt.format(text=text) for key, text in answers.items()},
+            self.settings.rewrite_params,
+        )
         reviewable = {key: text for key, text in rewrites.items() if isinstance(text, str)}
-        review_prompts = {key: self.settings.review_prompt.format(original=answers[key], rewrite=text)
-                          for key, text in reviewable.items()}  # fmt: skip
+        review_prompts = {
+            key: self.settings.review_prompt.format(original=answers[key], rewrite=text)
+            for key, text in reviewable.items()
+        }
         reviews = ask(self.backend, review_prompts, self.settings.review_params)
         yes = self.yes_probabilities(review_prompts) if self.settings.review_min_yes is not None else {}
         rows = []
@@ -142,9 +156,17 @@ class Rewriter:
             key = f"{sample.id}#{k}"
             verdict = self.verdict(reviews[key], yes.get(key))
             keep_rewrite = verdict == "same" and rewrites[key].strip() != ""
-            turns.append({"turn": k, "original": turn.value, "rewrite": rewrites[key], "review": reviews[key],
-                          "verdict": verdict, "kept": "rewrite" if keep_rewrite else "original",
-                          **({"p_yes": round(yes[key], 4)} if key in yes else {})})  # fmt: skip
+            turns.append(
+                {
+                    "turn": k,
+                    "original": turn.value,
+                    "rewrite": rewrites[key],
+                    "review": reviews[key],
+                    "verdict": verdict,
+                    "kept": "rewrite" if keep_rewrite else "original",
+                    **({"p_yes": round(yes[key], 4)} if key in yes else {}),
+                }
+            )
             if keep_rewrite:
                 turn.value = rewrites[key].strip()
         out.meta.format_class = classify_sample(sample, self.settings.formats)
@@ -193,21 +215,33 @@ def rewrite_file(input: Path, llm: str, out: Path, settings: RewriteSettings, sh
     """Rewrite and review every soft sample of `input` into `out` (resumable); writes the manifest beside
     it; returns the per-subset table."""
     from vialign.generation.runner import run_resumable
-    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.manifest import fingerprint_file, stage_manifest
     from vialign.records import read_jsonl, read_samples
 
-    timer = StageTimer()
-    runner = settings.runner
-    samples = list(read_samples(input))
-    local = runner.engine == "local"
-    report = run_resumable(samples, lambda s: s.id, make_rewriter(llm, settings) if local else None, out, runner,
-                           finish=keep_original_on_failure, ray_factory=rewriter_factory(llm, settings),
-                           task="rewrite", show_progress=show_progress)  # fmt: skip
-    table = summarize(list(read_jsonl(out)), settings.formats)
-    write_manifest(out.parent / f"{out.stem}.manifest", Manifest(
-        stage="align.rewrite", inputs={str(input): fingerprint_file(input), "llm": llm},
-        settings=settings.model_dump(mode="json"), counts={"selected": report.selected, "reused": report.reused,
-        "processed": report.processed, "failed": len(report.failed), **{f"{s}.{k}": v for s, c in table.items() for k, v in c.items()}},
-        outputs={str(out): fingerprint_file(out)}, started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
-    ))  # fmt: skip
+    with stage_manifest(out.parent / f"{out.stem}.manifest", "align.rewrite") as manifest:
+        runner = settings.runner
+        samples = list(read_samples(input))
+        local = runner.engine == "local"
+        report = run_resumable(
+            samples,
+            lambda s: s.id,
+            make_rewriter(llm, settings) if local else None,
+            out,
+            runner,
+            finish=keep_original_on_failure,
+            ray_factory=rewriter_factory(llm, settings),
+            task="rewrite",
+            show_progress=show_progress,
+        )
+        table = summarize(list(read_jsonl(out)), settings.formats)
+        manifest.inputs = {str(input): fingerprint_file(input), "llm": llm}
+        manifest.settings = settings.model_dump(mode="json")
+        manifest.counts = {
+            "selected": report.selected,
+            "reused": report.reused,
+            "processed": report.processed,
+            "failed": len(report.failed),
+            **{f"{s}.{k}": v for s, c in table.items() for k, v in c.items()},
+        }
+        manifest.outputs = {str(out): fingerprint_file(out)}
     return table

@@ -93,8 +93,13 @@ class BodyLimit:
 
     async def refuse(self, send: Any) -> None:
         detail = f'{{"detail": "request body over {self.limit} bytes"}}'.encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+            }
+        )
         await send({"type": "http.response.body", "body": detail})
 
 

@@ -39,13 +39,17 @@ def export_groups(
         for k, text in enumerate(item["candidates"]):
             per_annotator = by_candidate[k]
             overall = [settings.overall(kind, s) for s in per_annotator.values()]
-            candidates.append({
-                ("questions" if kind == "questions" else "answer"): text,
-                "score": round(statistics.fmean(overall), 6),
-                "criteria": {c: round(statistics.fmean(s[c] for s in per_annotator.values()), 6) for c in criteria},
-                "annotators": len(per_annotator),
-                "ratings": per_annotator,
-            })  # fmt: skip
+            candidates.append(
+                {
+                    ("questions" if kind == "questions" else "answer"): text,
+                    "score": round(statistics.fmean(overall), 6),
+                    "criteria": {
+                        c: round(statistics.fmean(s[c] for s in per_annotator.values()), 6) for c in criteria
+                    },
+                    "annotators": len(per_annotator),
+                    "ratings": per_annotator,
+                }
+            )
         group = {"group_id": item["item_id"], "kind": kind, "image": item["image"], "candidates": candidates}
         if item["question"] is not None:
             group["question"] = item["question"]
@@ -77,10 +81,18 @@ def agreement(store: AnnotationStore, settings: AnnotateSettings) -> dict[str, A
                 if da and db:
                     total += 1
                     same += (da > 0) == (db > 0)
-        pairs.append({
-            "annotators": [a, b], "items": len(shared), "ratings": len(xs),
-            "pearson": round(statistics.correlation(xs, ys), 4) if len(xs) > 1 and len(set(xs)) > 1 and len(set(ys)) > 1 else None,
-            "mean_abs_diff": round(statistics.fmean(abs(x - y) for x, y in zip(xs, ys, strict=True)), 4) if xs else None,
-            "pair_order_agreement": round(same / total, 4) if total else None,
-        })  # fmt: skip
+        pairs.append(
+            {
+                "annotators": [a, b],
+                "items": len(shared),
+                "ratings": len(xs),
+                "pearson": round(statistics.correlation(xs, ys), 4)
+                if len(xs) > 1 and len(set(xs)) > 1 and len(set(ys)) > 1
+                else None,
+                "mean_abs_diff": round(statistics.fmean(abs(x - y) for x, y in zip(xs, ys, strict=True)), 4)
+                if xs
+                else None,
+                "pair_order_agreement": round(same / total, 4) if total else None,
+            }
+        )
     return {"annotators": sorted(overall), "pairs": pairs}

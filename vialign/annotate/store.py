@@ -79,9 +79,16 @@ class AnnotationStore:
                 ]
                 cur = db.execute(
                     "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (g["group_id"], start + added, g["kind"], g.get("image"), g.get("question"),
-                     orjson.dumps(texts).decode(), source),
-                )  # fmt: skip
+                    (
+                        g["group_id"],
+                        start + added,
+                        g["kind"],
+                        g.get("image"),
+                        g.get("question"),
+                        orjson.dumps(texts).decode(),
+                        source,
+                    ),
+                )
                 added += cur.rowcount
             db.execute("COMMIT")
         return added
@@ -93,8 +100,10 @@ class AnnotationStore:
 
     def ratings_of(self, item_id: str, annotator: str) -> dict[int, dict[str, float]]:
         with self.connect() as db:
-            rows = db.execute("SELECT candidate, criterion, score FROM ratings WHERE item_id = ? AND annotator = ?",
-                              (item_id, annotator)).fetchall()  # fmt: skip
+            rows = db.execute(
+                "SELECT candidate, criterion, score FROM ratings WHERE item_id = ? AND annotator = ?",
+                (item_id, annotator),
+            ).fetchall()
         out: dict[int, dict[str, float]] = {}
         for r in rows:
             out.setdefault(r["candidate"], {})[r["criterion"]] = r["score"]
@@ -106,8 +115,14 @@ class AnnotationStore:
         with self.writing() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM ratings WHERE item_id = ? AND annotator = ?", (item_id, annotator))
-            db.executemany("INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?)",
-                           [(item_id, c, annotator, k, v, now) for c, scores in ratings.items() for k, v in scores.items()])  # fmt: skip
+            db.executemany(
+                "INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (item_id, c, annotator, k, v, now)
+                    for c, scores in ratings.items()
+                    for k, v in scores.items()
+                ],
+            )
             db.execute("DELETE FROM skips WHERE item_id = ? AND annotator = ?", (item_id, annotator))
             db.execute("COMMIT")
 
@@ -125,8 +140,14 @@ class AnnotationStore:
                    FROM items i ORDER BY i.position""",
                 (annotator, annotator),
             ).fetchall()
-        return [{"item_id": r["item_id"], "kind": r["kind"],
-                 "status": "rated" if r["rated"] else "skipped" if r["skipped"] else "open"} for r in rows]  # fmt: skip
+        return [
+            {
+                "item_id": r["item_id"],
+                "kind": r["kind"],
+                "status": "rated" if r["rated"] else "skipped" if r["skipped"] else "open",
+            }
+            for r in rows
+        ]
 
     def next_item(self, annotator: str, after: str | None = None) -> str | None:
         """The first open item (after `after`, wrapping), else the first skipped one."""
@@ -164,8 +185,14 @@ class AnnotationStore:
 
 
 def item_json(row: sqlite3.Row) -> dict[str, Any]:
-    return {"item_id": row["item_id"], "kind": row["kind"], "image": row["image"], "question": row["question"],
-            "candidates": orjson.loads(row["candidates"]), "position": row["position"]}  # fmt: skip
+    return {
+        "item_id": row["item_id"],
+        "kind": row["kind"],
+        "image": row["image"],
+        "question": row["question"],
+        "candidates": orjson.loads(row["candidates"]),
+        "position": row["position"],
+    }
 
 
 def read_items(path: str | Path, criteria: dict[str, list[str]]) -> tuple[list[dict[str, Any]], list[str]]:

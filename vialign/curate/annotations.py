@@ -14,14 +14,13 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vialign.choices import GroupKind
 from vialign.records import image_list
-
-GroupKind = Literal["questions", "answers"]
 
 
 class Candidate(BaseModel):
@@ -83,8 +82,13 @@ class RejectedGroup:
     source: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "line": self.line, "group_id": self.group_id, "reason": self.reason,
-                "raw": self.text}  # fmt: skip
+        return {
+            "source": self.source,
+            "line": self.line,
+            "group_id": self.group_id,
+            "reason": self.reason,
+            "raw": self.text,
+        }
 
 
 def read_groups(path: str | Path) -> Iterator[tuple[int, AnnotationGroup | RejectedGroup]]:

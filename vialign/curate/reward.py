@@ -22,12 +22,13 @@ from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vialign.choices import GroupKind
 from vialign.config import Settings
 from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_prompt
 from vialign.models.loading import load_llava, model_fingerprint, processor_image_tokens, save_llava
 from vialign.records import IMAGE_TAG
 
-RewardKind = Literal["questions", "answers"]
+RewardKind = GroupKind
 HEAD_FILE = "reward_head.safetensors"
 CARD_FILE = "reward.json"
 
@@ -70,10 +71,15 @@ class RewardInputs:
     def __init__(self, processor: Any, settings: PreprocessSettings):
         self.processor, self.settings = processor, settings
         self.tokenizer = processor.tokenizer
-        self.encoder = ChatEncoder(self.tokenizer, EncoderSettings(
-            chat_format="vicuna_v1", mode="response", image_tokens=processor_image_tokens(processor),
-            max_length=settings.max_length,
-        ))  # fmt: skip
+        self.encoder = ChatEncoder(
+            self.tokenizer,
+            EncoderSettings(
+                chat_format="vicuna_v1",
+                mode="response",
+                image_tokens=processor_image_tokens(processor),
+                max_length=settings.max_length,
+            ),
+        )
         self.truncated = 0
 
     def ids(self, text: str) -> list[int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import Field
 
 from vialign.config import Settings
@@ -26,7 +25,7 @@ from vialign.curate.reward import (
 )
 from vialign.curate.train import RewardCollator, RewardExample, score_examples
 from vialign.generation.runner import Row, RunnerSettings
-from vialign.models.precision import ComputeDtype, Dtype, resolve_dtype, weight_dtype
+from vialign.models.precision import ComputeDtype, Dtype, default_device, resolve_dtype, weight_dtype
 from vialign.records import ImagePathError, Sample, existing_images
 
 
@@ -37,8 +36,10 @@ class ScoreSettings(Settings):
         None, description="if given, must equal what the reward models were trained with"
     )
     device: str | None = Field(None, description="cpu, cuda, cuda:1 ...; default: cuda when available")
-    dtype: Dtype = Field("auto", description="compute dtype; auto: bfloat16 where the GPU or CPU does it "
-                         "natively, else float32")  # fmt: skip
+    dtype: Dtype = Field(
+        "auto",
+        description="compute dtype; auto: bfloat16 where the GPU or CPU does it natively, else float32",
+    )
 
 
 class PreprocessMismatch(ValueError):
@@ -69,7 +70,10 @@ class CurationScorer:
     """The runner's `process`: a batch of samples → one row of scores per sample."""
 
     def __init__(
-        self, models: dict[RewardKind, LoadedRewardModel], image_root: str | Path | None, forward_batch: int,
+        self,
+        models: dict[RewardKind, LoadedRewardModel],
+        image_root: str | Path | None,
+        forward_batch: int,
         compute: ComputeDtype = "float32",
     ):
         self.models, self.image_root, self.forward_batch = models, image_root, forward_batch
@@ -98,8 +102,13 @@ class CurationScorer:
                 examples.append(RewardExample(sample.id, candidates, images[sample.id], [], len(candidates)))
             usable = [e for e in examples if e.candidates]
             collator = RewardCollator(self.inputs[kind].tokenizer.pad_token_id, self.inputs[kind])
-            scores = dict(zip([e.group_id for e in usable],
-                              score_examples(loaded.model, collator, usable, self.forward_batch, self.compute), strict=True))  # fmt: skip
+            scores = dict(
+                zip(
+                    [e.group_id for e in usable],
+                    score_examples(loaded.model, collator, usable, self.forward_batch, self.compute),
+                    strict=True,
+                )
+            )
             for e in examples:
                 values[e.group_id].update(scores_value(kind, scores.get(e.group_id, [])))
         return [Row(s.id, error=errors[s.id]) if s.id in errors else Row(s.id, values[s.id]) for s in batch]
@@ -111,10 +120,6 @@ def scores_value(kind: RewardKind, scores: list[float]) -> dict[str, Any]:
     return {"answer_scores": scores, "answer_score": sum(scores) / len(scores) if scores else None}
 
 
-def resolve_device(device: str | None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_scorers(
     paths: dict[RewardKind, str | Path], settings: ScoreSettings
 ) -> dict[RewardKind, LoadedRewardModel]:
@@ -122,8 +127,10 @@ def load_scorers(
         raise ValueError("give at least one reward model (--questions-rm and/or --answers-rm)")
     models = {}
     for kind, path in paths.items():
-        device = resolve_device(settings.device)
-        loaded = load_reward_model(path, device=device, dtype=weight_dtype(resolve_dtype(settings.dtype, device), device))
+        device = default_device(settings.device)
+        loaded = load_reward_model(
+            path, device=device, dtype=weight_dtype(resolve_dtype(settings.dtype, device), device)
+        )
         if loaded.card.kind != kind:
             raise ValueError(f"{path} is a {loaded.card.kind!r} reward model, given as the {kind!r} one")
         check_preprocess(loaded, settings.preprocess)
@@ -135,7 +142,7 @@ def scorer_factory(
     paths: dict[RewardKind, str | Path], settings: ScoreSettings, image_root: str | Path | None
 ):
     """Builds the scorer inside a Ray actor (one copy of the models per actor)."""
-    compute = resolve_dtype(settings.dtype, resolve_device(settings.device))
+    compute = resolve_dtype(settings.dtype, default_device(settings.device))
     return lambda: CurationScorer(load_scorers(paths, settings), image_root, settings.forward_batch, compute)
 
 
@@ -147,28 +154,54 @@ def scored_record(sample: Sample, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def score_file(
-    input: Path, out: Path, paths: dict[RewardKind, str | Path], settings: ScoreSettings,
-    image_root: str | Path | None = None, show_progress: bool = True,
-):  # fmt: skip
+    input: Path,
+    out: Path,
+    paths: dict[RewardKind, str | Path],
+    settings: ScoreSettings,
+    image_root: str | Path | None = None,
+    show_progress: bool = True,
+):
     """Score every sample of `input` into `out` (resumable); writes OUT's manifest beside it."""
     from vialign.generation.runner import run_resumable
-    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.manifest import fingerprint_file, stage_manifest
     from vialign.records import read_samples
 
-    timer = StageTimer()
-    models = load_scorers(paths, settings)
-    identity = {k: {"path": str(m.path), "fingerprint": m.fingerprint, "preprocess": m.card.preprocess.model_dump()}
-                for k, m in models.items()}  # fmt: skip
-    runner = settings.runner
-    scorer = CurationScorer(models, image_root, settings.forward_batch) if runner.engine == "local" else None
-    report = run_resumable(list(read_samples(input)), lambda s: s.id, scorer, out, runner, finish=scored_record,
-                           ray_factory=scorer_factory(paths, settings, image_root), task="score",
-                           show_progress=show_progress, identity=identity)  # fmt: skip
-    write_manifest(out.parent / f"{out.stem}.manifest", Manifest(
-        stage="curate.score", inputs={str(input): fingerprint_file(input), **{f"{k}_rm": v["fingerprint"] for k, v in identity.items()}},
-        settings={**settings.model_dump(mode="json"), "reward_models": identity},
-        counts={"selected": report.selected, "reused": report.reused, "processed": report.processed,
-                "failed": len(report.failed)},
-        outputs={str(out): fingerprint_file(out)}, started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
-    ))  # fmt: skip
+    with stage_manifest(out.parent / f"{out.stem}.manifest", "curate.score") as manifest:
+        models = load_scorers(paths, settings)
+        identity = {
+            k: {
+                "path": str(m.path),
+                "fingerprint": m.fingerprint,
+                "preprocess": m.card.preprocess.model_dump(),
+            }
+            for k, m in models.items()
+        }
+        runner = settings.runner
+        scorer = (
+            CurationScorer(models, image_root, settings.forward_batch) if runner.engine == "local" else None
+        )
+        report = run_resumable(
+            list(read_samples(input)),
+            lambda s: s.id,
+            scorer,
+            out,
+            runner,
+            finish=scored_record,
+            ray_factory=scorer_factory(paths, settings, image_root),
+            task="score",
+            show_progress=show_progress,
+            identity=identity,
+        )
+        manifest.inputs = {
+            str(input): fingerprint_file(input),
+            **{f"{k}_rm": v["fingerprint"] for k, v in identity.items()},
+        }
+        manifest.settings = {**settings.model_dump(mode="json"), "reward_models": identity}
+        manifest.counts = {
+            "selected": report.selected,
+            "reused": report.reused,
+            "processed": report.processed,
+            "failed": len(report.failed),
+        }
+        manifest.outputs = {str(out): fingerprint_file(out)}
     return report

@@ -85,8 +85,12 @@ def select_subset(
     kept_a, a_cut = top(scored_a, settings.answer_keep, settings.answer_min)
     decisions.update({i: "dropped: answer score" for i, _ in scored_a})
     decisions.update(dict.fromkeys(kept_a, "kept"))
-    return decisions, {"question_cutoff": q_cut, "answer_cutoff": a_cut,
-                       "after_questions": len(kept_q), "kept": len(kept_a)}  # fmt: skip
+    return decisions, {
+        "question_cutoff": q_cut,
+        "answer_cutoff": a_cut,
+        "after_questions": len(kept_q),
+        "kept": len(kept_a),
+    }
 
 
 def select(
@@ -101,8 +105,11 @@ def select(
         if settings.subsets is not None and subset not in settings.subsets:
             verdict = "kept" if settings.others == "keep" else "dropped: subset not curated"
             decisions.update(dict.fromkeys((s.id for s in members), verdict))
-            summary[subset] = {"samples": len(members), "curated": False,
-                               "kept": len(members) if settings.others == "keep" else 0}  # fmt: skip
+            summary[subset] = {
+                "samples": len(members),
+                "curated": False,
+                "kept": len(members) if settings.others == "keep" else 0,
+            }
             continue
         subset_decisions, cutoffs = select_subset(members, settings)
         decisions.update(subset_decisions)
@@ -129,14 +136,21 @@ def examples_of(
 
     def show(s: Sample) -> dict[str, Any]:
         c = curation_of(s)
-        return {"id": s.id, "image": s.image, "question_score": c.get("question_score"),
-                "answer_score": c.get("answer_score"), "decision": decisions[s.id],
-                "first_turn": [t.value for t in s.conversations[:2]]}  # fmt: skip
+        return {
+            "id": s.id,
+            "image": s.image,
+            "question_score": c.get("question_score"),
+            "answer_score": c.get("answer_score"),
+            "decision": decisions[s.id],
+            "first_turn": [t.value for t in s.conversations[:2]],
+        }
 
     kept = sorted((s for s in members if decisions[s.id] == "kept"), key=key, reverse=True)
     dropped = sorted((s for s in members if decisions[s.id] != "kept"), key=key)
-    return {"kept": [show(s) for s in kept[: settings.examples]],
-            "dropped": [show(s) for s in dropped[: settings.examples]]}  # fmt: skip
+    return {
+        "kept": [show(s) for s in kept[: settings.examples]],
+        "dropped": [show(s) for s in dropped[: settings.examples]],
+    }
 
 
 def plot_score_histograms(
@@ -173,34 +187,41 @@ def select_file(input: Path, out: Path, settings: SelectSettings):
     and a manifest into `out`; returns (decisions, summary)."""
     import orjson
 
-    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.manifest import fingerprint_file, stage_manifest
     from vialign.records import JsonlWriter, read_samples
 
-    timer = StageTimer()
-    samples = list(read_samples(input))
-    if settings.subsets is not None or "by" in settings.model_fields_set:
-        require_meta_field(samples, settings.by, str(input), "curate select (--subsets/--by)")
-    if samples and not any(curation_of(s).get("question_score") is not None for s in samples):
-        raise ValueError(f"{input}: no record has a question score (meta.curation); score it first with "
-                         "`vialign curate score`")  # fmt: skip
-    decisions, summary = select(samples, settings)
-    out.mkdir(parents=True, exist_ok=True)
-    with JsonlWriter(out / "selected.jsonl") as kept, JsonlWriter(out / "decisions.jsonl") as log:
-        for s in samples:
-            record = with_decision(s, decisions[s.id])
-            log.write({"id": s.id, **record["meta"]["curation"]})
-            if decisions[s.id] == "kept":
-                kept.write(record)
-    for subset in summary:
-        summary[subset]["examples"] = examples_of(samples, decisions, subset, settings)
-    (out / "summary.json").write_bytes(orjson.dumps({"settings": settings.model_dump(mode="json"), "subsets": summary},
-                                                    option=orjson.OPT_INDENT_2))  # fmt: skip
-    plot_score_histograms(samples, summary, settings.by, out / "score_histograms.png")
-    n_kept = sum(d == "kept" for d in decisions.values())
-    write_manifest(out, Manifest(
-        stage="curate.select", inputs={str(input): fingerprint_file(input)}, settings=settings.model_dump(mode="json"),
-        counts={"samples": len(samples), "kept": n_kept, **{f"{k}.kept": v["kept"] for k, v in summary.items()}},
-        outputs={"selected.jsonl": fingerprint_file(out / "selected.jsonl")},
-        started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
-    ))  # fmt: skip
+    with stage_manifest(out, "curate.select") as manifest:
+        samples = list(read_samples(input))
+        if settings.subsets is not None or "by" in settings.model_fields_set:
+            require_meta_field(samples, settings.by, str(input), "curate select (--subsets/--by)")
+        if samples and not any(curation_of(s).get("question_score") is not None for s in samples):
+            raise ValueError(
+                f"{input}: no record has a question score (meta.curation); score it first with "
+                "`vialign curate score`"
+            )
+        decisions, summary = select(samples, settings)
+        out.mkdir(parents=True, exist_ok=True)
+        with JsonlWriter(out / "selected.jsonl") as kept, JsonlWriter(out / "decisions.jsonl") as log:
+            for s in samples:
+                record = with_decision(s, decisions[s.id])
+                log.write({"id": s.id, **record["meta"]["curation"]})
+                if decisions[s.id] == "kept":
+                    kept.write(record)
+        for subset in summary:
+            summary[subset]["examples"] = examples_of(samples, decisions, subset, settings)
+        (out / "summary.json").write_bytes(
+            orjson.dumps(
+                {"settings": settings.model_dump(mode="json"), "subsets": summary}, option=orjson.OPT_INDENT_2
+            )
+        )
+        plot_score_histograms(samples, summary, settings.by, out / "score_histograms.png")
+        n_kept = sum(d == "kept" for d in decisions.values())
+        manifest.inputs = {str(input): fingerprint_file(input)}
+        manifest.settings = settings.model_dump(mode="json")
+        manifest.counts = {
+            "samples": len(samples),
+            "kept": n_kept,
+            **{f"{k}.kept": v["kept"] for k, v in summary.items()},
+        }
+        manifest.outputs = {"selected.jsonl": fingerprint_file(out / "selected.jsonl")}
     return decisions, summary

@@ -27,7 +27,7 @@ from vialign.curate.reward import (
     questions_text,
     save_reward_model,
 )
-from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint_settings, write_manifest
+from vialign.manifest import Manifest, fingerprint_file, fingerprint_settings, stage_manifest
 from vialign.models.encoding import sentences
 from vialign.models.loading import load_llava, model_fingerprint
 from vialign.models.precision import ComputeDtype, autocast
@@ -41,11 +41,18 @@ Corruption = Literal["shuffle", "crop", "duplicate"]
 class RewardModelTrainerSettings(PartsSettings):
     trainer: ClassVar[str] = "`curate train-rm`"
     not_used: ClassVar[dict[str, str]] = {
-        **dict.fromkeys(("chat_format", "max_length"), "reward-model inputs are laid out by its preprocess settings"),
-        **dict.fromkeys(("mode", "templates", "template_min_frac"), "a reward model's loss is on its scores, not on tokens"),
-        **dict.fromkeys(("packing", "pack_tokens", "group_by_length", "length_group_batches"),
-                        "candidate groups are padded per batch in random order"),
-    }  # fmt: skip
+        **dict.fromkeys(
+            ("chat_format", "max_length"), "reward-model inputs are laid out by its preprocess settings"
+        ),
+        **dict.fromkeys(
+            ("mode", "templates", "template_min_frac"),
+            "a reward model's loss is on its scores, not on tokens",
+        ),
+        **dict.fromkeys(
+            ("packing", "pack_tokens", "group_by_length", "length_group_batches"),
+            "candidate groups are padded per batch in random order",
+        ),
+    }
 
 
 class RewardTrainSettings(Settings):
@@ -56,7 +63,9 @@ class RewardTrainSettings(Settings):
     eval_batch_size: int = Field(16, ge=1, description="groups per batch when scoring held-out groups")
     seed: int = 0
     train: RewardModelTrainerSettings = Field(
-        default_factory=lambda: RewardModelTrainerSettings(stage="finetune", lr=1e-5, batch_size=4, epochs=1.0)
+        default_factory=lambda: RewardModelTrainerSettings(
+            stage="finetune", lr=1e-5, batch_size=4, epochs=1.0
+        )
     )
 
 
@@ -214,7 +223,10 @@ class RewardTrainer(VialignTrainer):
 
 @torch.no_grad()
 def score_examples(
-    model: RewardModel, collator: RewardCollator, examples: Sequence[RewardExample], batch_size: int,
+    model: RewardModel,
+    collator: RewardCollator,
+    examples: Sequence[RewardExample],
+    batch_size: int,
     compute: ComputeDtype = "float32",
 ) -> list[list[float]]:
     """Scores of every example's candidates, in order."""
@@ -251,9 +263,13 @@ def pairwise_accuracy(
 
 
 def evaluate_reward_model(
-    model: RewardModel, inputs: RewardInputs, groups: Sequence[AnnotationGroup], image_root: str | Path | None,
-    settings: RewardTrainSettings, padding_side: Literal["right", "left"] = "right",
-) -> dict[str, Any]:  # fmt: skip
+    model: RewardModel,
+    inputs: RewardInputs,
+    groups: Sequence[AnnotationGroup],
+    image_root: str | Path | None,
+    settings: RewardTrainSettings,
+    padding_side: Literal["right", "left"] = "right",
+) -> dict[str, Any]:
     examples, dropped = build_examples(groups, inputs, image_root, settings, with_negatives=False)
     collator = RewardCollator(inputs.tokenizer.pad_token_id, inputs, padding_side)
     predicted = score_examples(model, collator, examples, settings.eval_batch_size)
@@ -270,50 +286,68 @@ def train_reward_model(
     resume: str | bool | None = None,
 ) -> Manifest:
     out = Path(out)
-    timer = StageTimer()
-    groups, rejected = load_groups(list(annotations), kind)
-    train_groups, heldout = split_groups(groups, settings.heldout, settings.seed)
-    llava, processor = load_llava(model_path)
-    inputs = RewardInputs(processor, settings.preprocess)
-    examples, dropped = build_examples(train_groups, inputs, image_root, settings, with_negatives=True)
-    out.mkdir(parents=True, exist_ok=True)
-    with JsonlWriter(out / "rejects.jsonl") as writer:
-        for r in rejected:
-            writer.write(r.to_json())
-        for group_id, reason in dropped.items():
-            writer.write({"group_id": group_id, "reason": reason})
-    if not examples:
-        raise ValueError(
-            f"no usable {kind} group in {[str(a) for a in annotations]}; see {out / 'rejects.jsonl'}"
+    with stage_manifest(out, "curate.train_rm") as manifest:
+        groups, rejected = load_groups(list(annotations), kind)
+        train_groups, heldout = split_groups(groups, settings.heldout, settings.seed)
+        llava, processor = load_llava(model_path)
+        inputs = RewardInputs(processor, settings.preprocess)
+        examples, dropped = build_examples(train_groups, inputs, image_root, settings, with_negatives=True)
+        out.mkdir(parents=True, exist_ok=True)
+        with JsonlWriter(out / "rejects.jsonl") as writer:
+            for r in rejected:
+                writer.write(r.to_json())
+            for group_id, reason in dropped.items():
+                writer.write({"group_id": group_id, "reason": reason})
+        if not examples:
+            raise ValueError(
+                f"no usable {kind} group in {[str(a) for a in annotations]}; see {out / 'rejects.jsonl'}"
+            )
+        llava, trainable = prepare_for_training(llava, settings.train)
+        model = RewardModel(llava)
+        collator = RewardCollator(processor.tokenizer.pad_token_id, inputs)
+        result = run_trainer(
+            model, RewardDataset(examples), collator, out, settings.train, resume, trainer_cls=RewardTrainer
         )
-    llava, trainable = prepare_for_training(llava, settings.train)
-    model = RewardModel(llava)
-    collator = RewardCollator(processor.tokenizer.pad_token_id, inputs)
-    result = run_trainer(model, RewardDataset(examples), collator, out, settings.train, resume,
-                         trainer_cls=RewardTrainer)  # fmt: skip
-    metrics = {
-        "heldout": evaluate_reward_model(model, inputs, heldout, image_root, settings) if heldout else None
-    }
-    card = RewardCard(
-        kind=kind, preprocess=settings.preprocess, base_model=str(model_path),
-        base_fingerprint=model_fingerprint(model_path) if Path(model_path).is_dir() else None,
-        training={"settings_fingerprint": fingerprint_settings(settings), "heldout": settings.heldout,
-                  "seed": settings.seed, "steps": result.steps,
-                  "train_loss": result.train_loss, "groups": len(examples)},
-        metrics=metrics,
-    )  # fmt: skip
-    save_reward_model(model, processor, card, out)
-    manifest = Manifest(
-        stage="curate.train_rm",
-        inputs={**{str(a): fingerprint_file(a) for a in annotations}, "model": str(model_path)},
-        settings={"kind": kind, **settings.model_dump(mode="json"), "compute_dtype": settings.train.compute_dtype()},
-        counts={"groups": len(groups), "rejected": len(rejected), "train_groups": len(examples),
-                "dropped": len(dropped), "heldout_groups": len(heldout),
-                "pairs": sum(len(e.pairs) for e in examples),
-                "negatives": sum(len(e.candidates) - e.originals for e in examples),
-                "trainable_parameters": trainable, "steps": result.steps, "train_loss": result.train_loss,
-                "truncated": inputs.truncated, "train_seconds": round(result.seconds, 2), **metrics},
-        started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
-    )  # fmt: skip
-    write_manifest(out, manifest)
+        metrics = {
+            "heldout": evaluate_reward_model(model, inputs, heldout, image_root, settings)
+            if heldout
+            else None
+        }
+        card = RewardCard(
+            kind=kind,
+            preprocess=settings.preprocess,
+            base_model=str(model_path),
+            base_fingerprint=model_fingerprint(model_path) if Path(model_path).is_dir() else None,
+            training={
+                "settings_fingerprint": fingerprint_settings(settings),
+                "heldout": settings.heldout,
+                "seed": settings.seed,
+                "steps": result.steps,
+                "train_loss": result.train_loss,
+                "groups": len(examples),
+            },
+            metrics=metrics,
+        )
+        save_reward_model(model, processor, card, out)
+        manifest.inputs = {**{str(a): fingerprint_file(a) for a in annotations}, "model": str(model_path)}
+        manifest.settings = {
+            "kind": kind,
+            **settings.model_dump(mode="json"),
+            "compute_dtype": settings.train.compute_dtype(),
+        }
+        manifest.counts = {
+            "groups": len(groups),
+            "rejected": len(rejected),
+            "train_groups": len(examples),
+            "dropped": len(dropped),
+            "heldout_groups": len(heldout),
+            "pairs": sum(len(e.pairs) for e in examples),
+            "negatives": sum(len(e.candidates) - e.originals for e in examples),
+            "trainable_parameters": trainable,
+            "steps": result.steps,
+            "train_loss": result.train_loss,
+            "truncated": inputs.truncated,
+            "train_seconds": round(result.seconds, 2),
+            **metrics,
+        }
     return manifest

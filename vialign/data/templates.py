@@ -22,8 +22,12 @@ TEMPLATE_MIN_SAMPLES = 2
 
 
 class TemplateSettings(Settings):
-    min_frac: float = Field(DEFAULT_TEMPLATE_MIN_FRAC, gt=0, le=1,
-                            description="a sentence in at least this share of samples is a template")  # fmt: skip
+    min_frac: float = Field(
+        DEFAULT_TEMPLATE_MIN_FRAC,
+        gt=0,
+        le=1,
+        description="a sentence in at least this share of samples is a template",
+    )
 
 
 def count_sentences(samples: Iterable[Sample]) -> tuple[Counter[str], int]:
@@ -66,5 +70,9 @@ def read_template_file(path: str | Path) -> dict[str, Any]:
 def detected_templates(samples: Iterable[Sample], min_frac: float) -> dict[str, Any]:
     """Templates found over a training corpus, in the shape of a template file (list and threshold)."""
     found = find_templates(samples, min_frac)
-    return {"path": None, "detected": True, "min_frac": min_frac,
-            "sentences": [row["sentence"] for row in found["templates"]]}  # fmt: skip
+    return {
+        "path": None,
+        "detected": True,
+        "min_frac": min_frac,
+        "sentences": [row["sentence"] for row in found["templates"]],
+    }

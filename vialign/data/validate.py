@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from vialign.choices import ImageCheck, OnDuplicate
 from vialign.config import Settings
 from vialign.records import (
     GPT,
@@ -30,8 +31,6 @@ from vialign.records import (
     confined_image_path,
     iter_raw_records,
 )
-
-ImageCheck = Literal["none", "exists", "verify", "decode"]
 
 
 class SubsetRule(Settings):
@@ -61,8 +60,11 @@ class SubsetRule(Settings):
     def matches(self, sample: Sample) -> bool:
         # The input id: a renamed duplicate (`ID#2`) matches what its id rule was written for.
         record_id = sample.meta.original_id or sample.id
-        fields = ((self.id_regex, record_id), (self.question_regex, (sample.questions or [""])[0]),
-                  (self.answer_regex, (sample.answers or [""])[0]))  # fmt: skip
+        fields = (
+            (self.id_regex, record_id),
+            (self.question_regex, (sample.questions or [""])[0]),
+            (self.answer_regex, (sample.answers or [""])[0]),
+        )
         given = [(pattern, text) for pattern, text in fields if pattern]
         return bool(given) and all(re.search(pattern, text) for pattern, text in given)
 
@@ -75,10 +77,11 @@ class ValidateSettings(Settings):
     )
     strict: bool = False
     workers: int = Field(4, ge=1, description="threads that check image files")
-    on_duplicate: Literal["rename", "reject", "keep-first"] = Field(
-        "rename", description="a repeated id (LLaVA-Instruct's COCO ids): rename to ID#2, ID#3… (the original "
+    on_duplicate: OnDuplicate = Field(
+        "rename",
+        description="a repeated id (LLaVA-Instruct's COCO ids): rename to ID#2, ID#3… (the original "
         "kept in meta.original_id), or reject later records (keep-first says the first was kept)",
-    )  # fmt: skip
+    )
     subset: str | None = Field(
         None, description="tag every record with this meta.subset (one file per subset)"
     )
@@ -360,39 +363,33 @@ def validate_file(
     path: str | Path, out_dir: str | Path, settings: ValidateSettings, progress: Any = None
 ) -> ValidationSummary:
     """Write `valid.jsonl`, `rejects.jsonl` and `manifest.json` under out_dir and return the counts."""
-    from vialign.manifest import StageTimer
+    from vialign.manifest import fingerprint_file, stage_manifest
 
-    out, timer = Path(out_dir), StageTimer()
+    path, out = Path(path), Path(out_dir)
     summary = ValidationSummary()
-    with JsonlWriter(out / "valid.jsonl") as valid, JsonlWriter(out / "rejects.jsonl") as rejects:
-        for outcome in validate_records(Path(path), settings):
-            if outcome.problems:
-                rejects.write(outcome.reject_row())
-                summary.rejected += 1
-                summary.by_code[outcome.problems[0].code] += 1
-            else:
-                valid.write(outcome.sample)
-                summary.valid += 1
-                summary.renamed += outcome.renamed
-                summary.by_subset[outcome.sample.meta.subset or "(none)"] += 1
-            if progress is not None:
-                progress()
-    write_validation_manifest(Path(path), out, settings, summary, timer)
+    with stage_manifest(out, "data.validate", settings, {str(path): fingerprint_file(path)}) as manifest:
+        with JsonlWriter(out / "valid.jsonl") as valid, JsonlWriter(out / "rejects.jsonl") as rejects:
+            for outcome in validate_records(path, settings):
+                if outcome.problems:
+                    rejects.write(outcome.reject_row())
+                    summary.rejected += 1
+                    summary.by_code[outcome.problems[0].code] += 1
+                else:
+                    valid.write(outcome.sample)
+                    summary.valid += 1
+                    summary.renamed += outcome.renamed
+                    summary.by_subset[outcome.sample.meta.subset or "(none)"] += 1
+                if progress is not None:
+                    progress()
+        manifest.counts = {
+            "valid": summary.valid,
+            "rejected": summary.rejected,
+            "renamed": summary.renamed,
+            "subsets": dict(summary.by_subset),
+            **dict(summary.by_code),
+        }
+        manifest.outputs = {"valid.jsonl": fingerprint_file(out / "valid.jsonl")}
     return summary
-
-
-def write_validation_manifest(
-    path: Path, out: Path, settings: ValidateSettings, summary: ValidationSummary, timer: Any
-) -> None:
-    from vialign.manifest import Manifest, fingerprint_file, write_manifest
-
-    write_manifest(out, Manifest(
-        stage="data.validate", inputs={str(path): fingerprint_file(path)}, settings=settings.model_dump(mode="json"),
-        counts={"valid": summary.valid, "rejected": summary.rejected, "renamed": summary.renamed,
-                "subsets": dict(summary.by_subset), **dict(summary.by_code)},
-        outputs={"valid.jsonl": fingerprint_file(out / "valid.jsonl")},
-        started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
-    ))  # fmt: skip
 
 
 def count_records_hint(path: str | Path) -> int | None:

@@ -54,16 +54,31 @@ class Pope:
         return sorted((data / "pope").glob("*.jsonl")) or [data / "pope" / "*.jsonl"]
 
     def items(self, data: Path, prompt: str) -> list[EvalItem]:
-        return [EvalItem(f"{f.stem}/{r['question_id']}", prompt.format(question=r["text"]), [r["image"]],
-                         {"label": r["label"].lower().strip(), "category": r.get("category", f.stem)})
-                for f in self.files(data) for r in read_jsonl(f)]  # fmt: skip
+        return [
+            EvalItem(
+                f"{f.stem}/{r['question_id']}",
+                prompt.format(question=r["text"]),
+                [r["image"]],
+                {"label": r["label"].lower().strip(), "category": r.get("category", f.stem)},
+            )
+            for f in self.files(data)
+            for r in read_jsonl(f)
+        ]
 
     def score(
         self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
     ) -> tuple[list[dict], dict]:
         parse = POPE_PARSERS[settings.pope_parser]
-        return [{"id": i.id, "category": i.truth["category"], "prediction": predictions[i.id],
-                 "parsed": parse(predictions[i.id]), "label": i.truth["label"]} for i in items], {}  # fmt: skip
+        return [
+            {
+                "id": i.id,
+                "category": i.truth["category"],
+                "prediction": predictions[i.id],
+                "parsed": parse(predictions[i.id]),
+                "label": i.truth["label"],
+            }
+            for i in items
+        ], {}
 
     def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
         out = pope_metrics([r["parsed"] for r in records], [r["label"] for r in records])
@@ -88,8 +103,10 @@ class Caption:
         refs: dict[int, list[str]] = defaultdict(list)
         for a in coco["annotations"]:
             refs[a["image_id"]].append(a["caption"])
-        return [EvalItem(str(im["id"]), prompt, [im["file_name"]], {"references": refs[im["id"]]})
-                for im in coco["images"]]  # fmt: skip
+        return [
+            EvalItem(str(im["id"]), prompt, [im["file_name"]], {"references": refs[im["id"]]})
+            for im in coco["images"]
+        ]
 
     def score(
         self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
@@ -97,8 +114,10 @@ class Caption:
         result = caption_scores(
             {i.id: i.truth["references"] for i in items}, {i.id: predictions[i.id] for i in items}
         )
-        records = [{"id": i.id, "prediction": predictions[i.id], "cider": result["per_image_cider"][i.id]}
-                   for i in items]  # fmt: skip
+        records = [
+            {"id": i.id, "prediction": predictions[i.id], "cider": result["per_image_cider"][i.id]}
+            for i in items
+        ]
         return records, {
             "metrics": result["metrics"],
             "tokenizer": result["tokenizer"],
@@ -122,17 +141,32 @@ class Vqa:
 
     def items(self, data: Path, prompt: str) -> list[EvalItem]:
         questions, annotations = self.files(data)
-        answers = {a["question_id"]: [x["answer"] for x in a["answers"]]
-                   for a in orjson.loads(annotations.read_bytes())["annotations"]}  # fmt: skip
-        return [EvalItem(str(q["question_id"]), prompt.format(question=q["text"]), [q["image"]],
-                         {"answers": answers[q["question_id"]], "category": q.get("category", "all")})
-                for q in read_jsonl(questions)]  # fmt: skip
+        answers = {
+            a["question_id"]: [x["answer"] for x in a["answers"]]
+            for a in orjson.loads(annotations.read_bytes())["annotations"]
+        }
+        return [
+            EvalItem(
+                str(q["question_id"]),
+                prompt.format(question=q["text"]),
+                [q["image"]],
+                {"answers": answers[q["question_id"]], "category": q.get("category", "all")},
+            )
+            for q in read_jsonl(questions)
+        ]
 
     def score(
         self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
     ) -> tuple[list[dict], dict]:
-        return [{"id": i.id, "category": i.truth["category"], "prediction": predictions[i.id],
-                 "score": vqa_score(predictions[i.id], i.truth["answers"])} for i in items], {}  # fmt: skip
+        return [
+            {
+                "id": i.id,
+                "category": i.truth["category"],
+                "prediction": predictions[i.id],
+                "score": vqa_score(predictions[i.id], i.truth["answers"]),
+            }
+            for i in items
+        ], {}
 
     def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
         out = {"accuracy": mean(r["score"] for r in records)}
@@ -153,10 +187,17 @@ class MultipleChoice:
 
     def items(self, data: Path, prompt: str) -> list[EvalItem]:
         rows = read_jsonl(self.files(data)[0])
-        return [EvalItem(str(r["question_id"]),
-                         prompt.format(question=r["question"], options="\n".join(f"{k}. {v}" for k, v in r["options"].items())),
-                         [r["image"]] if r.get("image") else [], {"options": r["options"], "answer": r["answer"]})
-                for r in rows]  # fmt: skip
+        return [
+            EvalItem(
+                str(r["question_id"]),
+                prompt.format(
+                    question=r["question"], options="\n".join(f"{k}. {v}" for k, v in r["options"].items())
+                ),
+                [r["image"]] if r.get("image") else [],
+                {"options": r["options"], "answer": r["answer"]},
+            )
+            for r in rows
+        ]
 
     def score(
         self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
@@ -164,13 +205,22 @@ class MultipleChoice:
         out = []
         for i in items:
             letter = parse_option_letter(predictions[i.id], i.truth["options"])
-            out.append({"id": i.id, "prediction": predictions[i.id], "parsed": letter, "answer": i.truth["answer"],
-                        "correct": letter == i.truth["answer"]})  # fmt: skip
+            out.append(
+                {
+                    "id": i.id,
+                    "prediction": predictions[i.id],
+                    "parsed": letter,
+                    "answer": i.truth["answer"],
+                    "correct": letter == i.truth["answer"],
+                }
+            )
         return out, {}
 
     def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
-        return {"accuracy": mean(r["correct"] for r in records),
-                "unparsed": mean(r["parsed"] is None for r in records)}  # fmt: skip
+        return {
+            "accuracy": mean(r["correct"] for r in records),
+            "unparsed": mean(r["parsed"] is None for r in records),
+        }
 
 
 class TextTasks:
@@ -184,17 +234,29 @@ class TextTasks:
         return [data / "text" / "tasks.jsonl"]
 
     def items(self, data: Path, prompt: str) -> list[EvalItem]:
-        return [EvalItem(str(r["question_id"]), prompt.format(question=r["text"]), [],
-                         {"answer": r["answer"], "task": r.get("task", "all")})
-                for r in read_jsonl(self.files(data)[0])]  # fmt: skip
+        return [
+            EvalItem(
+                str(r["question_id"]),
+                prompt.format(question=r["text"]),
+                [],
+                {"answer": r["answer"], "task": r.get("task", "all")},
+            )
+            for r in read_jsonl(self.files(data)[0])
+        ]
 
     def score(
         self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
     ) -> tuple[list[dict], dict]:
-        return [{"id": i.id, "task": i.truth["task"], "prediction": predictions[i.id],
-                 "exact": predictions[i.id].strip() == i.truth["answer"].strip(),
-                 "normalised": normalise_text(predictions[i.id]) == normalise_text(i.truth["answer"])}
-                for i in items], {}  # fmt: skip
+        return [
+            {
+                "id": i.id,
+                "task": i.truth["task"],
+                "prediction": predictions[i.id],
+                "exact": predictions[i.id].strip() == i.truth["answer"].strip(),
+                "normalised": normalise_text(predictions[i.id]) == normalise_text(i.truth["answer"]),
+            }
+            for i in items
+        ], {}
 
     def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
         out = {
@@ -218,9 +280,15 @@ class Judge:
         return [data / "judge" / "questions.jsonl"]
 
     def items(self, data: Path, prompt: str) -> list[EvalItem]:
-        return [EvalItem(str(r["question_id"]), prompt.format(question=r["text"]), [r["image"]] if r.get("image") else [],
-                         {"question": r["text"], "reference": r.get("reference")})
-                for r in read_jsonl(self.files(data)[0])]  # fmt: skip
+        return [
+            EvalItem(
+                str(r["question_id"]),
+                prompt.format(question=r["text"]),
+                [r["image"]] if r.get("image") else [],
+                {"question": r["text"], "reference": r.get("reference")},
+            )
+            for r in read_jsonl(self.files(data)[0])
+        ]
 
     def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
         rated = [r["rating"] for r in records if r.get("rating") is not None]

@@ -31,9 +31,12 @@ def bootstrap_metrics(
 
 
 def paired_delta(
-    base: Sequence[dict], other: Sequence[dict], aggregate: Callable[[Sequence[dict]], dict[str, float]],
-    resamples: int, seed: int,
-) -> dict[str, tuple[float, float]]:  # fmt: skip
+    base: Sequence[dict],
+    other: Sequence[dict],
+    aggregate: Callable[[Sequence[dict]], dict[str, float]],
+    resamples: int,
+    seed: int,
+) -> dict[str, tuple[float, float]]:
     """Interval of aggregate(other) − aggregate(base) resampling the shared ids together."""
     by_id = {r["id"]: r for r in other}
     shared = [(r, by_id[r["id"]]) for r in base if r["id"] in by_id]
@@ -76,10 +79,14 @@ def compare_results(
             if "/" in metric and not all_metrics:
                 continue
             values = [e["metrics"].get(metric) for e in entries]
-            rows.append({
-                "bench": bench, "metric": metric, "values": values,
-                "intervals": [iv.get(metric) for iv in intervals],
-                "deltas": [None if v is None or values[0] is None else v - values[0] for v in values[1:]],
-                "delta_intervals": [d.get(metric) for d in deltas],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "bench": bench,
+                    "metric": metric,
+                    "values": values,
+                    "intervals": [iv.get(metric) for iv in intervals],
+                    "deltas": [None if v is None or values[0] is None else v - values[0] for v in values[1:]],
+                    "delta_intervals": [d.get(metric) for d in deltas],
+                }
+            )
     return rows

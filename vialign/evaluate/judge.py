@@ -69,17 +69,54 @@ def rate_answers(
     """One record per item (`id`, `question`, `reference`, `images`, `answer`): rating, judge reply,
     and whether it came from the cache. An unparsable reply is asked once more, then recorded unrated."""
     identity = judge.identity()
-    keyed = [(item, cache_key(identity, settings.prompt, item["question"], item.get("reference"),
-                              item.get("images", []), item["answer"])) for item in items]  # fmt: skip
+    keyed = [
+        (
+            item,
+            cache_key(
+                identity,
+                settings.prompt,
+                item["question"],
+                item.get("reference"),
+                item.get("images", []),
+                item["answer"],
+            ),
+        )
+        for item in items
+    ]
     hits = {key for _, key in keyed if key in cache}
-    requests = [ChatRequest(key, [{"role": "user", "content": judge_prompt(settings.prompt, item["question"],
-                            item["answer"], item.get("reference"))}],
-                            [confined_image_path(image_root, p) for p in item.get("images", [])]) for item, key in keyed]  # fmt: skip
-    ask_cached(judge, cache, requests, settings.params, lambda _, reply: rating_or_refuse(reply), settings.batch_size,
-               identity)  # fmt: skip
+    requests = [
+        ChatRequest(
+            key,
+            [
+                {
+                    "role": "user",
+                    "content": judge_prompt(
+                        settings.prompt, item["question"], item["answer"], item.get("reference")
+                    ),
+                }
+            ],
+            [confined_image_path(image_root, p) for p in item.get("images", [])],
+        )
+        for item, key in keyed
+    ]
+    ask_cached(
+        judge,
+        cache,
+        requests,
+        settings.params,
+        lambda _, reply: rating_or_refuse(reply),
+        settings.batch_size,
+        identity,
+    )
     out = []
     for item, key in keyed:
         entry = cache.entries.get(key, {})
-        out.append({"id": item["id"], "rating": entry.get("value"), "judge_reply": entry.get("reply"),
-                    "cached": key in hits})  # fmt: skip
+        out.append(
+            {
+                "id": item["id"],
+                "rating": entry.get("value"),
+                "judge_reply": entry.get("reply"),
+                "cached": key in hits,
+            }
+        )
     return out

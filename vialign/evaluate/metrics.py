@@ -56,19 +56,73 @@ def pope_metrics(parsed: Sequence[str], labels: Sequence[str]) -> dict[str, floa
 # The VQAv2 answer normalisation is written out here because its only reference is the evaluation
 # script in the VQA repository (no maintained package ships it).
 
-_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}  # fmt: skip
+_NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 _ARTICLES = {"a", "an", "the"}
 _CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "didnt": "didn't",
-    "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't", "havent": "haven't",
-    "hes": "he's", "im": "i'm", "isnt": "isn't", "itd": "it'd", "itll": "it'll", "ive": "i've",
-    "shouldnt": "shouldn't", "thats": "that's", "theres": "there's", "theyre": "they're",
-    "wasnt": "wasn't", "werent": "weren't", "whats": "what's", "wont": "won't", "wouldnt": "wouldn't",
-    "youre": "you're", "youve": "you've",
-}  # fmt: skip
-_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`",
-                ",", "?", "!"]  # fmt: skip
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldnt": "couldn't",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "dont": "don't",
+    "hadnt": "hadn't",
+    "hasnt": "hasn't",
+    "havent": "haven't",
+    "hes": "he's",
+    "im": "i'm",
+    "isnt": "isn't",
+    "itd": "it'd",
+    "itll": "it'll",
+    "ive": "i've",
+    "shouldnt": "shouldn't",
+    "thats": "that's",
+    "theres": "there's",
+    "theyre": "they're",
+    "wasnt": "wasn't",
+    "werent": "weren't",
+    "whats": "what's",
+    "wont": "won't",
+    "wouldnt": "wouldn't",
+    "youre": "you're",
+    "youve": "you've",
+}
+_PUNCTUATION = [
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+]
 _PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
 
@@ -183,8 +237,12 @@ def caption_scores(
     if java_available():
         metrics.update(java_metrics(gts_t, res_t, notes, spice))
     keys = list(gts_t)
-    return {"metrics": metrics, "per_image_cider": dict(zip(keys, map(float, per_image), strict=True)),
-            "tokenizer": tokenizer_name, "notes": notes}  # fmt: skip
+    return {
+        "metrics": metrics,
+        "per_image_cider": dict(zip(keys, map(float, per_image), strict=True)),
+        "tokenizer": tokenizer_name,
+        "notes": notes,
+    }
 
 
 def java_metrics(gts: dict, res: dict, notes: list[str], spice: bool) -> dict[str, float]:

@@ -5,23 +5,30 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import Field, field_validator
+from pydantic import Field
 
+from vialign.choices import BenchName, PopeParser
 from vialign.config import Settings
 from vialign.evaluate.benches import BENCHES, EvalItem
 from vialign.evaluate.judge import JudgeSettings, rate_answers
 from vialign.generation.base import Backend, ChatRequest, GenerationParams, ModelSettings
 from vialign.generation.cache import ResponseCache
 from vialign.generation.runner import Row, RunnerSettings, run_resumable
-from vialign.manifest import StageTimer, fingerprint_bytes, fingerprint_file
+from vialign.manifest import fingerprint_bytes, fingerprint_file, stage_manifest
 from vialign.records import IMAGE_TAG, confined_image_path
 
-PARSERS = {"caption": "pycocoevalcap", "vqa": "vqav2_normalised", "mc": "option_letter",
-           "text": "exact_and_normalised", "judge": "rating_in_double_brackets"}  # fmt: skip
+PARSERS = {
+    "caption": "pycocoevalcap",
+    "vqa": "vqav2_normalised",
+    "mc": "option_letter",
+    "text": "exact_and_normalised",
+    "judge": "rating_in_double_brackets",
+}
 PACKAGES = ("vialign", "torch", "transformers", "tokenizers", "pycocoevalcap", "openai")
 
 
@@ -32,8 +39,8 @@ class BenchSettings(Settings):
 
 
 class EvalSettings(Settings):
-    benches: list[str] = Field(default_factory=lambda: ["pope", "caption", "vqa", "mc", "text"])
-    pope_parser: Literal["exact", "first_sentence"] = Field(
+    benches: list[BenchName] = Field(default_factory=lambda: ["pope", "caption", "vqa", "mc", "text"])
+    pope_parser: PopeParser = Field(
         "first_sentence", description="exact: lmms-eval; first_sentence: LLaVA's eval_pope.py"
     )
     caption_spice: bool = Field(
@@ -44,14 +51,6 @@ class EvalSettings(Settings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     runner: RunnerSettings = Field(default_factory=lambda: RunnerSettings(batch_size=32))
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
-
-    @field_validator("benches")
-    @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        unknown = [b for b in value if b not in BENCHES]
-        if unknown:
-            raise ValueError(f"unknown benchmarks {unknown}; known: {sorted(BENCHES)}")
-        return value
 
     def of(self, name: str) -> BenchSettings:
         return self.bench.get(name, BenchSettings())
@@ -69,14 +68,24 @@ def versions() -> dict[str, str]:
 
 def chat_request(item: EvalItem, image_root: Path) -> ChatRequest:
     content = f"{IMAGE_TAG}\n" * len(item.images) + item.text
-    return ChatRequest(item.id, [{"role": "user", "content": content}],
-                       [confined_image_path(image_root, p) for p in item.images])  # fmt: skip
+    return ChatRequest(
+        item.id,
+        [{"role": "user", "content": content}],
+        [confined_image_path(image_root, p) for p in item.images],
+    )
 
 
 def generate_predictions(
-    backend: Backend, items: list[EvalItem], params: GenerationParams, out: Path, runner: RunnerSettings,
-    image_root: Path, identity: dict[str, Any], show_progress: bool, task: str,
-) -> dict[str, dict[str, Any]]:  # fmt: skip
+    backend: Backend,
+    items: list[EvalItem],
+    params: GenerationParams,
+    out: Path,
+    runner: RunnerSettings,
+    image_root: Path,
+    identity: dict[str, Any],
+    show_progress: bool,
+    task: str,
+) -> dict[str, dict[str, Any]]:
     def process(batch: list[EvalItem]) -> list[Row]:
         ready, rows = [], {}
         for item in batch:
@@ -93,17 +102,46 @@ def generate_predictions(
     def finish(item: EvalItem, row: dict[str, Any]) -> dict[str, Any]:
         return {"id": item.id, "prediction": row["value"] if row["ok"] else "", "error": row["error"]}
 
-    run_resumable(items, lambda i: i.id, process, out, runner.model_copy(update={"limit": None}), finish=finish,
-                  task=task, show_progress=show_progress, identity=identity)  # fmt: skip
+    run_resumable(
+        items,
+        lambda i: i.id,
+        process,
+        out,
+        runner.model_copy(update={"limit": None}),
+        finish=finish,
+        task=task,
+        show_progress=show_progress,
+        identity=identity,
+    )
     return {r["id"]: r for r in (orjson.loads(line) for line in out.read_bytes().splitlines())}
 
 
 def run_eval(
-    model: str, data: Path, out: Path, settings: EvalSettings, image_root: Path | None = None,
+    model: str,
+    data: Path,
+    out: Path,
+    settings: EvalSettings,
+    image_root: Path | None = None,
     show_progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Evaluate `model` on every benchmark in `settings.benches`; write and return `OUT/results.json`."""
-    timer = StageTimer()
+    with stage_manifest(out, "eval.run", settings, {"model": model, "data": str(data)}) as manifest:
+        results = evaluate_benches(model, data, out, settings, image_root, show_progress, manifest.started_at)
+        manifest.counts = {name: entry["n"] for name, entry in results["benchmarks"].items()}
+        manifest.outputs = {"results.json": fingerprint_file(out / "results.json")}
+    return results
+
+
+def evaluate_benches(
+    model: str,
+    data: Path,
+    out: Path,
+    settings: EvalSettings,
+    image_root: Path | None = None,
+    show_progress: bool = True,
+    started_at: float = 0.0,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
     image_root = image_root or data
     missing = [str(f) for name in settings.benches for f in BENCHES[name].files(data) if not f.is_file()]
     if missing:
@@ -112,23 +150,41 @@ def run_eval(
         raise ValueError("the judge benchmark needs a judge: --judge PATH_OR_URL (or judge.target)")
     backend = settings.model.open(model)
     identity = backend.identity()
-    results: dict[str, Any] = {"model": {"target": model, **identity}, "versions": versions(),
-                               "settings": settings.model_dump(mode="json"), "benchmarks": {}}  # fmt: skip
-    run_info: dict[str, Any] = {"started_at": timer.started_at}
+    results: dict[str, Any] = {
+        "model": {"target": model, **identity},
+        "versions": versions(),
+        "settings": settings.model_dump(mode="json"),
+        "benchmarks": {},
+    }
+    run_info: dict[str, Any] = {"started_at": started_at}
     for name in settings.benches:
         bench, overrides = BENCHES[name], settings.of(name)
         prompt = overrides.prompt or bench.default_prompt
         items = bench.items(data, prompt)[: overrides.limit or settings.limit]
         params = GenerationParams(max_new_tokens=overrides.max_new_tokens or bench.max_new_tokens)
         gen_identity = {"model": identity, "prompt": prompt, "generation": params.model_dump()}
-        predictions = generate_predictions(backend, items, params, out / "predictions" / f"{name}.jsonl",
-                                           settings.runner, image_root, gen_identity, show_progress, name)  # fmt: skip
+        predictions = generate_predictions(
+            backend,
+            items,
+            params,
+            out / "predictions" / f"{name}.jsonl",
+            settings.runner,
+            image_root,
+            gen_identity,
+            show_progress,
+            name,
+        )
         texts = {i: p["prediction"] for i, p in predictions.items()}
-        entry: dict[str, Any] = {"prompt": prompt, "image_tags": "one '<image>\\n' per image before the prompt",
-                                 "parser": settings.pope_parser if name == "pope" else PARSERS[name],
-                                 "generation": params.model_dump(), "chat_format": settings.model.chat_format,
-                                 "data": {str(f): fingerprint_file(f) for f in bench.files(data)},
-                                 "n": len(items), "generation_errors": sum(p["error"] is not None for p in predictions.values())}  # fmt: skip
+        entry: dict[str, Any] = {
+            "prompt": prompt,
+            "image_tags": "one '<image>\\n' per image before the prompt",
+            "parser": settings.pope_parser if name == "pope" else PARSERS[name],
+            "generation": params.model_dump(),
+            "chat_format": settings.model.chat_format,
+            "data": {str(f): fingerprint_file(f) for f in bench.files(data)},
+            "n": len(items),
+            "generation_errors": sum(p["error"] is not None for p in predictions.values()),
+        }
         if name == "judge":
             records, extra = judge_records(bench, items, texts, settings, out, image_root, run_info)
             entry["judge"] = extra
@@ -140,7 +196,7 @@ def run_eval(
             record["error"] = predictions[record["id"]]["error"]
         entry["samples"] = records
         results["benchmarks"][name] = entry
-    run_info["duration_s"] = round(timer.elapsed, 3)
+    run_info["duration_s"] = round(time.perf_counter() - t0, 3)
     results["run"] = run_info
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
@@ -148,16 +204,33 @@ def run_eval(
 
 
 def judge_records(
-    bench: Any, items: list[EvalItem], texts: dict[str, str], settings: EvalSettings, out: Path, image_root: Path,
+    bench: Any,
+    items: list[EvalItem],
+    texts: dict[str, str],
+    settings: EvalSettings,
+    out: Path,
+    image_root: Path,
     run_info: dict[str, Any],
-) -> tuple[list[dict], dict]:  # fmt: skip
+) -> tuple[list[dict], dict]:
     judge_settings = settings.judge
     judge = judge_settings.model.open(judge_settings.target)
     cache = ResponseCache(judge_settings.cache or out / "judge_cache.jsonl")
-    asked = [{"id": i.id, "question": i.truth["question"], "reference": i.truth.get("reference"),
-              "images": i.images, "answer": texts[i.id]} for i in items]  # fmt: skip
+    asked = [
+        {
+            "id": i.id,
+            "question": i.truth["question"],
+            "reference": i.truth.get("reference"),
+            "images": i.images,
+            "answer": texts[i.id],
+        }
+        for i in items
+    ]
     rated = rate_answers(judge, judge_settings, cache, asked, image_root)
     run_info["judge_cache_hits"] = sum(r.pop("cached") for r in rated)
     records = [{**r, "prediction": texts[r["id"]]} for r in rated]
-    return records, {"identity": judge.identity(), "prompt_sha256": fingerprint_bytes(judge_settings.prompt.encode()),
-                     "prompt": judge_settings.prompt, "params": judge_settings.params.model_dump()}  # fmt: skip
+    return records, {
+        "identity": judge.identity(),
+        "prompt_sha256": fingerprint_bytes(judge_settings.prompt.encode()),
+        "prompt": judge_settings.prompt,
+        "params": judge_settings.params.model_dump(),
+    }

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from pydantic import Field
 
+from vialign.choices import BackendName, ChatFormatName
 from vialign.config import Settings
 from vialign.models.precision import Dtype
 
@@ -82,13 +83,16 @@ def open_backend(target: str, backend: str | None = None, **options: Any) -> Bac
 class ModelSettings(Settings):
     """Which model answers, and how to reach it; shared by every stage that generates."""
 
-    backend: str | None = Field(None, description="transformers | vllm | openai; default from the target")
-    chat_format: str = Field("vicuna_v1", description="prompt layout for local checkpoints")
+    backend: BackendName | None = Field(None, description="default: from the target")
+    chat_format: ChatFormatName = Field("vicuna_v1", description="prompt layout for local checkpoints")
     model_name: str | None = Field(None, description="model name for an OpenAI-compatible server")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     device: str | None = Field(None, description="local checkpoints: cpu, cuda, ...")
-    dtype: Dtype = Field("auto", description="local checkpoints: compute dtype; auto: bfloat16 where the GPU "
-                         "or CPU does it natively, else float32")  # fmt: skip
+    dtype: Dtype = Field(
+        "auto",
+        description="local checkpoints: compute dtype; auto: bfloat16 where the GPU "
+        "or CPU does it natively, else float32",
+    )
 
     def open(self, target: str) -> Backend:
         name = backend_name(target, self.backend)

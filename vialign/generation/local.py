@@ -18,7 +18,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from vialign.generation.base import ChatRequest, ChatResult, GenerationParams
 from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_prompt
 from vialign.models.loading import load_llava, model_fingerprint, processor_image_tokens
-from vialign.models.precision import ComputeDtype, Dtype, autocast, resolve_dtype, weight_dtype
+from vialign.models.precision import (
+    ComputeDtype,
+    Dtype,
+    autocast,
+    default_device,
+    resolve_dtype,
+    weight_dtype,
+)
 
 
 def is_multimodal_checkpoint(path: str | Path) -> bool:
@@ -44,8 +51,15 @@ def split_messages(messages: list[dict[str, str]]) -> tuple[str, list[tuple[str,
 class TransformersBackend:
     name = "transformers"
 
-    def __init__(self, model, tokenizer, image_processor, encoder: ChatEncoder, path: str = "(in memory)",
-                 compute: ComputeDtype = "float32"):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        image_processor,
+        encoder: ChatEncoder,
+        path: str = "(in memory)",
+        compute: ComputeDtype = "float32",
+    ):
         self.model, self.tokenizer, self.image_processor, self.encoder, self.path = (
             model,
             tokenizer,
@@ -66,6 +80,7 @@ class TransformersBackend:
         device: str | None = None,
         dtype: Dtype = "auto",
     ) -> TransformersBackend:
+        device = default_device(device)
         compute = resolve_dtype(dtype, device)
         weights = weight_dtype(compute, device)
         if is_multimodal_checkpoint(path):
@@ -80,7 +95,7 @@ class TransformersBackend:
             model = AutoModelForCausalLM.from_pretrained(
                 str(path), use_safetensors=True, dtype=weights
             ).eval()
-            model = model.to(device) if device else model
+            model = model.to(device)
             image_processor, image_tokens = None, 0
         encoder = ChatEncoder(tokenizer, EncoderSettings(chat_format=chat_format, image_tokens=image_tokens))
         return cls(model, tokenizer, image_processor, encoder, str(path), compute)
@@ -91,8 +106,13 @@ class TransformersBackend:
     def identity(self) -> dict[str, Any]:
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.path) if Path(self.path).is_dir() else "unknown"
-        return {"backend": self.name, "model": self.path, "fingerprint": self._fingerprint,
-                "chat_format": self.encoder.settings.chat_format, "compute_dtype": self.compute}  # fmt: skip
+        return {
+            "backend": self.name,
+            "model": self.path,
+            "fingerprint": self._fingerprint,
+            "chat_format": self.encoder.settings.chat_format,
+            "compute_dtype": self.compute,
+        }
 
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         question, history = split_messages(request.messages)
@@ -204,8 +224,15 @@ class TransformersBackend:
         )
 
 
-def generate_batch(model, processor, encoder: ChatEncoder, questions: Sequence[str], images: Sequence[Path | None],
-                   *, max_new_tokens: int = 32) -> list[str]:  # fmt: skip
+def generate_batch(
+    model,
+    processor,
+    encoder: ChatEncoder,
+    questions: Sequence[str],
+    images: Sequence[Path | None],
+    *,
+    max_new_tokens: int = 32,
+) -> list[str]:
     """Greedy answers to one-question prompts with a model already in memory (quick evaluations)."""
     backend = TransformersBackend(model, processor.tokenizer, processor.image_processor, encoder)
     prompts = [encode_prompt(encoder, q) for q in questions]

@@ -52,8 +52,17 @@ def redact(text: str, secret: str | None) -> str:
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, base_url: str, model: str | None = None, *, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 16, timeout_s: float = 120.0, max_retries: int = 5, malformed_retries: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 16,
+        timeout_s: float = 120.0,
+        max_retries: int = 5,
+        malformed_retries: int = 1,
+    ):
         self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
         self.concurrency, self.timeout_s, self.max_retries, self.malformed_retries = (
             concurrency,
@@ -109,9 +118,14 @@ class OpenAIBackend:
             for attempt in range(self.malformed_retries + 1):
                 try:
                     response = await client.chat.completions.create(
-                        model=self.model or "default", messages=openai_messages(request), max_tokens=params.max_new_tokens,
-                        temperature=params.temperature, top_p=params.top_p, n=params.n, seed=params.seed,
-                    )  # fmt: skip
+                        model=self.model or "default",
+                        messages=openai_messages(request),
+                        max_tokens=params.max_new_tokens,
+                        temperature=params.temperature,
+                        top_p=params.top_p,
+                        n=params.n,
+                        seed=params.seed,
+                    )
                     texts = [choice.message.content for choice in response.choices]
                     if len(texts) == params.n and all(isinstance(t, str) for t in texts):
                         return ChatResult(request.id, texts=texts)

@@ -35,8 +35,13 @@ class VLLMBackend:
     def sampling(self, params: GenerationParams):
         from vllm import SamplingParams
 
-        return SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                              max_tokens=params.max_new_tokens, seed=params.seed)  # fmt: skip
+        return SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            seed=params.seed,
+        )
 
     def generate(self, requests: list[ChatRequest], params: GenerationParams) -> list[ChatResult]:
         sampling = self.sampling(params)

@@ -4,10 +4,11 @@ row each record yields. Shared by the local runner and the Ray engine."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator
 
+from vialign.choices import Engine
 from vialign.config import Settings
 
 
@@ -15,7 +16,7 @@ class RunnerSettings(Settings):
     batch_size: int = Field(16, ge=1)
     limit: int | None = Field(None, ge=1, description="process only the first N selected records")
     shard: str | None = Field(None, description="'i/N': this process takes records i, i+N, i+2N, ...")
-    engine: Literal["local", "ray"] = "local"
+    engine: Engine = "local"
     ray_actors: int = Field(1, ge=1, description="model replicas (one per Ray actor)")
 
     @field_validator("shard")

@@ -28,7 +28,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from vialign.config import Settings
 from vialign.models.loading import save_llava
 from vialign.models.tiny import TinyModelSettings, image_processor, select_strategy, vision_config
-from vialign.models.tokenizer import CHAT_TEMPLATE
+from vialign.models.tokenizer import CHAT_TEMPLATE, with_typed_content
 from vialign.records import IMAGE_TAG
 
 VISION_OF = {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}
@@ -69,8 +69,13 @@ def load_vision(vision: str | Path | TinyModelSettings, seed: int = 0):
     else:
         raise ValueError(f"{vision} is a {config.model_type} model; give a vision tower (CLIP or SigLIP)")
     is_clip = model.config.model_type.startswith("clip")
-    return (model, AutoImageProcessor.from_pretrained(str(vision)), "default" if is_clip else "full",
-            1 if is_clip else 0, model.config.patch_size)  # fmt: skip
+    return (
+        model,
+        AutoImageProcessor.from_pretrained(str(vision)),
+        "default" if is_clip else "full",
+        1 if is_clip else 0,
+        model.config.patch_size,
+    )
 
 
 def assemble_llava(
@@ -85,8 +90,7 @@ def assemble_llava(
     lm = AutoModelForCausalLM.from_pretrained(str(lm_path), use_safetensors=True)
     if ensure_image_token(tokenizer):
         lm.resize_token_embeddings(len(tokenizer))
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = with_typed_content(tokenizer.chat_template or CHAT_TEMPLATE)
     tower, image_proc, strategy, additional, patch = load_vision(vision, seed)
     config = LlavaConfig(
         vision_config=tower.config,
@@ -108,8 +112,14 @@ def assemble_llava(
         raise RuntimeError(f"assembly left parameters unset: {meta[:3]}")
     llava.generation_config.pad_token_id = tokenizer.pad_token_id
     llava.generation_config.eos_token_id = tokenizer.eos_token_id
-    processor = LlavaProcessor(image_processor=image_proc, tokenizer=tokenizer, patch_size=patch,
-                               vision_feature_select_strategy=strategy, num_additional_image_tokens=additional,
-                               chat_template=tokenizer.chat_template, image_token=IMAGE_TAG)  # fmt: skip
+    processor = LlavaProcessor(
+        image_processor=image_proc,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy=strategy,
+        num_additional_image_tokens=additional,
+        chat_template=tokenizer.chat_template,
+        image_token=IMAGE_TAG,
+    )
     save_llava(llava, processor, out)
     return llava

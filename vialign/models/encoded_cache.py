@@ -50,16 +50,26 @@ def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     definition = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
     added = {i: str(token) for i, token in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items()}
-    parts = [definition, json.dumps(added, sort_keys=True), json.dumps(tokenizer.special_tokens_map, sort_keys=True,
-             default=str), tokenizer.chat_template or "", type(tokenizer).__name__]  # fmt: skip
+    parts = [
+        definition,
+        json.dumps(added, sort_keys=True),
+        json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str),
+        tokenizer.chat_template or "",
+        type(tokenizer).__name__,
+    ]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def cache_key(encoder: ChatEncoder, data: str | Path) -> str:
     settings = asdict(encoder.settings)
     settings["templates"] = sorted(settings["templates"])
-    identity = {"layout": CACHE_LAYOUT, "encoder": ENCODER_VERSION, "data": fingerprint_file(data),
-                "tokenizer": tokenizer_fingerprint(encoder.tokenizer), "settings": settings}  # fmt: skip
+    identity = {
+        "layout": CACHE_LAYOUT,
+        "encoder": ENCODER_VERSION,
+        "data": fingerprint_file(data),
+        "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
+        "settings": settings,
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -173,8 +183,10 @@ def write_part(
     quarantined = {
         s.id: r.reason for s, r in zip(chunk, results, strict=True) if isinstance(r, EncodingError)
     }
-    arrays = {name: concatenated([getattr(r, name) for _, r in done], np.int32 if name != "kinds" else np.uint8)
-              for name in ARRAYS}  # fmt: skip
+    arrays = {
+        name: concatenated([getattr(r, name) for _, r in done], np.int32 if name != "kinds" else np.uint8)
+        for name in ARRAYS
+    }
     arrays["lengths"] = np.array([len(r) for _, r in done], dtype=np.int64)
     arrays["n_images"] = np.array([r.n_images for _, r in done], dtype=np.int32)
     arrays["dropped_turns"] = np.array([r.dropped_turns for _, r in done], dtype=np.int32)
@@ -196,8 +208,12 @@ def merge_parts(partial: Path, merged: Path, n_parts: int) -> None:
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     np.save(merged / "offsets.npy", offsets)
     for name in ARRAYS:
-        flat = np.lib.format.open_memmap(merged / f"{name}.npy", mode="w+", dtype=np.uint8 if name == "kinds"
-                                         else np.int32, shape=(int(offsets[-1]),))  # fmt: skip
+        flat = np.lib.format.open_memmap(
+            merged / f"{name}.npy",
+            mode="w+",
+            dtype=np.uint8 if name == "kinds" else np.int32,
+            shape=(int(offsets[-1]),),
+        )
         start = 0
         for part in parts(partial, names, name):
             flat[start : start + len(part)] = part

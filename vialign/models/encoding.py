@@ -17,23 +17,24 @@ Label modes:
 from __future__ import annotations
 
 import re
+import typing
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from itertools import chain
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from rich.text import Text
 from transformers import PreTrainedTokenizerBase
 
+from vialign.choices import ChatFormatName, LabelMode
 from vialign.models.tokenizer import VICUNA_SYSTEM
 from vialign.records import GPT, IMAGE_TAG, Sample
 
 IGNORE_INDEX = -100
-LabelMode = Literal["response", "lit", "all"]
 
 
 class Kind(IntEnum):
@@ -54,10 +55,9 @@ TRAINED: dict[str, frozenset[Kind]] = {
 }
 
 
-CHAT_FORMATS = ("vicuna_v1", "plain", "tokenizer")
+CHAT_FORMATS = typing.get_args(ChatFormatName)
 # Changes whenever the same settings would encode differently: caches of encoded data key on it.
 ENCODER_VERSION = "rendered-once-2"
-ChatFormatName = Literal["vicuna_v1", "plain", "tokenizer"]
 
 
 class EncodingError(ValueError):
@@ -199,8 +199,10 @@ def template_scaffold(tokenizer: PreTrainedTokenizerBase, eos_after_answer: bool
         raise ValueError(f"the chat template of {name} renders later turns differently; use vicuna_v1")
     generation = _render_sentinels(tokenizer, [("user", u1)], add_generation_prompt=True).split(u1)[1]
     if not user_to_assistant.startswith(generation):
-        raise ValueError(f"the generation prompt of {name}'s chat template ({generation!r}) does not begin "
-                         f"its answered turns ({user_to_assistant!r}); training would not match inference")  # fmt: skip
+        raise ValueError(
+            f"the generation prompt of {name}'s chat template ({generation!r}) does not begin "
+            f"its answered turns ({user_to_assistant!r}); training would not match inference"
+        )
     end, next_user = _end_of_turn(tokenizer, head, between)
     specials = _special_texts(tokenizer)
     eos = tokenizer.eos_token or ""
@@ -211,8 +213,16 @@ def template_scaffold(tokenizer: PreTrainedTokenizerBase, eos_after_answer: bool
     before_user = head[: len(head) - len(user_tag)]
     bos = tokenizer.bos_token or ""
     bos = bos if bos and before_user.startswith(bos) else ""
-    return Scaffold(bos, before_user[len(bos) :], user_tag, next_user, generation,
-                    user_to_assistant[len(generation) :], end, tail.removeprefix(template_end))  # fmt: skip
+    return Scaffold(
+        bos,
+        before_user[len(bos) :],
+        user_tag,
+        next_user,
+        generation,
+        user_to_assistant[len(generation) :],
+        end,
+        tail.removeprefix(template_end),
+    )
 
 
 def _end_of_turn(tokenizer: PreTrainedTokenizerBase, head: str, between: str) -> tuple[str, str]:
@@ -263,10 +273,15 @@ class ChatEncoder:
         if not self.prompt_is_stable():
             name = getattr(tokenizer, "name_or_path", "") or "this tokenizer"
             self.answers_apart = not self.marks_word_starts()
-            remedy = ("answers are tokenized apart from their prompts" if self.answers_apart else
-                      "training keeps the whole string; prefer a template whose generation prompt does not end in whitespace")  # fmt: skip
-            warnings.warn(f"{name} tokenizes the generation prompt differently when an answer follows; {remedy}",
-                          stacklevel=2)  # fmt: skip
+            remedy = (
+                "answers are tokenized apart from their prompts"
+                if self.answers_apart
+                else "training keeps the whole string; prefer a template whose generation prompt does not end in whitespace"
+            )
+            warnings.warn(
+                f"{name} tokenizes the generation prompt differently when an answer follows; {remedy}",
+                stacklevel=2,
+            )
 
     def ids(self, text: str) -> list[int]:
         """Ids of a text on its own (no special tokens), cached."""
@@ -366,8 +381,10 @@ class ChatEncoder:
     def conversation_pairs(self, sample: Sample) -> list[tuple[str, str | None]]:
         """The sample's (question, answer) turns, refusing image tags the encoder cannot place."""
         turns = sample.conversations
-        pairs = [(turns[i].value, turns[i + 1].value if i + 1 < len(turns) and turns[i + 1].role == GPT else None)
-                 for i in range(0, len(turns), 2)]  # fmt: skip
+        pairs = [
+            (turns[i].value, turns[i + 1].value if i + 1 < len(turns) and turns[i + 1].role == GPT else None)
+            for i in range(0, len(turns), 2)
+        ]
         n_tags = sum(t.value.count(IMAGE_TAG) for t in turns)
         if n_tags != len(sample.images):
             raise EncodingError(sample.id, f"{n_tags} <image> tags for {len(sample.images)} image(s)")
@@ -488,13 +505,23 @@ class EncodedArrays:
         return len(self.input_ids)
 
     def to_encoded(self) -> Encoded:
-        return Encoded(self.input_ids.tolist(), self.labels.tolist(), self.kinds.tolist(), self.n_images,
-                       self.dropped_turns)  # fmt: skip
+        return Encoded(
+            self.input_ids.tolist(),
+            self.labels.tolist(),
+            self.kinds.tolist(),
+            self.n_images,
+            self.dropped_turns,
+        )
 
     @classmethod
     def from_encoded(cls, encoded: Encoded) -> EncodedArrays:
-        return cls(np.array(encoded.input_ids, dtype=np.int32), np.array(encoded.labels, dtype=np.int32),
-                   np.array(encoded.kinds, dtype=np.uint8), encoded.n_images, encoded.dropped_turns)  # fmt: skip
+        return cls(
+            np.array(encoded.input_ids, dtype=np.int32),
+            np.array(encoded.labels, dtype=np.int32),
+            np.array(encoded.kinds, dtype=np.uint8),
+            encoded.n_images,
+            encoded.dropped_turns,
+        )
 
 
 def token_kinds(text: str, char_kind: Sequence[Kind], a: int, b: int) -> list[Kind]:
@@ -506,8 +533,12 @@ def token_kinds(text: str, char_kind: Sequence[Kind], a: int, b: int) -> list[Ki
         return [char_kind[min(a, len(text) - 1)]]
     visible = [c for c in range(a, b) if not text[c].isspace()]
     if not visible:
-        word_start = (text[a:b].strip(" ") == "" and b < len(text) and not text[b].isspace()
-                      and char_kind[b] != Kind.IMAGE)  # fmt: skip
+        word_start = (
+            text[a:b].strip(" ") == ""
+            and b < len(text)
+            and not text[b].isspace()
+            and char_kind[b] != Kind.IMAGE
+        )
         visible = [b] if word_start else list(range(a, b))
     return list(dict.fromkeys(char_kind[c] for c in visible))
 
@@ -671,8 +702,16 @@ def batched(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
         yield chunk
 
 
-ROLE_NAMES = {Kind.BOS: "bos", Kind.SYSTEM: "system", Kind.ROLE: "role", Kind.IMAGE: "image",
-              Kind.TEMPLATE: "template", Kind.USER: "user", Kind.ASSISTANT: "assistant", Kind.END: "end"}  # fmt: skip
+ROLE_NAMES = {
+    Kind.BOS: "bos",
+    Kind.SYSTEM: "system",
+    Kind.ROLE: "role",
+    Kind.IMAGE: "image",
+    Kind.TEMPLATE: "template",
+    Kind.USER: "user",
+    Kind.ASSISTANT: "assistant",
+    Kind.END: "end",
+}
 
 
 def token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
@@ -684,8 +723,15 @@ def token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
 
 def label_rows(tokenizer: PreTrainedTokenizerBase, encoded: Encoded) -> list[dict]:
     """Every token with its text, role and whether it is trained (the JSON preview)."""
-    return [{"id": t, "text": token_text(tokenizer, t), "role": ROLE_NAMES[Kind(k)], "label": label != IGNORE_INDEX}
-            for t, k, label in zip(encoded.input_ids, encoded.kinds, encoded.labels, strict=True)]  # fmt: skip
+    return [
+        {
+            "id": t,
+            "text": token_text(tokenizer, t),
+            "role": ROLE_NAMES[Kind(k)],
+            "label": label != IGNORE_INDEX,
+        }
+        for t, k, label in zip(encoded.input_ids, encoded.kinds, encoded.labels, strict=True)
+    ]
 
 
 def readable(text: str) -> str:

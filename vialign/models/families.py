@@ -75,9 +75,13 @@ def llava15_tokenizer() -> PreTrainedTokenizerFast:
     with a typed-content chat template that renders LLaVA-1.5's `conv_vicuna_v1` string."""
     core = Tokenizer.from_file(str(llama2_tokenizer_file()))
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        model_max_length=4096, padding_side="right",
-    )  # fmt: skip
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=4096,
+        padding_side="right",
+    )
     add_image_token(tokenizer)
     tokenizer.add_special_tokens({"pad_token": "<pad>"})
     tokenizer.chat_template = CHAT_TEMPLATE

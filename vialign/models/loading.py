@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from vialign.manifest import Manifest, StageTimer, fingerprint_dir, write_manifest
+from vialign.manifest import Manifest, fingerprint_dir, stage_manifest
 from vialign.models.families import family_tokenizer
 from vialign.models.tiny import TinyModelSettings, build_tiny_llava
 from vialign.models.tokenizer import texts_of, train_tokenizer
@@ -29,8 +29,12 @@ def load_llava(
     if Path(source).exists() and not (Path(source) / "config.json").is_file():
         raise FileNotFoundError(f"{source} has no config.json: not a transformers checkpoint folder")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    if not Path(source).exists() and (offline or source.startswith(("/", ".", "~")) or source.count("/") != 1):
-        raise FileNotFoundError(f"{source}: no such checkpoint folder" + (" (the hub is offline)" if offline else ""))
+    if not Path(source).exists() and (
+        offline or source.startswith(("/", ".", "~")) or source.count("/") != 1
+    ):
+        raise FileNotFoundError(
+            f"{source}: no such checkpoint folder" + (" (the hub is offline)" if offline else "")
+        )
     processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
     model = AutoModelForImageTextToText.from_pretrained(
         source, dtype=dtype or "auto", use_safetensors=True, trust_remote_code=trust_remote_code
@@ -64,26 +68,20 @@ def build_tiny_model(toyworld: str | Path | None, out: str | Path, settings: Tin
     """A tiny LLaVA saved as a plain transformers checkpoint. Family `toy`: a tokenizer trained on the
     toy world's corpora; a real family: that family's own tokenizer and chat template."""
     out = Path(out)
-    timer = StageTimer()
-    inputs: dict[str, str] = {}
-    if settings.family == "toy":
-        if toyworld is None:
-            raise ValueError("family 'toy' trains its tokenizer on a toy world: give --toyworld DIR")
-        corpora = [Path(toyworld) / "corpus.jsonl", Path(toyworld) / "text" / "corpus.jsonl"]
-        tokenizer = train_tokenizer(texts_of(corpora), vocab_size=settings.vocab_size)
-        inputs = {str(p): fingerprint_dir(p.parent, p.name) for p in corpora}
-    else:
-        tokenizer = family_tokenizer(settings.family)
-    model, processor = build_tiny_llava(tokenizer, settings)
-    save_llava(model, processor, out)
-    manifest = Manifest(
-        stage="model.tiny",
-        inputs=inputs,
-        settings=settings.model_dump(mode="json"),
-        counts={"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)},
-        outputs={"model": model_fingerprint(out)},
-        started_at=timer.started_at,
-        duration_s=round(timer.elapsed, 3),
-    )
-    write_manifest(out, manifest)
+    with stage_manifest(out, "model.tiny") as manifest:
+        inputs: dict[str, str] = {}
+        if settings.family == "toy":
+            if toyworld is None:
+                raise ValueError("family 'toy' trains its tokenizer on a toy world: give --toyworld DIR")
+            corpora = [Path(toyworld) / "corpus.jsonl", Path(toyworld) / "text" / "corpus.jsonl"]
+            tokenizer = train_tokenizer(texts_of(corpora), vocab_size=settings.vocab_size)
+            inputs = {str(p): fingerprint_dir(p.parent, p.name) for p in corpora}
+        else:
+            tokenizer = family_tokenizer(settings.family)
+        model, processor = build_tiny_llava(tokenizer, settings)
+        save_llava(model, processor, out)
+        manifest.inputs = inputs
+        manifest.settings = settings.model_dump(mode="json")
+        manifest.counts = {"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
+        manifest.outputs = {"model": model_fingerprint(out)}
     return manifest

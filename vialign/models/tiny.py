@@ -7,8 +7,6 @@ makes image tokens and image features disagree.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field, model_validator
 from transformers import (
@@ -23,18 +21,20 @@ from transformers import (
 from transformers.models.clip import CLIPImageProcessorPil
 from transformers.models.siglip import SiglipImageProcessorPil
 
+from vialign.choices import Family, Vision
 from vialign.config import Settings
 from vialign.records import IMAGE_TAG
 
 
 class TinyModelSettings(Settings):
-    family: Literal["toy", "llava-1.5", "smollm2"] = Field(
+    family: Family = Field(
         "toy", description="tokenizer and chat template: toy (trained on a toy world) or a real family's"
     )
-    vision: Literal["clip", "siglip"] = "clip"
+    vision: Vision = "clip"
     image_size: int = Field(48, ge=16)
     patch_size: int = Field(16, ge=2)
     vision_hidden: int = 64
+    vision_intermediate: int | None = Field(None, description="default: twice vision_hidden")
     vision_layers: int = 2
     vision_heads: int = 4
     text_hidden: int = 128
@@ -67,7 +67,7 @@ class TinyModelSettings(Settings):
 def vision_config(s: TinyModelSettings) -> CLIPVisionConfig | SiglipVisionConfig:
     common = dict(
         hidden_size=s.vision_hidden,
-        intermediate_size=s.vision_hidden * 2,
+        intermediate_size=s.vision_intermediate or s.vision_hidden * 2,
         num_hidden_layers=s.vision_layers,
         num_attention_heads=s.vision_heads,
         image_size=s.image_size,

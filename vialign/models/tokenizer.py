@@ -55,6 +55,27 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %} ASSISTANT:{%- endif -%}"
 )
 
+# Put before a language model's own chat template when it becomes a LLaVA's: processors and trainers
+# (transformers, TRL, lmms-eval) pass message content as typed parts; this turns them into the string
+# LLaVA writes (`<image>` then a newline, then the text), so a text-only template renders them.
+TYPED_CONTENT_PREAMBLE = (
+    "{%- set flat = namespace(messages=[]) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set flat.messages = flat.messages + [message] -%}"
+    "{%- else -%}{%- set parts = namespace(text='') -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{%- set parts.text = parts.text + '<image>\n' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set parts.text = parts.text + part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set flat.messages = flat.messages + [{'role': message['role'], 'content': parts.text}] -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- set messages = flat.messages -%}"
+)
+
+
+def with_typed_content(template: str) -> str:
+    return template if template.startswith(TYPED_CONTENT_PREAMBLE) else TYPED_CONTENT_PREAMBLE + template
+
 
 def special_token(text: str) -> AddedToken:
     return AddedToken(text, special=True, normalized=False, lstrip=True, rstrip=True)

@@ -172,9 +172,14 @@ def run_recipe(
         given = substitute(stage.settings, folders, recipe.vars)
         inputs, validated = prepared(stage, given)
         settings = {**inputs, **(validated.model_dump(mode="json") if validated is not None else {})}
-        key_parts = {"kind": stage.uses, "vialign": __version__, "inputs": inputs, "settings": settings,
-                     "reads": {r: fingerprints[r] for r in sorted(set(references(stage.settings)))},
-                     "outside": outside_inputs(given, root)}  # fmt: skip
+        key_parts = {
+            "kind": stage.uses,
+            "vialign": __version__,
+            "inputs": inputs,
+            "settings": settings,
+            "reads": {r: fingerprints[r] for r in sorted(set(references(stage.settings)))},
+            "outside": outside_inputs(given, root),
+        }
         key = fingerprint_settings(key_parts).removeprefix("sha256:")[:16]
         folder = root / "stages" / f"{stage.name}-{key}"
         record = folder / "stage.json"
@@ -190,11 +195,22 @@ def run_recipe(
         t0 = time.perf_counter()
         STAGES[stage.uses].run(StageContext(folder, inputs, validated, show_progress, log))
         fingerprint = output_fingerprint(folder)
-        record.write_bytes(orjson.dumps({"name": stage.name, "kind": stage.uses, "key": key, "settings": settings,
-                                         "reads": key_parts["reads"], "outside": key_parts["outside"],
-                                         "output_fingerprint": fingerprint, "status": "finished",
-                                         "duration_s": round(time.perf_counter() - t0, 2)},
-                                        option=orjson.OPT_INDENT_2))  # fmt: skip
+        record.write_bytes(
+            orjson.dumps(
+                {
+                    "name": stage.name,
+                    "kind": stage.uses,
+                    "key": key,
+                    "settings": settings,
+                    "reads": key_parts["reads"],
+                    "outside": key_parts["outside"],
+                    "output_fingerprint": fingerprint,
+                    "status": "finished",
+                    "duration_s": round(time.perf_counter() - t0, 2),
+                },
+                option=orjson.OPT_INDENT_2,
+            )
+        )
         log(f"[done] {stage.name} in {time.perf_counter() - t0:.1f} s → {folder}")
         folders[stage.name], fingerprints[stage.name] = folder, fingerprint
     root.mkdir(parents=True, exist_ok=True)

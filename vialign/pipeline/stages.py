@@ -132,9 +132,7 @@ def train_rm(ctx: StageContext) -> None:
     model, annotations, kind = ctx.take("model"), ctx.take("annotations"), ctx.take("kind")
     image_root = ctx.take("image_root", None)
     paths = [Path(a) for a in ([annotations] if isinstance(annotations, str) else annotations)]
-    manifest = train_reward_model(
-        model, paths, kind, ctx.out, ctx.settings, image_root=image_root
-    )
+    manifest = train_reward_model(model, paths, kind, ctx.out, ctx.settings, image_root=image_root)
     ctx.log(f"  held-out pairwise accuracy {(manifest.counts['heldout'] or {}).get('pairwise_accuracy')}")
 
 
@@ -187,8 +185,13 @@ def rewrite(ctx: StageContext) -> None:
 def gap(ctx: StageContext) -> None:
     from vialign.align.gap import gap_files
 
-    datasets = {"input": Path(ctx.take("data")), **({"vs": Path(ctx.take("vs"))} if "vs" in ctx.inputs else {})}
-    gap_files(ctx.take("llm"), datasets, ctx.out, subsets=ctx.settings.subsets, chat_format=ctx.settings.chat_format)
+    datasets = {
+        "input": Path(ctx.take("data")),
+        **({"vs": Path(ctx.take("vs"))} if "vs" in ctx.inputs else {}),
+    }
+    gap_files(
+        ctx.take("llm"), datasets, ctx.out, subsets=ctx.settings.subsets, chat_format=ctx.settings.chat_format
+    )
 
 
 @stage("sample", "vialign.prefer.sample:SampleSettings", ("data", "target", "image_root", "subsets", "limit"))
@@ -203,8 +206,14 @@ def sample(ctx: StageContext) -> None:
         require_meta_field(samples, "subset", str(data), "the sample stage's subsets")
     prompts = [s for s in samples if subsets is None or s.meta.subset in subsets][:limit]
     write_jsonl(prompts, ctx.out / "prompts.jsonl")
-    sample_file(ctx.out / "prompts.jsonl", model, ctx.out / "groups.jsonl", ctx.settings, image_root,
-                ctx.show_progress)  # fmt: skip
+    sample_file(
+        ctx.out / "prompts.jsonl",
+        model,
+        ctx.out / "groups.jsonl",
+        ctx.settings,
+        image_root,
+        ctx.show_progress,
+    )
 
 
 @stage("judge", "vialign.prefer.judge:PreferenceJudgeSettings", ("data", "image_root"))
@@ -212,8 +221,7 @@ def judge(ctx: StageContext) -> None:
     from vialign.prefer.judge import judge_file
 
     data, image_root = Path(ctx.take("data")), ctx.take("image_root", None)
-    total, rated = judge_file(data, ctx.out / "rated.jsonl", ctx.settings, image_root,
-                              ctx.show_progress)  # fmt: skip
+    total, rated = judge_file(data, ctx.out / "rated.jsonl", ctx.settings, image_root, ctx.show_progress)
     ctx.log(f"  rated {rated} of {total} groups")
 
 
@@ -221,7 +229,9 @@ def judge(ctx: StageContext) -> None:
 def pairs(ctx: StageContext) -> None:
     from vialign.prefer.pairs import pairs_file
 
-    counts = pairs_file(Path(ctx.take("data")), ctx.out / "pairs.jsonl", ctx.settings, ctx.out / "pairs.trl.jsonl")
+    counts = pairs_file(
+        Path(ctx.take("data")), ctx.out / "pairs.jsonl", ctx.settings, ctx.out / "pairs.trl.jsonl"
+    )
     ctx.log(f"  {counts['pairs']} pairs from {counts['groups']} groups")
 
 
@@ -245,8 +255,7 @@ def evaluate(ctx: StageContext) -> None:
     from vialign.evaluate.run import run_eval
 
     model, data, image_root = ctx.take("target"), Path(ctx.take("data")), ctx.take("image_root", None)
-    run_eval(model, data, ctx.out, ctx.settings, Path(image_root) if image_root else None,
-             ctx.show_progress)  # fmt: skip
+    run_eval(model, data, ctx.out, ctx.settings, Path(image_root) if image_root else None, ctx.show_progress)
 
 
 @stage("report", "vialign.report.html:ReportSettings", ())

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from vialign.choices import JudgeName
 from vialign.generation.base import ChatRequest, GenerationParams, JudgeModelSettings, fill_prompt
 from vialign.generation.cache import ResponseCache, ask_cached, cache_key
 from vialign.manifest import fingerprint_bytes
@@ -35,7 +36,7 @@ DEFAULT_PREFERENCE_PROMPT = (
 
 
 class PreferenceJudgeSettings(JudgeModelSettings):
-    judge: str = Field("model", description="model | toyworld-oracle")
+    judge: JudgeName = "model"
     prompt: str = DEFAULT_PREFERENCE_PROMPT
     params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=512))
     batch_size: int = Field(8, ge=1)
@@ -119,15 +120,24 @@ class ModelJudge:
         content = f"{IMAGE_TAG}\n" * len(images) + render_prompt(
             self.settings.prompt, group["question"], group["responses"]
         )
-        return ChatRequest(key, [{"role": "user", "content": content}],
-                           [confined_image_path(self.image_root or ".", p) for p in images])  # fmt: skip
+        return ChatRequest(
+            key,
+            [{"role": "user", "content": content}],
+            [confined_image_path(self.image_root or ".", p) for p in images],
+        )
 
     def rate(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keys = [self.key(g) for g in groups]
         k = {key: len(g["responses"]) for g, key in zip(groups, keys, strict=True)}
-        ask_cached(self.backend, self.cache, [self.request(g, key) for g, key in zip(groups, keys, strict=True)],
-                   self.settings.params, lambda key, reply: parse_ratings(reply, k[key]), self.settings.batch_size,
-                   self.identity)  # fmt: skip
+        ask_cached(
+            self.backend,
+            self.cache,
+            [self.request(g, key) for g, key in zip(groups, keys, strict=True)],
+            self.settings.params,
+            lambda key, reply: parse_ratings(reply, k[key]),
+            self.settings.batch_size,
+            self.identity,
+        )
         out = []
         for key in keys:
             entry = self.cache.get(key)
@@ -169,12 +179,22 @@ def open_judge(settings: PreferenceJudgeSettings, cache: ResponseCache, image_ro
 
 
 def judged_group(group: dict[str, Any], rating: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
-    return {**group, "ratings": rating["ratings"], "judge": identity, "judge_reply": rating.get("reply"),
-            "error": rating.get("error")}  # fmt: skip
+    return {
+        **group,
+        "ratings": rating["ratings"],
+        "judge": identity,
+        "judge_reply": rating.get("reply"),
+        "error": rating.get("error"),
+    }
 
 
-def judge_file(input: Path, out: Path, settings: PreferenceJudgeSettings, image_root: str | Path | None = None,
-               show_progress: bool = True) -> tuple[int, int]:  # fmt: skip
+def judge_file(
+    input: Path,
+    out: Path,
+    settings: PreferenceJudgeSettings,
+    image_root: str | Path | None = None,
+    show_progress: bool = True,
+) -> tuple[int, int]:
     """Rate every sampled group of `input` into `out` (resumable); returns (groups, rated)."""
     from vialign.generation.runner import Row, RunnerSettings, run_resumable
     from vialign.records import read_jsonl
@@ -187,7 +207,15 @@ def judge_file(input: Path, out: Path, settings: PreferenceJudgeSettings, image_
     def process(batch: list[dict[str, Any]]) -> list[Row]:
         return [Row(g["id"], r) for g, r in zip(batch, rater.rate(batch), strict=True)]
 
-    run_resumable(groups, lambda g: g["id"], process, out, RunnerSettings(batch_size=settings.batch_size),
-                  finish=lambda g, row: judged_group(g, row["value"], rater.identity), task="judge",
-                  show_progress=show_progress, identity=rater.identity)  # fmt: skip
+    run_resumable(
+        groups,
+        lambda g: g["id"],
+        process,
+        out,
+        RunnerSettings(batch_size=settings.batch_size),
+        finish=lambda g, row: judged_group(g, row["value"], rater.identity),
+        task="judge",
+        show_progress=show_progress,
+        identity=rater.identity,
+    )
     return len(groups), sum(1 for g in read_jsonl(out) if g.get("ratings"))

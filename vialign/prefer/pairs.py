@@ -47,10 +47,17 @@ def pair_record(group: dict[str, Any], chosen: int, rejected: int) -> dict[str, 
         "conversations": [{"from": "human", "value": group["question"]}],
         "chosen": group["responses"][chosen],
         "rejected": group["responses"][rejected],
-        "meta": {"preference": {"scores": scores, "chosen_index": chosen, "rejected_index": rejected,
-                                "ratings": group["ratings"], "judge": group.get("judge")},
-                 **({"truth": group["truth"]} if group.get("truth") else {})},
-    }  # fmt: skip
+        "meta": {
+            "preference": {
+                "scores": scores,
+                "chosen_index": chosen,
+                "rejected_index": rejected,
+                "ratings": group["ratings"],
+                "judge": group.get("judge"),
+            },
+            **({"truth": group["truth"]} if group.get("truth") else {}),
+        },
+    }
 
 
 def trl_record(pair: dict[str, Any]) -> dict[str, Any]:
@@ -86,17 +93,16 @@ def build_pairs(
 
 def pairs_file(input: Path, out: Path, settings: PairSettings, trl_out: Path | None = None) -> dict[str, int]:
     """Pairs of a rated-groups file to `out` (and TRL's format to `trl_out`), with a manifest beside them."""
-    from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+    from vialign.manifest import fingerprint_file, stage_manifest
     from vialign.records import read_jsonl, write_jsonl
 
-    timer = StageTimer()
-    pairs, counts = build_pairs(list(read_jsonl(input)), settings)
-    write_jsonl(pairs, out)
-    if trl_out:
-        write_jsonl([trl_record(p) for p in pairs], trl_out)
-    write_manifest(out.parent / f"{out.stem}.manifest", Manifest(
-        stage="prefer.pairs", inputs={str(input): fingerprint_file(input)}, settings=settings.model_dump(mode="json"),
-        counts=counts, outputs={str(out): fingerprint_file(out)}, started_at=timer.started_at,
-        duration_s=round(timer.elapsed, 3),
-    ))  # fmt: skip
+    with stage_manifest(out.parent / f"{out.stem}.manifest", "prefer.pairs") as manifest:
+        pairs, counts = build_pairs(list(read_jsonl(input)), settings)
+        write_jsonl(pairs, out)
+        if trl_out:
+            write_jsonl([trl_record(p) for p in pairs], trl_out)
+        manifest.inputs = {str(input): fingerprint_file(input)}
+        manifest.settings = settings.model_dump(mode="json")
+        manifest.counts = counts
+        manifest.outputs = {str(out): fingerprint_file(out)}
     return counts

@@ -29,8 +29,12 @@ class SampleSettings(Settings):
 def prompt_group(sample: Sample) -> dict[str, Any]:
     if not sample.questions:
         raise ValueError(f"sample {sample.id!r} has no question")
-    return {"id": sample.id, "image": sample.image, "question": sample.questions[0],
-            "truth": sample.meta.truth}  # fmt: skip
+    return {
+        "id": sample.id,
+        "image": sample.image,
+        "question": sample.questions[0],
+        "truth": sample.meta.truth,
+    }
 
 
 class ResponseSampler:
@@ -39,8 +43,14 @@ class ResponseSampler:
         self.params = settings.params.model_copy(update={"n": settings.k})
 
     def __call__(self, batch: list[Sample]) -> list[Row]:
-        requests = [ChatRequest(s.id, [{"role": "user", "content": s.questions[0]}],
-                                [confined_image_path(self.image_root or ".", p) for p in s.images]) for s in batch]  # fmt: skip
+        requests = [
+            ChatRequest(
+                s.id,
+                [{"role": "user", "content": s.questions[0]}],
+                [confined_image_path(self.image_root or ".", p) for p in s.images],
+            )
+            for s in batch
+        ]
         rows = []
         for sample, result in zip(batch, self.backend.generate(requests, self.params), strict=True):
             if result.texts is None:
@@ -63,8 +73,14 @@ def sampled_group(
     return {**group, "responses": None, "error": row["error"]}
 
 
-def sample_file(input: Path, model: str, out: Path, settings: SampleSettings, image_root: str | Path | None = None,
-                show_progress: bool = True):  # fmt: skip
+def sample_file(
+    input: Path,
+    model: str,
+    out: Path,
+    settings: SampleSettings,
+    image_root: str | Path | None = None,
+    show_progress: bool = True,
+):
     """K responses for every sample's first question into `out` (resumable)."""
     from vialign.generation.runner import run_resumable
     from vialign.records import read_samples
@@ -72,6 +88,14 @@ def sample_file(input: Path, model: str, out: Path, settings: SampleSettings, im
     backend = settings.model.open(model)
     sampler = ResponseSampler(backend, settings, str(image_root) if image_root else None)
     identity = {**backend.identity(), "params": sampler.params.model_dump()}
-    return run_resumable(list(read_samples(input)), lambda s: s.id, sampler, out, settings.runner,
-                         finish=lambda s, row: sampled_group(s, row, backend.identity(), sampler.params),
-                         task="sample", show_progress=show_progress, identity=identity)  # fmt: skip
+    return run_resumable(
+        list(read_samples(input)),
+        lambda s: s.id,
+        sampler,
+        out,
+        settings.runner,
+        finish=lambda s, row: sampled_group(s, row, backend.identity(), sampler.params),
+        task="sample",
+        show_progress=show_progress,
+        identity=identity,
+    )

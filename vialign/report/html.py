@@ -23,9 +23,14 @@ from vialign.evaluate.compare import compare_results
 from vialign.records import confined_image_path, read_jsonl
 
 DEFAULT_METRICS = [
-    ["pope", "f1"], ["pope", "accuracy"], ["pope", "yes_ratio"], ["caption", "CIDEr"], ["vqa", "accuracy"],
-    ["mc", "accuracy"], ["text", "normalised_match"],
-]  # fmt: skip
+    ["pope", "f1"],
+    ["pope", "accuracy"],
+    ["pope", "yes_ratio"],
+    ["caption", "CIDEr"],
+    ["vqa", "accuracy"],
+    ["mc", "accuracy"],
+    ["text", "normalised_match"],
+]
 
 
 class Comparison(Settings):
@@ -114,8 +119,12 @@ def bootstrap_intervals(settings: ReportSettings) -> dict[str, dict[tuple[str, s
 
 def comparison_table(settings: ReportSettings, comparison: Comparison, loaded: dict[str, list[dict]]) -> str:
     base, variant = settings.runs[comparison.baseline][0], settings.runs[comparison.variant][0]
-    rows = {(r["bench"], r["metric"]): r for r in compare_results([Path(base) / "results.json", Path(variant) / "results.json"],
-                                                                   resamples=settings.resamples)}  # fmt: skip
+    rows = {
+        (r["bench"], r["metric"]): r
+        for r in compare_results(
+            [Path(base) / "results.json", Path(variant) / "results.json"], resamples=settings.resamples
+        )
+    }
     body = []
     for bench, name in settings.metrics:
         base_values = [
@@ -131,12 +140,16 @@ def comparison_table(settings: ReportSettings, comparison: Comparison, loaded: d
         interval = row["delta_intervals"][0] if row else None
         ci = f"[{fmt(interval[0])}, {fmt(interval[1])}]" if interval else "–"
         sign = "up" if statistics.fmean(deltas) > 0 else "down" if statistics.fmean(deltas) < 0 else ""
-        body.append(f"<tr><td>{bench}</td><td>{name}</td><td>{fmt(statistics.fmean(base_values))}</td>"
-                    f"<td>{fmt(statistics.fmean(var_values))}</td><td class='{sign}'>{statistics.fmean(deltas):+.3f}</td>"
-                    f"<td>{ci}</td><td>{' '.join(f'{d:+.3f}' for d in deltas)}</td></tr>")  # fmt: skip
-    return (f"<h3>{html.escape(comparison.title)}</h3><table class=cmp><thead><tr><th>benchmark</th><th>metric</th>"
-            f"<th>{html.escape(comparison.baseline)}</th><th>{html.escape(comparison.variant)}</th><th>Δ (mean over seeds)</th>"
-            f"<th>Δ 95% paired bootstrap (seed 1)</th><th>Δ per seed</th></tr></thead><tbody>{''.join(body)}</tbody></table>")  # fmt: skip
+        body.append(
+            f"<tr><td>{bench}</td><td>{name}</td><td>{fmt(statistics.fmean(base_values))}</td>"
+            f"<td>{fmt(statistics.fmean(var_values))}</td><td class='{sign}'>{statistics.fmean(deltas):+.3f}</td>"
+            f"<td>{ci}</td><td>{' '.join(f'{d:+.3f}' for d in deltas)}</td></tr>"
+        )
+    return (
+        f"<h3>{html.escape(comparison.title)}</h3><table class=cmp><thead><tr><th>benchmark</th><th>metric</th>"
+        f"<th>{html.escape(comparison.baseline)}</th><th>{html.escape(comparison.variant)}</th><th>Δ (mean over seeds)</th>"
+        f"<th>Δ 95% paired bootstrap (seed 1)</th><th>Δ per seed</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 # ---------------------------------------------------------------- plots
@@ -253,24 +266,30 @@ def sample_card(
         extra = ""
         if k in by_turn:
             t = by_turn[k]
-            extra = (f"<div class=rewrite><b>rewrite</b> ({html.escape(t['verdict'])}, kept {html.escape(t['kept'])}): "
-                     f"{word_diff(t['original'], t['rewrite'])}</div>")  # fmt: skip
+            extra = (
+                f"<div class=rewrite><b>rewrite</b> ({html.escape(t['verdict'])}, kept {html.escape(t['kept'])}): "
+                f"{word_diff(t['original'], t['rewrite'])}</div>"
+            )
             text = html.escape(t["original"])
         turns.append(f"<div class='turn {turn['from']}'><b>{turn['from']}</b> {text}{extra}</div>")
     meta = record.get("meta", {})
     status = ""
     if decision:
         kept = decision.get("kept")
-        status = (f"<div class='status {'kept' if kept else 'dropped'}'>{'kept' if kept else html.escape(decision.get('decision', 'dropped'))}"
-                  f" · question score {fmt(decision.get('question_score'))} · answer score {fmt(decision.get('answer_score'))}</div>")  # fmt: skip
+        status = (
+            f"<div class='status {'kept' if kept else 'dropped'}'>{'kept' if kept else html.escape(decision.get('decision', 'dropped'))}"
+            f" · question score {fmt(decision.get('question_score'))} · answer score {fmt(decision.get('answer_score'))}</div>"
+        )
     corruption = meta.get("corruption")
     flag = (
         f"<div class=corrupt>toy-world corruption: {html.escape(corruption['kind'])}</div>"
         if corruption
         else ""
     )
-    return (f"<div class=card><div class=card-head>{html.escape(record['id'])} · {html.escape(str(meta.get('subset')))}</div>"
-            f"{image_html}{status}{flag}{''.join(turns)}</div>")  # fmt: skip
+    return (
+        f"<div class=card><div class=card-head>{html.escape(record['id'])} · {html.escape(str(meta.get('subset')))}</div>"
+        f"{image_html}{status}{flag}{''.join(turns)}</div>"
+    )
 
 
 # ---------------------------------------------------------------- page
@@ -291,22 +310,34 @@ def write_report(out: Path, settings: ReportSettings) -> Path:
     loaded = {label: [results(f) for f in folders] for label, folders in settings.runs.items()}
     intervals = bootstrap_intervals(settings)
     header = "".join(f"<th>{html.escape(b)} {html.escape(m)}</th>" for b, m in settings.metrics)
-    summary = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
-                      for row in summary_rows(settings, loaded, intervals))  # fmt: skip
+    summary = "".join(
+        "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+        for row in summary_rows(settings, loaded, intervals)
+    )
     seeds = max(len(v) for v in settings.runs.values())
-    parts = [f"<h1>{html.escape(settings.title)}</h1>",
-             f"<p class=notes>{seeds} seed(s); values are means over seeds, (min–max over seeds), [bootstrap 95% interval of the first seed].</p>",
-             *[f"<p class=notes>{html.escape(n)}</p>" for n in settings.notes],
-             "<h2>Results</h2>", f"<table id=summary><thead><tr><th>model</th>{header}</tr></thead><tbody>{summary}</tbody></table>",
-             "<h2>Comparisons</h2>", *[comparison_table(settings, c, loaded) for c in settings.comparisons]]  # fmt: skip
+    parts = [
+        f"<h1>{html.escape(settings.title)}</h1>",
+        f"<p class=notes>{seeds} seed(s); values are means over seeds, (min–max over seeds), [bootstrap 95% interval of the first seed].</p>",
+        *[f"<p class=notes>{html.escape(n)}</p>" for n in settings.notes],
+        "<h2>Results</h2>",
+        f"<table id=summary><thead><tr><th>model</th>{header}</tr></thead><tbody>{summary}</tbody></table>",
+        "<h2>Comparisons</h2>",
+        *[comparison_table(settings, c, loaded) for c in settings.comparisons],
+    ]
     if settings.gap and (Path(settings.gap) / "gap.json").is_file():
         gap = orjson.loads((Path(settings.gap) / "gap.json").read_bytes())
         names = {"input": "original (teacher manner)", "vs": "rewritten"}
-        rows = "".join(f"<tr><td>{html.escape(names.get(k, k))}</td><td>{v['samples']}</td><td>{fmt(v['mean_nll'])}</td><td>{fmt(v['token_mean_nll'])}</td></tr>"
-                       for k, v in gap.items() if isinstance(v, dict))  # fmt: skip
-        parts += ["<h2>Writing-manner gap</h2>", "<table id=gap><thead><tr><th>data</th><th>samples</th><th>mean NLL</th>"
-                  f"<th>token-weighted</th></tr></thead><tbody>{rows}</tbody></table>",
-                  f"<p>delta (rewritten − teacher): {fmt(gap.get('delta_mean_nll'))} nats/token</p>"]  # fmt: skip
+        rows = "".join(
+            f"<tr><td>{html.escape(names.get(k, k))}</td><td>{v['samples']}</td><td>{fmt(v['mean_nll'])}</td><td>{fmt(v['token_mean_nll'])}</td></tr>"
+            for k, v in gap.items()
+            if isinstance(v, dict)
+        )
+        parts += [
+            "<h2>Writing-manner gap</h2>",
+            "<table id=gap><thead><tr><th>data</th><th>samples</th><th>mean NLL</th>"
+            f"<th>token-weighted</th></tr></thead><tbody>{rows}</tbody></table>",
+            f"<p>delta (rewritten − teacher): {fmt(gap.get('delta_mean_nll'))} nats/token</p>",
+        ]
     parts.append("<h2>Plots</h2>")
     bars = metric_bars(settings, loaded, intervals)
     parts.append(f"<img class=plot id=metric-bars alt='metric bars' src='{bars}'>")

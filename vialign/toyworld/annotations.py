@@ -71,8 +71,14 @@ def question_candidates(scene: Scene, other: Scene, rng: random.Random) -> list[
             "comprehensiveness": coverage(scene, questions),
             "diversity": len(set(questions)) / len(questions),
         }
-        out.append({"questions": questions, "score": annotator_score(criteria, QUESTION_WEIGHTS, rng),
-                    "criteria": criteria, "truth": {"flaw": flaw}})  # fmt: skip
+        out.append(
+            {
+                "questions": questions,
+                "score": annotator_score(criteria, QUESTION_WEIGHTS, rng),
+                "criteria": criteria,
+                "truth": {"flaw": flaw},
+            }
+        )
     rng.shuffle(out)
     return out
 
@@ -89,17 +95,35 @@ def answer_candidates(scene: Scene, question: str, answer: str, rng: random.Rand
     if terse != answer:
         cands.append(("terse", terse, {"accuracy": 1.0, "completeness": 0.7, "fluency": 1.0, "detail": 0.2}))
     for flaw, corrupt, criteria in (
-        ("wrong_attribute", wrong_attribute, {"accuracy": 0.0, "completeness": 0.8, "fluency": 1.0, "detail": 0.8}),
-        ("hallucinated_object", hallucinated_object, {"accuracy": 0.3, "completeness": 1.0, "fluency": 1.0, "detail": 1.0}),
-        ("truncated_answer", truncated_answer, {"accuracy": 0.7, "completeness": 0.3, "fluency": 0.0, "detail": 0.4}),
-    ):  # fmt: skip
+        (
+            "wrong_attribute",
+            wrong_attribute,
+            {"accuracy": 0.0, "completeness": 0.8, "fluency": 1.0, "detail": 0.8},
+        ),
+        (
+            "hallucinated_object",
+            hallucinated_object,
+            {"accuracy": 0.3, "completeness": 1.0, "fluency": 1.0, "detail": 1.0},
+        ),
+        (
+            "truncated_answer",
+            truncated_answer,
+            {"accuracy": 0.7, "completeness": 0.3, "fluency": 0.0, "detail": 0.4},
+        ),
+    ):
         result = corrupt(answer, scene, rng)
         if result is not None:
             cands.append((flaw, result[0], criteria))
     out = []
     for flaw, text, criteria in cands:
-        out.append({"answer": text, "score": annotator_score(criteria, ANSWER_WEIGHTS, rng),
-                    "criteria": criteria, "truth": {"flaw": flaw}})  # fmt: skip
+        out.append(
+            {
+                "answer": text,
+                "score": annotator_score(criteria, ANSWER_WEIGHTS, rng),
+                "criteria": criteria,
+                "truth": {"flaw": flaw},
+            }
+        )
     rng.shuffle(out)
     return out
 
@@ -107,8 +131,11 @@ def answer_candidates(scene: Scene, question: str, answer: str, rng: random.Rand
 def annotated_turns(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     """Question/answer turns of every soft subset (conversation, detail, complex reasoning), as the
     corpus has them, so the answer model is trained on the kind of answers it will score."""
-    return [(q.replace("<image>", "").strip(), teacher) for make in SOFT_MAKERS.values()
-            for q, teacher, _ in make(scene, rng)]  # fmt: skip
+    return [
+        (q.replace("<image>", "").strip(), teacher)
+        for make in SOFT_MAKERS.values()
+        for q, teacher, _ in make(scene, rng)
+    ]
 
 
 def annotation_groups(
@@ -123,12 +150,14 @@ def annotation_groups(
     }
     answer_groups = []
     for k, (question, answer) in enumerate(rng.sample(annotated_turns(scene, rng), answers_per_image)):
-        answer_groups.append({
-            "group_id": f"a-{scene.scene_id}-{k}",
-            "kind": "answers",
-            "image": image,
-            "question": question,
-            "candidates": answer_candidates(scene, question, answer, rng),
-            "truth": scene.to_json(),
-        })  # fmt: skip
+        answer_groups.append(
+            {
+                "group_id": f"a-{scene.scene_id}-{k}",
+                "kind": "answers",
+                "image": image,
+                "question": question,
+                "candidates": answer_candidates(scene, question, answer, rng),
+                "truth": scene.to_json(),
+            }
+        )
     return question_group, answer_groups

@@ -50,10 +50,15 @@ def pope_rows(scenes: list[tuple[Scene, str]], category: str, seed: int) -> list
             (p, "no") for p in pope_negatives(scene, category, len(present), rng)
         ]
         for (colour, shape), label in items:
-            rows.append({
-                "question_id": len(rows) + 1, "image": image, "text": f"Is there a {colour} {shape} in the image?",
-                "label": label, "category": category,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "question_id": len(rows) + 1,
+                    "image": image,
+                    "text": f"Is there a {colour} {shape} in the image?",
+                    "label": label,
+                    "category": category,
+                }
+            )
     return rows
 
 
@@ -87,11 +92,17 @@ def vqa_sets(scenes: list[tuple[Scene, str]], seed: int) -> tuple[list[dict], di
             questions.append(
                 {"question_id": qid, "image": image, "text": strip_suffix(question), "category": category}
             )
-            annotations.append({
-                "question_id": qid, "image_id": image_id, "answer_type": "number" if category == "count" else "other",
-                "multiple_choice_answer": answer,
-                "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": i + 1} for i in range(10)],
-            })  # fmt: skip
+            annotations.append(
+                {
+                    "question_id": qid,
+                    "image_id": image_id,
+                    "answer_type": "number" if category == "count" else "other",
+                    "multiple_choice_answer": answer,
+                    "answers": [
+                        {"answer": answer, "answer_confidence": "yes", "answer_id": i + 1} for i in range(10)
+                    ],
+                }
+            )
     return questions, {"annotations": annotations}
 
 
@@ -100,10 +111,15 @@ def mc_rows(scenes: list[tuple[Scene, str]], seed: int) -> list[dict[str, Any]]:
     for k, (scene, image) in enumerate(scenes, start=1):
         question, options, right = mc_item(scene, random.Random(f"vialign-toyworld:{seed}:mc:{k}"))
         letters = "ABCD"[: len(options)]
-        rows.append({
-            "question_id": k, "image": image, "question": question,
-            "options": dict(zip(letters, options, strict=True)), "answer": letters[right],
-        })  # fmt: skip
+        rows.append(
+            {
+                "question_id": k,
+                "image": image,
+                "question": question,
+                "options": dict(zip(letters, options, strict=True)),
+                "answer": letters[right],
+            }
+        )
     return rows
 
 
@@ -124,5 +140,12 @@ JUDGE_QUESTIONS = (
 
 def judge_rows(scenes: list[tuple[Scene, str]], seed: int, limit: int = 50) -> list[dict[str, Any]]:
     rng = random.Random(f"vialign-toyworld:{seed}:judge")
-    return [{"question_id": k, "image": image, "text": rng.choice(JUDGE_QUESTIONS), "reference": neutral_caption(scene, 0)}
-            for k, (scene, image) in enumerate(scenes[:limit], start=1)]  # fmt: skip
+    return [
+        {
+            "question_id": k,
+            "image": image,
+            "text": rng.choice(JUDGE_QUESTIONS),
+            "reference": neutral_caption(scene, 0),
+        }
+        for k, (scene, image) in enumerate(scenes[:limit], start=1)
+    ]

@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from vialign.config import Settings
 from vialign.data.formats import classify_sample
-from vialign.manifest import Manifest, StageTimer, fingerprint_file, write_manifest
+from vialign.manifest import Manifest, fingerprint_file, stage_manifest
 from vialign.records import IMAGE_TAG, JsonlWriter, Meta, Sample, Turn, write_jsonl
 from vialign.toyworld import evalsets
 from vialign.toyworld.annotations import annotation_groups
@@ -203,10 +203,17 @@ def caption_sample(j: int, settings: ToyWorldSettings) -> Sample:
     return Sample(
         id=f"toycap-{j:07d}",
         image=image_path("train", j),
-        conversations=[Turn(role="human", value=prompt), Turn(role="gpt", value=neutral_caption(scene, rng.randrange(3)))],
-        meta=Meta(subset="caption", format_class="short_caption", truth={"scene": scene.to_json()},
-                  provenance=[{"stage": "toyworld", "seed": settings.seed, "manner": "neutral"}]),
-    )  # fmt: skip
+        conversations=[
+            Turn(role="human", value=prompt),
+            Turn(role="gpt", value=neutral_caption(scene, rng.randrange(3))),
+        ],
+        meta=Meta(
+            subset="caption",
+            format_class="short_caption",
+            truth={"scene": scene.to_json()},
+            provenance=[{"stage": "toyworld", "seed": settings.seed, "manner": "neutral"}],
+        ),
+    )
 
 
 def text_sample(i: int, settings: ToyWorldSettings, subsets: list[str], weights: list[float]) -> Sample:
@@ -216,9 +223,13 @@ def text_sample(i: int, settings: ToyWorldSettings, subsets: list[str], weights:
     return Sample(
         id=f"toytext-{i:07d}",
         conversations=[Turn(role="human", value=prompt), Turn(role="gpt", value=answer)],
-        meta=Meta(subset=subset, format_class="text_only", truth=truth,
-                  provenance=[{"stage": "toyworld", "seed": settings.seed, "manner": "own"}]),
-    )  # fmt: skip
+        meta=Meta(
+            subset=subset,
+            format_class="text_only",
+            truth=truth,
+            provenance=[{"stage": "toyworld", "seed": settings.seed, "manner": "own"}],
+        ),
+    )
 
 
 def _render_chunk(args: tuple[str, int, str, list[int], int]) -> int:
@@ -234,8 +245,10 @@ def render_images(
 ) -> None:
     (out / "images" / stream).mkdir(parents=True, exist_ok=True)
     chunk = 500
-    jobs = [(str(out), settings.seed, stream, list(range(s, min(s + chunk, count))), settings.image_size)
-            for s in range(0, count, chunk)]  # fmt: skip
+    jobs = [
+        (str(out), settings.seed, stream, list(range(s, min(s + chunk, count))), settings.image_size)
+        for s in range(0, count, chunk)
+    ]
     if settings.workers == 1:
         done = map(_render_chunk, jobs)
     else:
@@ -285,75 +298,75 @@ def generate_toyworld(
 ) -> Manifest:
     """Write the toy world under `out`; `progress(task, advance, total)` is called as work is done."""
     out = Path(out)
-    timer = StageTimer()
-    n_scenes = math.ceil(settings.size / settings.samples_per_image)
+    with stage_manifest(out, "toyworld") as manifest:
+        n_scenes = math.ceil(settings.size / settings.samples_per_image)
 
-    def step(task: str, total: int) -> Callable[[int], None] | None:
-        return (lambda n=1: progress(task, n, total)) if progress else None
+        def step(task: str, total: int) -> Callable[[int], None] | None:
+            return (lambda n=1: progress(task, n, total)) if progress else None
 
-    render_images(out, settings, "train", n_scenes, step("render training images", n_scenes))
-    counts: Counter[str] = Counter()
-    tick = step("write corpus", settings.size)
-    plan = corruption_plan(settings)
-    with JsonlWriter(out / "corpus.jsonl") as corpus:
-        for i in range(settings.size):
-            sample = make_sample(i, settings, n_scenes, plan.get(i))
-            corpus.write(sample)
-            counts[f"subset.{sample.meta.subset}"] += 1
-            counts[f"class.{sample.meta.format_class}"] += 1
-            if sample.meta.corruption:
-                counts[f"corruption.{sample.meta.corruption['kind']}"] += 1
-            if tick:
-                tick(1)
-    write_jsonl(
-        (sample_scene(settings.seed, "train", j).to_json() for j in range(n_scenes)), out / "scenes.jsonl"
-    )
-    counts["pretrain"] = write_jsonl(
-        (caption_sample(j, settings) for j in range(n_scenes)), out / "pretrain.jsonl"
-    )
+        render_images(out, settings, "train", n_scenes, step("render training images", n_scenes))
+        counts: Counter[str] = Counter()
+        tick = step("write corpus", settings.size)
+        plan = corruption_plan(settings)
+        with JsonlWriter(out / "corpus.jsonl") as corpus:
+            for i in range(settings.size):
+                sample = make_sample(i, settings, n_scenes, plan.get(i))
+                corpus.write(sample)
+                counts[f"subset.{sample.meta.subset}"] += 1
+                counts[f"class.{sample.meta.format_class}"] += 1
+                if sample.meta.corruption:
+                    counts[f"corruption.{sample.meta.corruption['kind']}"] += 1
+                if tick:
+                    tick(1)
+        write_jsonl(
+            (sample_scene(settings.seed, "train", j).to_json() for j in range(n_scenes)), out / "scenes.jsonl"
+        )
+        counts["pretrain"] = write_jsonl(
+            (caption_sample(j, settings) for j in range(n_scenes)), out / "pretrain.jsonl"
+        )
 
-    subsets, weights = list(CORPUS_SHARES), list(CORPUS_SHARES.values())
-    counts["text"] = write_jsonl(
-        (text_sample(i, settings, subsets, weights) for i in range(settings.n_text)),
-        out / "text" / "corpus.jsonl",
-    )
+        subsets, weights = list(CORPUS_SHARES), list(CORPUS_SHARES.values())
+        counts["text"] = write_jsonl(
+            (text_sample(i, settings, subsets, weights) for i in range(settings.n_text)),
+            out / "text" / "corpus.jsonl",
+        )
 
-    render_images(
-        out,
-        settings,
-        "ann",
-        settings.annotation_images,
-        step("render annotation images", settings.annotation_images),
-    )
-    with (
-        JsonlWriter(out / "annotations" / "questions.jsonl") as qs,
-        JsonlWriter(out / "annotations" / "answers.jsonl") as ans,
-    ):
-        for k in range(settings.annotation_images):
-            scene = sample_scene(settings.seed, "ann", k)
-            other = sample_scene(settings.seed, "ann", (k + 1) % settings.annotation_images)
-            question_group, answer_groups = annotation_groups(
-                scene, image_path("ann", k), seeded_rng(settings.seed, "ann-groups", k), other
-            )
-            qs.write(question_group)
-            for group in answer_groups:
-                ans.write(group)
-        counts["annotation_question_groups"], counts["annotation_answer_groups"] = qs.count, ans.count
+        render_images(
+            out,
+            settings,
+            "ann",
+            settings.annotation_images,
+            step("render annotation images", settings.annotation_images),
+        )
+        with (
+            JsonlWriter(out / "annotations" / "questions.jsonl") as qs,
+            JsonlWriter(out / "annotations" / "answers.jsonl") as ans,
+        ):
+            for k in range(settings.annotation_images):
+                scene = sample_scene(settings.seed, "ann", k)
+                other = sample_scene(settings.seed, "ann", (k + 1) % settings.annotation_images)
+                question_group, answer_groups = annotation_groups(
+                    scene, image_path("ann", k), seeded_rng(settings.seed, "ann-groups", k), other
+                )
+                qs.write(question_group)
+                for group in answer_groups:
+                    ans.write(group)
+            counts["annotation_question_groups"], counts["annotation_answer_groups"] = qs.count, ans.count
 
-    render_images(
-        out, settings, "eval", settings.eval_scenes, step("render evaluation images", settings.eval_scenes)
-    )
-    counts.update({f"eval.{k}": v for k, v in write_eval_sets(out, settings).items()})
+        render_images(
+            out,
+            settings,
+            "eval",
+            settings.eval_scenes,
+            step("render evaluation images", settings.eval_scenes),
+        )
+        counts.update({f"eval.{k}": v for k, v in write_eval_sets(out, settings).items()})
 
-    counts["images"] = n_scenes + settings.annotation_images + settings.eval_scenes
-    counts["samples"] = settings.size
-    manifest = Manifest(
-        stage="toyworld",
-        settings=settings.model_dump(mode="json", exclude={"workers"}),
-        counts=dict(sorted(counts.items())),
-        outputs={name: fingerprint_file(out / name) for name in ("corpus.jsonl", "text/corpus.jsonl")},
-        started_at=timer.started_at,
-        duration_s=round(timer.elapsed, 3),
-    )
-    write_manifest(out, manifest)
+        counts["images"] = n_scenes + settings.annotation_images + settings.eval_scenes
+        counts["samples"] = settings.size
+        manifest.settings = settings.model_dump(mode="json", exclude={"workers"})
+        manifest.counts = dict(sorted(counts.items()))
+        manifest.outputs = {
+            name: fingerprint_file(out / name) for name in ("corpus.jsonl", "text/corpus.jsonl")
+        }
     return manifest

@@ -35,5 +35,10 @@ def oracle_ratings(text: str, scene_json: dict[str, Any]) -> dict[str, int]:
     )
     sentences = len(_SENTENCE.findall(text))
     verbosity = sum(len(words) >= t for t in (3, 8, 16, 32))
-    return {"helpfulness": helpfulness, "correctness": correctness, "coherence": coherence,
-            "complexity": min(4, sentences + (len(claims) > 2)), "verbosity": verbosity}  # fmt: skip
+    return {
+        "helpfulness": helpfulness,
+        "correctness": correctness,
+        "coherence": coherence,
+        "complexity": min(4, sentences + (len(claims) > 2)),
+        "verbosity": verbosity,
+    }

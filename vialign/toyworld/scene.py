@@ -129,10 +129,19 @@ def _shape_points(shape: str, x0: float, y0: float, x1: float, y1: float) -> lis
     if shape == "cross":
         a, b = w / 3, h / 3
         return [
-            (x0 + a, y0), (x0 + 2 * a, y0), (x0 + 2 * a, y0 + b), (x1, y0 + b), (x1, y0 + 2 * b),
-            (x0 + 2 * a, y0 + 2 * b), (x0 + 2 * a, y1), (x0 + a, y1), (x0 + a, y0 + 2 * b),
-            (x0, y0 + 2 * b), (x0, y0 + b), (x0 + a, y0 + b),
-        ]  # fmt: skip
+            (x0 + a, y0),
+            (x0 + 2 * a, y0),
+            (x0 + 2 * a, y0 + b),
+            (x1, y0 + b),
+            (x1, y0 + 2 * b),
+            (x0 + 2 * a, y0 + 2 * b),
+            (x0 + 2 * a, y1),
+            (x0 + a, y1),
+            (x0 + a, y0 + 2 * b),
+            (x0, y0 + 2 * b),
+            (x0, y0 + b),
+            (x0 + a, y0 + b),
+        ]
     raise ValueError(f"no polygon for shape {shape!r}")
 
 

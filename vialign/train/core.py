@@ -4,6 +4,7 @@ length grouping, sealed checkpoints and resume, merged export."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -12,7 +13,8 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from accelerate.utils import extract_model_from_parallel
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
 from vialign.models.encoding import ChatEncoder, EncodeReport, EncoderSettings
 from vialign.models.loading import processor_image_tokens, save_llava
@@ -116,10 +118,13 @@ class VialignTrainer(Trainer):
             if param.requires_grad:
                 groups.setdefault((is_projector(name), name in decay), []).append(param)
         param_groups = [
-            {"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0,
-             **({"lr": self.projector_lr} if projector else {})}
+            {
+                "params": params,
+                "weight_decay": self.args.weight_decay if decayed else 0.0,
+                **({"lr": self.projector_lr} if projector else {}),
+            }
             for (projector, decayed), params in sorted(groups.items())
-        ]  # fmt: skip
+        ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
@@ -164,6 +169,34 @@ class TrainResult:
     tokens_per_s: float
     seconds: float
     log_history: list[dict]
+    steady_tokens_per_s: float | None = None
+    peak_gpu_mb: float | None = None
+
+    def speed_counts(self) -> dict[str, float]:
+        """Throughput after the first step and peak GPU memory, where known, for the manifest."""
+        counts = {"steady_tokens_per_s": self.steady_tokens_per_s, "peak_gpu_mb": self.peak_gpu_mb}
+        return {k: round(v, 1) for k, v in counts.items() if v is not None}
+
+
+class StepClock(TrainerCallback):
+    """Wall time at the end of every optimizer step, so throughput can leave out the first step (CUDA
+    and DeepSpeed start-up, kernel selection, first allocations)."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.ends.append(time.perf_counter())
+
+    def steady_rate(self, tokens: float) -> float | None:
+        if len(self.ends) < 2:
+            return None
+        later_steps = len(self.ends) - 1
+        return tokens * later_steps / len(self.ends) / max(self.ends[-1] - self.ends[0], 1e-9)
+
+
+def peak_gpu_mb() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
 
 
 def run_trainer(
@@ -186,28 +219,45 @@ def run_trainer(
         projector_lr=getattr(settings, "projector_lr", None),
         group_by_length=getattr(settings, "group_by_length", False),
         group_batches=getattr(settings, "length_group_batches", 8),
-        callbacks=[*(callbacks or []), SealCheckpoint()],
+        callbacks=[*(callbacks or []), SealCheckpoint(), clock := StepClock()],
     )
     resumed_at = json.loads((Path(target) / "trainer_state.json").read_text())["global_step"] if target else 0
     t0 = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=target)
     seconds = time.perf_counter() - t0
+    # accelerate wraps forward in autocast for mixed precision; callers evaluate the trained model after
+    # this returns and must see the same numbers as a reload of the saved weights.
+    extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False)
     epochs = trainer.state.epoch or 0.0
     tokens = sum(dataset.lengths) * epochs
     state = trainer.state
     loss = whole_run_loss(state.log_history, resumed_at, output.training_loss, state.global_step)
-    return TrainResult(trainer.args.world_size, state.global_step, loss, tokens / max(seconds, 1e-9), seconds,
-                       state.log_history)  # fmt: skip
+    return TrainResult(
+        trainer.args.world_size,
+        state.global_step,
+        loss,
+        tokens / max(seconds, 1e-9),
+        seconds,
+        state.log_history,
+        clock.steady_rate(tokens),
+        peak_gpu_mb(),
+    )
 
 
 def training_encoder(
     processor: Any, settings: ChatTrainerSettings, mode: str, templates: dict[str, Any] | None = None
 ) -> ChatEncoder:
     """The encoder a training run uses: its chat format, label mode, length limit and template list."""
-    return ChatEncoder(processor.tokenizer, EncoderSettings(
-        chat_format=settings.resolved("chat_format"), mode=mode, image_tokens=processor_image_tokens(processor),
-        max_length=settings.max_length, templates=frozenset(templates["sentences"]) if templates else frozenset(),
-    ))  # fmt: skip
+    return ChatEncoder(
+        processor.tokenizer,
+        EncoderSettings(
+            chat_format=settings.resolved("chat_format"),
+            mode=mode,
+            image_tokens=processor_image_tokens(processor),
+            max_length=settings.max_length,
+            templates=frozenset(templates["sentences"]) if templates else frozenset(),
+        ),
+    )
 
 
 def prepare_for_training(
@@ -218,16 +268,42 @@ def prepare_for_training(
     trainable = set_trainable_parts(model, settings)
     if settings.lora.enabled:
         model = add_lora(model, settings)
+    upcast_for_training(model, settings.compute_dtype())
     if settings.gradient_checkpointing:
         model.enable_input_require_grads()
     return model, trainable
 
 
+def upcast_for_training(model: torch.nn.Module, compute: str) -> None:
+    """Float32 master weights for what trains: a bf16/fp16 checkpoint (llava-hf ships float16) would
+    otherwise take AdamW steps in half precision, where an lr-2e-5 update is below one ulp. Under autocast
+    frozen weights keep the checkpoint's dtype; without it (float32 compute) the whole model is float32,
+    so no layer meets an input of another dtype."""
+    for param in model.parameters():
+        if (param.requires_grad or compute == "float32") and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
 def save_run(
     model: PreTrainedModel, processor: Any, out: Path, settings: PartsSettings, result: TrainResult
 ) -> None:
-    export_trained(model, processor, out, settings)
-    (out / "log_history.json").write_text(json.dumps(result.log_history, indent=1))
+    """Every rank calls this (ZeRO-3 gathers its shards collectively); the main process writes."""
+    with full_parameters(model):
+        if PartialState().is_main_process:
+            export_trained(model, processor, out, settings)
+            (out / "log_history.json").write_text(json.dumps(result.log_history, indent=1))
+
+
+def full_parameters(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Under ZeRO-3 each rank holds a shard of every parameter (the rest are empty tensors); saving
+    needs them whole."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
 
 
 def write_quarantine(out: Path, report: EncodeReport) -> None:

@@ -25,7 +25,7 @@ from pydantic import Field
 from torch.utils.data import Dataset
 
 from vialign.generation.runner import Row, RunnerSettings, run_resumable
-from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint_settings, write_manifest
+from vialign.manifest import Manifest, fingerprint_file, fingerprint_settings, stage_manifest
 from vialign.models.encoding import ENCODER_VERSION, IGNORE_INDEX, ChatEncoder, EncodingError
 from vialign.models.loading import load_llava, model_fingerprint
 from vialign.models.precision import ComputeDtype, autocast
@@ -41,11 +41,13 @@ class DPOSettings(ChatTrainerSettings):
     trainer: ClassVar[str] = "`train dpo`"
     not_used: ClassVar[dict[str, str]] = {
         "mode": "DPO's loss is on the responses only (log-probs of chosen and rejected answers)",
-        **dict.fromkeys(("templates", "template_min_frac"),
-                        "DPO trains on responses only, so no template is ever in its loss"),
+        **dict.fromkeys(
+            ("templates", "template_min_frac"),
+            "DPO trains on responses only, so no template is ever in its loss",
+        ),
         **dict.fromkeys(("packing", "pack_tokens"), "DPO pads each batch of pairs"),
         **dict.fromkeys(("group_by_length", "length_group_batches"), "DPO draws pairs in random order"),
-    }  # fmt: skip
+    }
 
     beta: float = Field(0.1, gt=0)
     loss: PreferenceLoss = "sigmoid"
@@ -75,10 +77,15 @@ def sequence_logps(
 
 
 def preference_loss(
-    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-    beta: float, loss: PreferenceLoss = "sigmoid", chosen_tokens: torch.Tensor | None = None,
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    loss: PreferenceLoss = "sigmoid",
+    chosen_tokens: torch.Tensor | None = None,
     rejected_tokens: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Per-pair loss. sigmoid: −log σ(β·Δ); hinge: max(0, 1 − β·Δ); ipo: (Δ̄ − 1/(2β))², with Δ̄ the
     log-ratio difference per response token (as TRL normalises it)."""
     chosen_ratio, rejected_ratio = policy_chosen - ref_chosen, policy_rejected - ref_rejected
@@ -113,8 +120,11 @@ def encode_pair(encoder: ChatEncoder, record: Sample) -> EncodedPair:
         )
     sides = {}
     for side in ("chosen", "rejected"):
-        sample = Sample(id=record.id, image=record.image,
-                        conversations=[record.conversations[0].to_json(), {"from": "gpt", "value": extra[side]}])  # fmt: skip
+        sample = Sample(
+            id=record.id,
+            image=record.image,
+            conversations=[record.conversations[0].to_json(), {"from": "gpt", "value": extra[side]}],
+        )
         encoded = encoder.encode(sample)
         if encoded.dropped_turns or all(label == IGNORE_INDEX for label in encoded.labels):
             raise EncodingError(record.id, f"the {side} response does not fit in max_length")
@@ -144,8 +154,11 @@ class PairDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         p = self.pairs[i]
-        item = {"chosen": p.chosen, "rejected": p.rejected,
-                "images": [confined_image_path(self.image_root or ".", x) for x in p.images]}  # fmt: skip
+        item = {
+            "chosen": p.chosen,
+            "rejected": p.rejected,
+            "images": [confined_image_path(self.image_root or ".", x) for x in p.images],
+        }
         if self.ref is not None:
             item["ref_chosen"], item["ref_rejected"] = self.ref[p.id]["chosen"], self.ref[p.id]["rejected"]
         return item
@@ -159,8 +172,11 @@ class PairCollator:
     image_processor: Any = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        flat = [{"input_ids": r[side][0], "labels": r[side][1], "images": r["images"]}
-                for side in ("chosen", "rejected") for r in rows]  # fmt: skip
+        flat = [
+            {"input_ids": r[side][0], "labels": r[side][1], "images": r["images"]}
+            for side in ("chosen", "rejected")
+            for r in rows
+        ]
         batch = SFTCollator(self.pad_token_id, self.image_processor)(flat)
         if "ref_chosen" in rows[0]:
             batch["ref_chosen"] = torch.tensor([r["ref_chosen"] for r in rows], dtype=torch.float32)
@@ -179,20 +195,31 @@ def reference_key(
         "compute_dtype": compute,
         "pairs": fingerprint_file(pairs_path),
         "reference": model_fingerprint(ref_model),
-        "encoding": {"chat_format": s.chat_format, "max_length": s.max_length, "image_tokens": s.image_tokens,
-                     "templates": sorted(s.templates), "add_bos": s.add_bos,
-                     "eos_after_answer": s.eos_after_answer, "encoder": ENCODER_VERSION,
-                     "chat_template": getattr(encoder.tokenizer, "chat_template", None)},
+        "encoding": {
+            "chat_format": s.chat_format,
+            "max_length": s.max_length,
+            "image_tokens": s.image_tokens,
+            "templates": sorted(s.templates),
+            "add_bos": s.add_bos,
+            "eos_after_answer": s.eos_after_answer,
+            "encoder": ENCODER_VERSION,
+            "chat_template": getattr(encoder.tokenizer, "chat_template", None),
+        },
         "image_processor": processor.image_processor.to_dict(),
-    }  # fmt: skip
+    }
     return fingerprint_settings(parts).removeprefix("sha256:")[:32]
 
 
 @torch.no_grad()
 def reference_logps(
-    ref_model: torch.nn.Module, dataset: PairDataset, collator: PairCollator, out: Path, batch_size: int,
-    show_progress: bool = True, compute: ComputeDtype = "float32",
-) -> tuple[dict[str, dict[str, float]], int]:  # fmt: skip
+    ref_model: torch.nn.Module,
+    dataset: PairDataset,
+    collator: PairCollator,
+    out: Path,
+    batch_size: int,
+    show_progress: bool = True,
+    compute: ComputeDtype = "float32",
+) -> tuple[dict[str, dict[str, float]], int]:
     """Summed reference log-probs per pair id, from the cache file or computed (resumably) into it.
     Returns them and how many pairs were computed now."""
     ref_model.eval()
@@ -211,9 +238,16 @@ def reference_logps(
             Row(p.id, {"chosen": c, "rejected": r}) for p, c, r in zip(batch, chosen, rejected, strict=True)
         ]
 
-    report = run_resumable(dataset.pairs, lambda p: p.id, process, out, RunnerSettings(batch_size=batch_size),
-                           finish=lambda p, row: {"id": p.id, **row["value"]}, task="reference log-probs",
-                           show_progress=show_progress)  # fmt: skip
+    report = run_resumable(
+        dataset.pairs,
+        lambda p: p.id,
+        process,
+        out,
+        RunnerSettings(batch_size=batch_size),
+        finish=lambda p, row: {"id": p.id, **row["value"]},
+        task="reference log-probs",
+        show_progress=show_progress,
+    )
     if report.failed:
         raise RuntimeError(
             f"reference log-probs failed for {len(report.failed)} pairs, e.g. {next(iter(report.failed.items()))}"
@@ -239,8 +273,16 @@ class PreferenceTrainer(VialignTrainer):
         logps, tokens = sequence_logps(model, **inputs)
         chosen, rejected = logps.chunk(2)
         chosen_tokens, rejected_tokens = tokens.chunk(2)
-        losses = preference_loss(chosen, rejected, ref_chosen, ref_rejected, self.dpo.beta, self.dpo.loss,
-                                 chosen_tokens, rejected_tokens)  # fmt: skip
+        losses = preference_loss(
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            self.dpo.beta,
+            self.dpo.loss,
+            chosen_tokens,
+            rejected_tokens,
+        )
         loss = losses.mean()
         if self.dpo.sft_weight:
             loss = loss + self.dpo.sft_weight * (-chosen.sum() / chosen_tokens.sum().clamp(min=1))
@@ -273,45 +315,66 @@ def train_dpo(
     """DPO from the SFT checkpoint `model_path` (also the frozen reference); returns the manifest on the
     main process."""
     out, pairs_path = Path(out), Path(pairs_path)
-    timer = StageTimer()
-    model, processor = load_llava(model_path)
-    encoder = dpo_encoder(processor, settings)
-    pairs, quarantined = encode_pairs(encoder, pairs_path)
-    if not pairs:
-        raise ValueError(
-            f"no pair of {pairs_path} could be encoded: {next(iter(quarantined.values()), 'empty file')}"
-        )
-    out.mkdir(parents=True, exist_ok=True)
     main_process = PartialState().is_main_process
-    if main_process:
-        with JsonlWriter(out / "quarantine.jsonl") as writer:
-            for pair_id, reason in quarantined.items():
-                writer.write({"id": pair_id, "reason": reason})
-    collator = PairCollator(processor.tokenizer.pad_token_id, processor.image_processor)
-    compute = settings.compute_dtype()
-    key = reference_key(pairs_path, model_path, encoder, processor, compute)
-    cache_file = (settings.ref_cache_dir or out / "ref_cache") / f"{key}.jsonl"
-    # The policy starts as the reference: its log-probs before any update are the reference's.
-    with PartialState().main_process_first():
-        ref, computed = reference_logps(model, PairDataset(pairs, image_root), collator, cache_file,
-                                        settings.ref_batch_size, show_progress, compute)  # fmt: skip
-    model.train()
-    model, trainable = prepare_for_training(model, settings)
-    dataset = PairDataset(pairs, image_root, ref)
-    result = run_trainer(model, dataset, collator, out, settings, resume,
-                         trainer_cls=functools.partial(PreferenceTrainer, dpo=settings))  # fmt: skip
-    if not main_process:
-        return None
-    save_run(model, processor, out, settings, result)
-    manifest = Manifest(
-        stage="train.dpo",
-        inputs={str(pairs_path): fingerprint_file(pairs_path), "model": str(model_path)},
-        settings={**settings.model_dump(mode="json"), "compute_dtype": settings.compute_dtype(), "fingerprint": fingerprint_settings(settings)},
-        counts={"pairs": len(pairs), "quarantined": len(quarantined), "reference_cache": str(cache_file),
-                "reference_computed": computed, "reference_reused": len(pairs) - computed,
-                "trainable_parameters": trainable, "steps": result.steps, "train_loss": result.train_loss,
-                "train_seconds": round(result.seconds, 2)},
-        started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
-    )  # fmt: skip
-    write_manifest(out, manifest)
+    with stage_manifest(out, "train.dpo", write=main_process) as manifest:
+        model, processor = load_llava(model_path)
+        encoder = dpo_encoder(processor, settings)
+        pairs, quarantined = encode_pairs(encoder, pairs_path)
+        if not pairs:
+            raise ValueError(
+                f"no pair of {pairs_path} could be encoded: {next(iter(quarantined.values()), 'empty file')}"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        if main_process:
+            with JsonlWriter(out / "quarantine.jsonl") as writer:
+                for pair_id, reason in quarantined.items():
+                    writer.write({"id": pair_id, "reason": reason})
+        collator = PairCollator(processor.tokenizer.pad_token_id, processor.image_processor)
+        compute = settings.compute_dtype()
+        key = reference_key(pairs_path, model_path, encoder, processor, compute)
+        cache_file = (settings.ref_cache_dir or out / "ref_cache") / f"{key}.jsonl"
+        # The policy starts as the reference: its log-probs before any update are the reference's.
+        model.to("cpu" if settings.use_cpu else PartialState().device)
+        with PartialState().main_process_first():
+            ref, computed = reference_logps(
+                model,
+                PairDataset(pairs, image_root),
+                collator,
+                cache_file,
+                settings.ref_batch_size,
+                show_progress,
+                compute,
+            )
+        model.train()
+        model, trainable = prepare_for_training(model, settings)
+        dataset = PairDataset(pairs, image_root, ref)
+        result = run_trainer(
+            model,
+            dataset,
+            collator,
+            out,
+            settings,
+            resume,
+            trainer_cls=functools.partial(PreferenceTrainer, dpo=settings),
+        )
+        save_run(model, processor, out, settings, result)
+        if not main_process:
+            return None
+        manifest.inputs = {str(pairs_path): fingerprint_file(pairs_path), "model": str(model_path)}
+        manifest.settings = {
+            **settings.model_dump(mode="json"),
+            "compute_dtype": settings.compute_dtype(),
+            "fingerprint": fingerprint_settings(settings),
+        }
+        manifest.counts = {
+            "pairs": len(pairs),
+            "quarantined": len(quarantined),
+            "reference_cache": str(cache_file),
+            "reference_computed": computed,
+            "reference_reused": len(pairs) - computed,
+            "trainable_parameters": trainable,
+            "steps": result.steps,
+            "train_loss": result.train_loss,
+            "train_seconds": round(result.seconds, 2),
+        }
     return manifest

@@ -8,12 +8,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from vialign.choices import ChatFormatName, Stage
 from vialign.config import Settings
 from vialign.data.templates import DEFAULT_TEMPLATE_MIN_FRAC
 from vialign.models.encoding import CHAT_FORMATS, LabelMode
 from vialign.models.precision import ComputeDtype, Dtype, resolve_dtype
-
-Stage = Literal["pretrain", "finetune", "full"]
 
 # What each stage trains (vision tower, projector, language model) and how it renders turns.
 STAGE_PRESETS: dict[str, dict] = {
@@ -54,14 +53,32 @@ class LoraSettings(Settings):
 
 
 # TrainingArguments fields that vialign sets from its own settings (named as vialign names them).
-NAMED_ARGS = {"output_dir": "out", "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps":
-              "grad_accum", "learning_rate": "lr", "weight_decay": "weight_decay", "warmup_steps": "warmup_ratio",
-              "lr_scheduler_type": "scheduler", "num_train_epochs": "epochs", "max_steps": "max_steps",
-              "logging_steps": "logging_steps", "save_strategy": "save_steps", "save_steps": "save_steps",
-              "save_total_limit": "save_total_limit", "report_to": "report_to", "seed": "seed", "data_seed": "seed",
-              "dataloader_num_workers": "dataloader_workers", "bf16": "dtype", "fp16": "dtype",
-              "gradient_checkpointing": "gradient_checkpointing", "deepspeed": "deepspeed", "use_cpu": "use_cpu",
-              "remove_unused_columns": None, "logging_first_step": None}  # fmt: skip
+NAMED_ARGS = {
+    "output_dir": "out",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "learning_rate": "lr",
+    "weight_decay": "weight_decay",
+    "warmup_steps": "warmup_ratio",
+    "lr_scheduler_type": "scheduler",
+    "num_train_epochs": "epochs",
+    "max_steps": "max_steps",
+    "logging_steps": "logging_steps",
+    "save_strategy": "save_steps",
+    "save_steps": "save_steps",
+    "save_total_limit": "save_total_limit",
+    "report_to": "report_to",
+    "seed": "seed",
+    "data_seed": "seed",
+    "dataloader_num_workers": "dataloader_workers",
+    "bf16": "dtype",
+    "fp16": "dtype",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "deepspeed": "deepspeed",
+    "use_cpu": "use_cpu",
+    "remove_unused_columns": None,
+    "logging_first_step": None,
+}
 
 
 class TrainerSettings(Settings):
@@ -86,8 +103,11 @@ class TrainerSettings(Settings):
     logging_steps: int = Field(10, ge=1)
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     dataloader_workers: int = Field(0, ge=0)
-    dtype: Dtype = Field("auto", description="compute dtype (autocast, float32 master weights); auto: bfloat16 "
-                         "where the GPU or CPU does it natively, else float32")  # fmt: skip
+    dtype: Dtype = Field(
+        "auto",
+        description="compute dtype (autocast, float32 master weights); auto: bfloat16 "
+        "where the GPU or CPU does it natively, else float32",
+    )
     gradient_checkpointing: bool = False
     deepspeed: Path | None = Field(None, description="DeepSpeed JSON config (GPU)")
     use_cpu: bool = False
@@ -117,7 +137,9 @@ class TrainerSettings(Settings):
         for name in value:
             if name in NAMED_ARGS:
                 ours = NAMED_ARGS[name]
-                raise ValueError(f"training_args.{name} is set by vialign" + (f" from {ours!r}; set that" if ours else ""))
+                raise ValueError(
+                    f"training_args.{name} is set by vialign" + (f" from {ours!r}; set that" if ours else "")
+                )
             if name not in known:
                 raise ValueError(f"training_args.{name}: transformers.TrainingArguments has no such field")
         return value
@@ -125,7 +147,9 @@ class TrainerSettings(Settings):
     @model_validator(mode="after")
     def _deepspeed_needs_a_gpu(self) -> TrainerSettings:
         if self.deepspeed is not None and self.use_cpu:
-            raise ValueError("DeepSpeed configs here are for GPU training; drop use_cpu or the deepspeed config")
+            raise ValueError(
+                "DeepSpeed configs here are for GPU training; drop use_cpu or the deepspeed config"
+            )
         return self
 
     def compute_dtype(self) -> ComputeDtype:
@@ -159,21 +183,25 @@ class PartsSettings(TrainerSettings):
                 "LoRA adapts the language model, which this stage freezes; set train_llm true or disable LoRA"
             )
         if self.lora.enabled and train["vision"]:
-            raise ValueError("LoRA with train_vision: the vision tower would be fully trained beside adapters; "
-                             "use stage 'full' without LoRA, or freeze the vision tower")  # fmt: skip
+            raise ValueError(
+                "LoRA with train_vision: the vision tower would be fully trained beside adapters; "
+                "use stage 'full' without LoRA, or freeze the vision tower"
+            )
         return self
 
 
 class ChatTrainerSettings(PartsSettings):
     """Trainers whose samples the chat encoder lays out (SFT, DPO)."""
 
-    chat_format: str | None = None
+    chat_format: ChatFormatName | None = None
     max_length: int = Field(2048, ge=8)
 
     @model_validator(mode="after")
     def _known_chat_format(self) -> ChatTrainerSettings:
         if self.resolved("chat_format") not in CHAT_FORMATS:
-            raise ValueError(f"unknown chat_format {self.resolved('chat_format')!r}; known: {sorted(CHAT_FORMATS)}")
+            raise ValueError(
+                f"unknown chat_format {self.resolved('chat_format')!r}; known: {sorted(CHAT_FORMATS)}"
+            )
         return self
 
 
@@ -182,20 +210,33 @@ class SFTSettings(ChatTrainerSettings):
 
     mode: LabelMode | None = None
     templates: Path | Literal["none"] | None = Field(
-        None, description="template list from `vialign data templates`; default: detected over the training "
+        None,
+        description="template list from `vialign data templates`; default: detected over the training "
         "data at template_min_frac (mode lit); 'none': no template is excluded",
-    )  # fmt: skip
-    template_min_frac: float = Field(DEFAULT_TEMPLATE_MIN_FRAC, gt=0, le=1,
-                                     description="share of samples above which a user sentence is a template")  # fmt: skip
+    )
+    template_min_frac: float = Field(
+        DEFAULT_TEMPLATE_MIN_FRAC,
+        gt=0,
+        le=1,
+        description="share of samples above which a user sentence is a template",
+    )
     # Off by default: on the toy world, length-homogeneous batches (even 4 batches per sorted group) kept
     # a tiny LLaVA from learning to read images at all (vialign/train/sampling.py has the numbers).
     group_by_length: bool = False
     length_group_batches: int = Field(
         8, ge=1, description="batches per length-sorted group; fewer mixes lengths more"
     )
-    packing: bool = Field(True, description="pack each batch's samples into rows (no padding; attention and "
-                          "labels never cross a sample); loss equals the padded batch's")  # fmt: skip
-    pack_tokens: int | None = Field(None, ge=8, description="tokens per packed row; default: max_length")
+    packing: bool = Field(
+        True,
+        description="pack each batch's samples into rows (no padding; attention and "
+        "labels never cross a sample); loss equals the padded batch's",
+    )
+    pack_tokens: int | None = Field(
+        None,
+        ge=8,
+        description="tokens per packed row; default: four times the batch's "
+        "longest sample, at most max_length (with flash-attention, set it high)",
+    )
 
     @model_validator(mode="after")
     def _refuse_labels_that_cannot_work(self) -> SFTSettings:
@@ -212,14 +253,18 @@ class LMTrainSettings(TrainerSettings):
 
     trainer: ClassVar[str] = "`train lm`"
     not_used: ClassVar[dict[str, str]] = {
-        **dict.fromkeys(("stage", "train_vision", "train_projector", "train_llm", "projector_lr"),
-                        "the inner LLM has no vision tower or projector; it always trains whole"),
+        **dict.fromkeys(
+            ("stage", "train_vision", "train_projector", "train_llm", "projector_lr"),
+            "the inner LLM has no vision tower or projector; it always trains whole",
+        ),
         "lora": "the inner LLM is trained from scratch, whole",
         "chat_format": "the inner LLM learns the vicuna_v1 layout its LLaVA uses",
         **dict.fromkeys(("templates", "template_min_frac"), "its text corpus has no templates"),
-        **dict.fromkeys(("packing", "pack_tokens", "group_by_length", "length_group_batches"),
-                        "its text samples are padded per batch"),
-    }  # fmt: skip
+        **dict.fromkeys(
+            ("packing", "pack_tokens", "group_by_length", "length_group_batches"),
+            "its text samples are padded per batch",
+        ),
+    }
 
     mode: LabelMode = Field("response", description="response: the answers of its text corpus only")
     max_length: int = Field(2048, ge=8)

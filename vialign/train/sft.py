@@ -9,7 +9,7 @@ from typing import Any
 from accelerate import PartialState
 
 from vialign.data.templates import detected_templates, read_template_file
-from vialign.manifest import Manifest, StageTimer, fingerprint_file, fingerprint_settings, write_manifest
+from vialign.manifest import Manifest, fingerprint_file, fingerprint_settings, stage_manifest
 from vialign.models.encoded_cache import encode_dataset
 from vialign.models.loading import load_llava
 from vialign.records import read_samples
@@ -20,8 +20,12 @@ from vialign.train.settings import SFTSettings
 
 def sft_collator(processor: Any, settings: SFTSettings) -> SFTCollator:
     if settings.packing:
-        return PackedSFTCollator(processor.tokenizer.pad_token_id, processor.image_processor,
-                                 settings.pack_tokens or settings.max_length)  # fmt: skip
+        return PackedSFTCollator(
+            processor.tokenizer.pad_token_id,
+            processor.image_processor,
+            settings.pack_tokens,
+            settings.max_length,
+        )
     return SFTCollator(processor.tokenizer.pad_token_id, processor.image_processor)
 
 
@@ -46,36 +50,51 @@ def train_sft(
 ) -> Manifest | None:
     """Train and export; returns the manifest on the main process (None on the other ranks)."""
     out = Path(out)
-    timer = StageTimer()
-    model, processor = load_llava(model_path)
-    template_file = training_templates(settings, settings.resolved("mode"), data)
-    encoder = training_encoder(processor, settings, settings.resolved("mode"), template_file)
-    items, report = encode_dataset(encoder, data)
     main_process = PartialState().is_main_process
-    out.mkdir(parents=True, exist_ok=True)
-    if main_process:
-        write_quarantine(out, report)
-    if not items:
-        raise ValueError(f"no sample of {data} could be encoded (e.g. {next(iter(report.quarantined.values()), 'empty file')}); "
-                         f"every reason is in {out / 'quarantine.jsonl'}")  # fmt: skip
-    model, trainable = prepare_for_training(model, settings)
-    dataset = SFTDataset(items, image_root)
-    result = run_trainer(model, dataset, sft_collator(processor, settings), out, settings, resume, callbacks)
-    if not main_process:
-        return None
-    save_run(model, processor, out, settings, result)
-    manifest = Manifest(
-        stage="train.sft",
-        inputs={str(data): fingerprint_file(data), "model": str(model_path)},
-        settings={**settings.model_dump(mode="json"),
-                  "resolved": {**{k: settings.resolved(k) for k in ("train_vision", "train_projector", "train_llm", "chat_format", "mode")},
-                               "dtype": settings.compute_dtype()},
-                  "templates": template_file or settings.templates, "fingerprint": fingerprint_settings(settings)},
-        counts={"encoded": report.encoded, "truncated": report.truncated, "quarantined": len(report.quarantined),
-                "trainable_parameters": trainable, "steps": result.steps, "train_loss": result.train_loss,
-                "tokens_per_s": round(result.tokens_per_s, 1), "train_seconds": round(result.seconds, 2),
-                "world_size": result.world_size},
-        started_at=timer.started_at, duration_s=round(timer.elapsed, 3),
-    )  # fmt: skip
-    write_manifest(out, manifest)
+    with stage_manifest(out, "train.sft", write=main_process) as manifest:
+        model, processor = load_llava(model_path)
+        template_file = training_templates(settings, settings.resolved("mode"), data)
+        encoder = training_encoder(processor, settings, settings.resolved("mode"), template_file)
+        items, report = encode_dataset(encoder, data)
+        out.mkdir(parents=True, exist_ok=True)
+        if main_process:
+            write_quarantine(out, report)
+        if not items:
+            raise ValueError(
+                f"no sample of {data} could be encoded (e.g. {next(iter(report.quarantined.values()), 'empty file')}); "
+                f"every reason is in {out / 'quarantine.jsonl'}"
+            )
+        model, trainable = prepare_for_training(model, settings)
+        dataset = SFTDataset(items, image_root)
+        result = run_trainer(
+            model, dataset, sft_collator(processor, settings), out, settings, resume, callbacks
+        )
+        save_run(model, processor, out, settings, result)
+        if not main_process:
+            return None
+        manifest.inputs = {str(data): fingerprint_file(data), "model": str(model_path)}
+        manifest.settings = {
+            **settings.model_dump(mode="json"),
+            "resolved": {
+                **{
+                    k: settings.resolved(k)
+                    for k in ("train_vision", "train_projector", "train_llm", "chat_format", "mode")
+                },
+                "dtype": settings.compute_dtype(),
+            },
+            "templates": template_file or settings.templates,
+            "fingerprint": fingerprint_settings(settings),
+        }
+        manifest.counts = {
+            "encoded": report.encoded,
+            "truncated": report.truncated,
+            "quarantined": len(report.quarantined),
+            "trainable_parameters": trainable,
+            "steps": result.steps,
+            "train_loss": result.train_loss,
+            "tokens_per_s": round(result.tokens_per_s, 1),
+            "train_seconds": round(result.seconds, 2),
+            **result.speed_counts(),
+            "world_size": result.world_size,
+        }
     return manifest

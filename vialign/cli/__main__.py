@@ -1,0 +1,3 @@
+from vialign.cli import app
+
+app()
