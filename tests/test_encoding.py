@@ -87,9 +87,9 @@ IMAGE_LAST = (
         ("B", ""),
         ("S", VICUNA_SYSTEM),
         ("R", "USER:"),
+        ("I", ""),  # moved first, as LLaVA-1.5 trains it
         ("U", "How many circles?"),
         ("T", TEMPLATE),
-        ("I", ""),
         ("R", "ASSISTANT:"),
         ("A", "2"),
         ("E", ""),
@@ -120,6 +120,15 @@ def test_exact_labels_in_each_mode(tok, case, mode):
     ids, labels = expected(tok, pieces, mode)
     assert encoded.input_ids == ids
     assert encoded.labels == labels
+
+
+def test_image_first_false_trains_the_record_as_written(tok):
+    sample, pieces = IMAGE_LAST
+    image = pieces.index(("I", ""))
+    as_written = [*pieces[:image], *pieces[image + 1 : image + 3], ("I", ""), *pieces[image + 3 :]]
+    assert [k for k, _ in as_written] == ["B", "S", "R", "U", "T", "I", "R", "A", "E"]
+    encoded = encoder(tok, "lit", image_first=False).encode(sample)
+    assert (encoded.input_ids, encoded.labels) == expected(tok, as_written, "lit")
 
 
 def test_system_prompt_is_never_trained_even_in_lit(tok):

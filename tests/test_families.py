@@ -193,9 +193,16 @@ def reference_ids(tok, case_name, chat_format, pairs, answers_apart=False):
     return [t for i in ids for t in ([i] * IMAGE_TOKENS if i == image_id else [i])]
 
 
-def pairs_of(sample):
+def llava_placed(question):
+    """LLaVA-1.5's `preprocess_multimodal`, written out: the turn's image tags taken out, then one
+    "<image>\n" per tag in front of the stripped text."""
+    n = question.count(IMAGE_TAG)
+    return (IMAGE_TAG + "\n") * n + question.replace(IMAGE_TAG, "").strip() if n else question
+
+
+def pairs_of(sample, place=llava_placed):
     turns = sample.conversations
-    return [(turns[i].value, turns[i + 1].value) for i in range(0, len(turns), 2)]
+    return [(place(turns[i].value), turns[i + 1].value) for i in range(0, len(turns), 2)]
 
 
 def spans(encoded, kind):
@@ -249,6 +256,24 @@ def test_real_tokenizer_ids_equal_the_whole_rendering_and_labels_are_exact(case,
     assert " ".join(user.split()) == " ".join(without_templates(q) for q, _ in pairs)
     templates = " ".join(tok.decode(ids) for ids in spans(encoded, Kind.TEMPLATE))
     assert " ".join(templates.split()) == " ".join(t for q, _ in pairs for t in (SHORT, LETTER) if t in q)
+
+
+def test_image_last_record_trains_image_first_as_llava_does_unless_asked_not_to(case):
+    name, tok, chat_format = case
+    sample = next(s for s in SAMPLES if s.conversations[0].value.endswith(IMAGE_TAG))
+    for image_first, place in ((True, llava_placed), (False, str)):
+        settings = EncoderSettings(
+            chat_format=chat_format, image_tokens=IMAGE_TOKENS, image_first=image_first
+        )
+        encoder = ChatEncoder(tok, settings)
+        pairs = pairs_of(sample, place)
+        assert encoder.encode(sample).input_ids == reference_ids(
+            tok, name, chat_format, pairs, encoder.answers_apart
+        )
+    question = sample.conversations[0].value
+    assert (
+        llava_placed(question).startswith(IMAGE_TAG + "\n") and IMAGE_TAG not in question[: -len(IMAGE_TAG)]
+    )
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=[s.id for s in SAMPLES])

@@ -57,7 +57,7 @@ TRAINED: dict[str, frozenset[Kind]] = {
 
 CHAT_FORMATS = typing.get_args(ChatFormatName)
 # Changes whenever the same settings would encode differently: caches of encoded data key on it.
-ENCODER_VERSION = "rendered-once-2"
+ENCODER_VERSION = "rendered-once-3"
 
 
 class EncodingError(ValueError):
@@ -89,6 +89,10 @@ class EncoderSettings:
     # A chat template that writes no end-of-turn token after an answer (llava-hf's) would train a model
     # that never stops; the tokenizer's EOS is written there instead, as LLaVA-1.5 was trained.
     eos_after_answer: bool = True
+    # LLaVA-1.5's `preprocess_multimodal` takes a turn's <image> tags out and puts them first, each
+    # followed by "\n", which is also where every inference prompt (llava-hf, lmms-eval, vialign) puts
+    # them; an image-last record trained as written would teach a layout the model is never asked in.
+    image_first: bool = True
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[])")
@@ -100,6 +104,12 @@ def sentences(text: str) -> list[str]:
     for line in text.replace(IMAGE_TAG, "\n").split("\n"):
         out += [s.strip() for s in _SENTENCE_END.split(line) if s.strip()]
     return out
+
+
+def images_first(text: str) -> str:
+    """A user turn as LLaVA-1.5 trains it: its image tags first, each followed by a newline."""
+    n = text.count(IMAGE_TAG)
+    return f"{IMAGE_TAG}\n" * n + text.replace(IMAGE_TAG, "").strip() if n else text
 
 
 _EXACT_SPLIT = re.compile(r"(\n+|(?<=[.!?])\s+(?=[A-Z\"'(\[]))")
@@ -381,8 +391,12 @@ class ChatEncoder:
     def conversation_pairs(self, sample: Sample) -> list[tuple[str, str | None]]:
         """The sample's (question, answer) turns, refusing image tags the encoder cannot place."""
         turns = sample.conversations
+        place = images_first if self.settings.image_first else str
         pairs = [
-            (turns[i].value, turns[i + 1].value if i + 1 < len(turns) and turns[i + 1].role == GPT else None)
+            (
+                place(turns[i].value),
+                turns[i + 1].value if i + 1 < len(turns) and turns[i + 1].role == GPT else None,
+            )
             for i in range(0, len(turns), 2)
         ]
         n_tags = sum(t.value.count(IMAGE_TAG) for t in turns)

@@ -255,6 +255,7 @@ def training_encoder(
             mode=mode,
             image_tokens=processor_image_tokens(processor),
             max_length=settings.max_length,
+            image_first=settings.image_first,
             templates=frozenset(templates["sentences"]) if templates else frozenset(),
         ),
     )

@@ -202,6 +202,7 @@ def reference_key(
             "templates": sorted(s.templates),
             "add_bos": s.add_bos,
             "eos_after_answer": s.eos_after_answer,
+            "image_first": s.image_first,
             "encoder": ENCODER_VERSION,
             "chat_template": getattr(encoder.tokenizer, "chat_template", None),
         },

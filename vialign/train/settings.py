@@ -195,6 +195,11 @@ class ChatTrainerSettings(PartsSettings):
 
     chat_format: ChatFormatName | None = None
     max_length: int = Field(2048, ge=8)
+    image_first: bool = Field(
+        True,
+        description="put each turn's <image> tags first, each followed by a newline, as LLaVA-1.5 "
+        "trains and every inference prompt asks; false: train records as written",
+    )
 
     @model_validator(mode="after")
     def _known_chat_format(self) -> ChatTrainerSettings:
