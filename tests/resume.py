@@ -12,14 +12,19 @@ from pathlib import Path
 
 
 def kill_then_resume(
-    command: Callable[[Path], list[str]], folder: Path, records: int, kill_after: int
+    command: Callable[[Path], list[str]],
+    folder: Path,
+    records: int,
+    kill_after: int,
+    resumable: Callable[[Path], Path] = lambda out: out,
 ) -> None:
     """Run `command(out)` once whole, once killed after `kill_after` finished records and rerun; the two
-    outputs must be byte-identical and the partial file must hold every id exactly once."""
+    outputs must be byte-identical and the partial file (of `resumable(out)`, the file the runner writes)
+    must hold every id exactly once."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     whole, cut = folder / "whole.jsonl", folder / "cut.jsonl"
     subprocess.run(command(whole), check=True, env=env, timeout=600)
-    partial = cut.with_name(cut.name + ".partial.jsonl")
+    partial = resumable(cut).with_name(resumable(cut).name + ".partial.jsonl")
     proc = subprocess.Popen(command(cut), env=env)
     deadline = time.time() + 300
     while time.time() < deadline and (not partial.exists() or partial.read_bytes().count(b"\n") < kill_after):

@@ -1,102 +1,82 @@
-"""CLI options are checked against the settings models of the stages they run: every option of such a
-command is a settings field or a stage input (or one of the few options every command has), and an
-option that offers choices offers exactly the choices of its field."""
+"""A stage's CLI command is built from its one declaration: every flag it offers for a setting names a field
+of the stage's settings model with the same type (a choice offers exactly the field's choices), every
+input is a parameter of the command, and the command and a recipe stage validate the same settings."""
 
+import types
 import typing
+from pathlib import Path
 
 import pytest
 import typer.main
 
 from vialign.cli import app
-from vialign.pipeline.stages import STAGES
+from vialign.stage import Stage
+from vialign.stages import STAGES
 
-# command → the recipe stage kind that runs the same library call with the same settings model
-COMMAND_STAGE = {
-    ("data", "validate"): "validate",
-    ("data", "templates"): "templates",
-    ("toyworld", "generate"): "toyworld",
-    ("model", "tiny"): "tiny_model",
-    ("model", "assemble"): "assemble",
-    ("train", "sft"): "sft",
-    ("train", "dpo"): "dpo",
-    ("curate", "train-rm"): "train_rm",
-    ("curate", "score"): "score",
-    ("curate", "select"): "select",
-    ("align", "rewrite"): "rewrite",
-    ("align", "gap"): "gap",
-    ("prefer", "sample"): "sample",
-    ("prefer", "judge"): "judge",
-    ("prefer", "pairs"): "pairs",
-    ("eval", "run"): "eval",
-}
-EVERY_COMMAND = {"config", "set_", "quiet", "out", "resume", "input", "trl_out"}
-SHORTCUTS = {"oracle": "judge"}  # a flag that sets one field to one of its values
-# CLI names for inputs the recipe stage calls otherwise (the CLI reads one positional input file)
-INPUT_ALIASES = {
-    "model": ("target", "questions_rm", "answers_rm", "llm"),
-    "data": ("input",),
-    "llm": ("target",),
-    "questions": ("questions_rm",),
-    "answers": ("answers_rm",),
-    "toyworld": ("toyworld",),
-    "lm": ("lm",),
-}
-RUNNER = {"engine", "limit", "shard", "batch_size"}  # the runner section of every resumable stage
+COMMANDS = [s for s in STAGES.values() if s.command]
 
 
-def commands():
-    root = typer.main.get_command(app)
-    for (group, name), kind in COMMAND_STAGE.items():
-        yield pytest.param(root.commands[group].commands[name], STAGES[kind], id=f"{group} {name}")
-
-
-def field_for(settings_cls, param):
-    """The settings field an option sets: by its name (`judge_target` reaches `judge.target`), or by a
-    shortcut; `--format` sets chat_format."""
-    fields = settings_cls.model_fields
-    if "runner" in fields and param.name in RUNNER:
-        return fields["runner"].annotation.model_fields[param.name]
-    name = SHORTCUTS.get(param.name, "chat_format" if param.name == "format" else param.name)
-    if name in fields:
-        return fields[name]
-    section, _, rest = name.partition("_")
-    nested = fields.get(section)
-    if rest and nested is not None and hasattr(nested.annotation, "model_fields"):
-        return nested.annotation.model_fields.get(rest)
-    return None
-
-
-def literal_choices(annotation) -> set[str] | None:
-    """The closed set of values a field or option takes, or None where it is open (a path, a number, a
-    list, which the CLI takes comma-separated and the model checks)."""
-    if typing.get_origin(annotation) is list:
-        return None
-    if typing.get_origin(annotation) is typing.Literal:
-        return {str(a) for a in typing.get_args(annotation)}
+def bare(annotation):
+    """The annotation without None, as a set of choices where it is a closed set."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if args and all(typing.get_origin(a) is typing.Literal for a in args):
-        return {str(v) for a in args for v in typing.get_args(a)}
-    return None
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        return frozenset(typing.get_args(annotation))
+    return annotation
 
 
-@pytest.mark.parametrize("command, kind", commands())
-def test_every_option_is_a_setting_or_an_input_of_its_stage(command, kind):
-    settings_cls = kind.settings_class()
-    for param in command.params:
-        if param.name in EVERY_COMMAND or param.name in kind.inputs:
+def field_of(cls, dotted):
+    *sections, name = dotted.split(".")
+    for section in sections:
+        cls = cls.model_fields[section].annotation
+    return cls.model_fields[name]
+
+
+@pytest.mark.parametrize("stage", COMMANDS, ids=[s.kind for s in COMMANDS])
+def test_every_declared_flag_is_a_field_of_the_settings_model_with_its_type(stage: Stage):
+    cls = stage.settings_class()
+    for option in stage.options:
+        field = field_of(cls, option.field)
+        if option.value is not None:  # a switch setting one value
+            actual = bare(field.annotation)
+            assert (
+                option.value in actual if isinstance(actual, frozenset) else isinstance(option.value, actual)
+            )
             continue
-        if (
-            any(alias in kind.inputs for alias in INPUT_ALIASES.get(param.name, ()))
-            or param.name == "image_root"
-        ):
-            continue
-        field = field_for(settings_cls, param)
-        assert field is not None, f"--{param.name} is neither a field of {settings_cls.__name__} nor an input"
-        if param.name in SHORTCUTS:
-            continue
-        choices = literal_choices(field.annotation)
-        offered = literal_choices(param.type_descriptor.annotation)
-        assert offered == choices, f"--{param.name} offers {offered}; {settings_cls.__name__} takes {choices}"
+        declared, actual = bare(option.type), bare(field.annotation)
+        if isinstance(actual, frozenset) or isinstance(declared, frozenset):
+            assert declared == actual, (
+                f"{stage.command} {option.cli_flag} offers {declared}; the field takes {actual}"
+            )
+        elif typing.get_origin(actual) is list:
+            assert option.csv and typing.get_origin(declared) is list
+        elif declared is str and typing.get_args(actual):  # text the model parses: a path or a word
+            assert all(
+                a in (str, Path, type(None)) or typing.get_origin(a) is typing.Literal
+                for a in typing.get_args(actual)
+            )
+        else:
+            assert declared == actual, f"{stage.command} {option.cli_flag}: {declared} vs {field.annotation}"
+
+
+def test_each_stage_command_has_its_inputs_and_declared_flags():
+    root = typer.main.get_command(app)
+    for stage in COMMANDS:
+        group, name = stage.command.split()
+        command = root.commands[group].commands[name]
+        flags = {o for p in command.params for o in getattr(p, "opts", [])}
+        names = {p.name for p in command.params}
+        assert {f"in_{i.name}" for i in stage.inputs} <= names, stage.kind
+        assert {o.cli_flag for o in stage.options} | {"--out"} <= flags, stage.kind
+        assert ("--resume" in flags) == stage.resumes
+
+
+def test_a_stage_refuses_an_unknown_setting_and_a_missing_input_naming_them(tmp_path):
+    with pytest.raises(ValueError, match="sizee"):
+        STAGES["toyworld"].prepare({"sizee": 3})
+    with pytest.raises(ValueError, match=r"missing inputs \['llm'\]"):
+        STAGES["rewrite"].prepare({"data": str(tmp_path / "x.jsonl")})
 
 
 def test_registries_name_exactly_the_choices_of_their_literal():
@@ -108,3 +88,14 @@ def test_registries_name_exactly_the_choices_of_their_literal():
     assert set(BENCHES) == set(typing.get_args(BenchName))
     assert set(CHAT_FORMATS) == set(typing.get_args(ChatFormatName))
     assert set(JUDGES) == set(typing.get_args(JudgeName))
+
+
+def test_stage_declarations_import_no_model_code():
+    import subprocess
+    import sys
+
+    probe = "import sys, vialign.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=Path.cwd()
+    )
+    assert out.stdout.split() == ["False", "False"]

@@ -188,7 +188,8 @@ def test_quick_demo_writes_a_report_that_renders_in_chromium(tmp_path):
 
 
 def test_sample_stage_filtering_on_subsets_no_record_has_names_the_field(tmp_path):
-    from vialign.pipeline.stages import STAGES, StageContext
+    from vialign.stage import StageContext
+    from vialign.stages import STAGES
 
     data = tmp_path / "d.jsonl"
     data.write_text(
@@ -203,7 +204,7 @@ def test_sample_stage_filtering_on_subsets_no_record_has_names_the_field(tmp_pat
     kind = STAGES["sample"]
     inputs, settings = kind.prepare({"data": str(data), "target": "unused", "subsets": ["detail"]})
     with pytest.raises(ValueError, match=r"no record has meta\.subset.*--subset NAME"):
-        kind.run(StageContext(tmp_path / "out", inputs, settings, False, print))
+        kind.run_function()(StageContext(tmp_path / "out" / "groups.jsonl", inputs, settings))
 
 
 def recipe_without_min_frac(tmp_path, **templates_with):

@@ -14,6 +14,7 @@ from vialign.align.rewrite import (
     make_rewriter,
     parse_verdict,
     rewriter_factory,
+    rewrites_path,
 )
 from vialign.generation.runner import RunnerSettings, run_resumable
 from vialign.records import Sample, read_jsonl, read_samples, write_jsonl
@@ -158,7 +159,13 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(toyworld, tiny_model_di
         s for s in read_samples(toyworld / "corpus.jsonl") if s.meta.subset in ("conversation", "detail")
     ][:24]
     write_jsonl(soft, tmp_path / "in.jsonl")
-    kill_then_resume(lambda out: rewrite_command(tiny_model_dir, tmp_path / "in.jsonl", out), tmp_path, 24, 6)
+    kill_then_resume(
+        lambda out: rewrite_command(tiny_model_dir, tmp_path / "in.jsonl", out),
+        tmp_path,
+        24,
+        6,
+        rewrites_path,
+    )
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from vialign.cli import app
 from vialign.pipeline.recipe import Recipe, run_recipe
 from vialign.records import read_samples, write_jsonl
 
-TIMING = {"started_at", "duration_s"}
+TIMING = {"started_at", "duration_s", "tokens_per_s", "steady_tokens_per_s", "train_seconds"}
 
 
 def comparable(value, paths: dict[str, str]):
@@ -93,11 +93,15 @@ def test_pairs(tmp_path):
         "--trl-out",
         str(tmp_path / "cli" / "pairs.trl.jsonl"),
     )
-    folder = one_stage(tmp_path, "pairs", {"data": str(rated)})
-    cli_paths = {str(tmp_path / "cli" / "pairs.jsonl"): "OUT"}
-    recipe_paths = {str(folder / "pairs.jsonl"): "OUT"}
-    for name in ("pairs.jsonl", "pairs.trl.jsonl"):
-        assert read_any(tmp_path / "cli" / name, {}) == read_any(folder / name, {}), name
+    trl = tmp_path / "recipe" / "pairs.trl.jsonl"
+    folder = one_stage(tmp_path, "pairs", {"data": str(rated), "trl_out": str(trl)})
+    cli_paths = {
+        str(tmp_path / "cli" / "pairs.jsonl"): "OUT",
+        str(tmp_path / "cli" / "pairs.trl.jsonl"): "TRL",
+    }
+    recipe_paths = {str(folder / "pairs.jsonl"): "OUT", str(trl): "TRL"}
+    assert read_any(tmp_path / "cli" / "pairs.jsonl", {}) == read_any(folder / "pairs.jsonl", {})
+    assert read_any(tmp_path / "cli" / "pairs.trl.jsonl", {}) == read_any(trl, {})
     assert read_any(tmp_path / "cli" / "pairs.manifest" / "manifest.json", cli_paths) == read_any(
         folder / "pairs.manifest" / "manifest.json", recipe_paths
     )
@@ -224,9 +228,124 @@ def test_sample(tmp_path, tiny_model_dir, toyworld, sample_file):
             "data": str(sample_file),
             "target": str(tiny_model_dir),
             "image_root": str(toyworld),
-            "limit": 4,
+            "runner": {"limit": 4},
             "k": 2,
             "params": {"max_new_tokens": 8},
         },
     )
     assert read_any(tmp_path / "cli.jsonl", {}) == read_any(folder / "groups.jsonl", {})
+
+
+def cli_args(kind: str, inputs: dict, settings: dict, out: Path) -> list[str]:
+    """The command line that runs stage `kind` with these inputs and settings (every setting by --set)."""
+    from vialign.stages import STAGES
+
+    stage = STAGES[kind]
+    args = stage.command.split()
+    for spec in stage.inputs:
+        if spec.name in inputs:
+            values = inputs[spec.name] if isinstance(inputs[spec.name], list) else [inputs[spec.name]]
+            args += [
+                str(v) for value in values for v in ([value] if spec.flag is None else [spec.flag, value])
+            ]
+
+    def flat(prefix: str, value) -> list[str]:
+        if isinstance(value, dict):
+            return [x for k, v in value.items() for x in flat(f"{prefix}{k}.", v)]
+        return ["--set", f"{prefix[:-1]}={json.dumps(value)}"]
+
+    return [*args, *flat("", settings), "--out", str(out), "--quiet"]
+
+
+def same_outputs(cli_root: Path, folder: Path, ignore: frozenset[str] = frozenset()) -> None:
+    """Every file the CLI wrote equals the recipe stage's; JSON compared without timing fields and with
+    each run's own folder written as ROOT."""
+
+    def parsed(path: Path, root: Path):
+        text = path.read_text().replace(str(root), "ROOT")
+        if path.suffix == ".jsonl":
+            return [comparable(json.loads(line), {}) for line in text.splitlines() if line.strip()]
+        value = comparable(json.loads(text), {})
+        return {k: v for k, v in value.items() if k not in ignore} if isinstance(value, dict) else value
+
+    mine = sorted(p.relative_to(cli_root) for p in cli_root.rglob("*") if p.is_file())
+    theirs = sorted(
+        p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and p.name != "stage.json"
+    )
+    assert mine == theirs
+    for name in mine:
+        if name.suffix in (".json", ".jsonl"):
+            assert parsed(cli_root / name, cli_root) == parsed(folder / name, folder), name
+        elif name.suffix == ".safetensors":
+            assert same_weights((cli_root / name).parent, (folder / name).parent), name
+
+
+def stage_both_ways(tmp_path: Path, kind: str, inputs: dict, settings: dict, ignore=frozenset()) -> Path:
+    from vialign.stages import STAGES
+
+    out_file = STAGES[kind].out_file
+    cli_root = tmp_path / "cli"
+    cli_root.mkdir(parents=True)
+    cli(*cli_args(kind, inputs, settings, cli_root / out_file if out_file else cli_root))
+    folder = one_stage(tmp_path, kind, {**inputs, **settings})
+    same_outputs(cli_root, folder, ignore)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(toyworld, tmp_path_factory):
+    from vialign.models.tiny import TinyModelSettings
+    from vialign.train.lm import train_lm
+    from vialign.train.settings import LMTrainSettings
+
+    lm = tmp_path_factory.mktemp("lm") / "lm"
+    train_lm(toyworld, lm, TinyModelSettings(), LMTrainSettings(max_steps=1, use_cpu=True))
+    return lm
+
+
+def test_rewrite_and_oracle_review(tmp_path, tiny_lm, sample_file):
+    settings = {
+        "rewrite_params": {"max_new_tokens": 6},
+        "review_params": {"max_new_tokens": 2},
+        "runner": {"limit": 5},
+    }
+    folder = stage_both_ways(
+        tmp_path / "rewrite", "rewrite", {"data": str(sample_file), "llm": str(tiny_lm)}, settings
+    )
+    rewritten = folder / "rewritten.jsonl"
+    assert sum(1 for _ in read_samples(rewritten)) == sum(1 for _ in read_samples(sample_file))
+    assert sum(1 for _ in read_samples(folder / "rewritten.rewrites.jsonl")) == 5
+    reviewed = stage_both_ways(tmp_path / "oracle", "oracle_review", {"data": str(rewritten)}, {})
+    facts = json.loads((reviewed / "rewritten.facts.json").read_text())
+    assert facts["answers"] > 0 and facts["oracle_review"]["accepted_with_changed_facts"] == 0
+
+
+def test_train_lm_assemble_and_import(tmp_path, toyworld):
+    settings = {"max_steps": 1, "use_cpu": True, "model": {"text_layers": 1}}
+    lm = stage_both_ways(tmp_path / "lm", "train_lm", {"toyworld": str(toyworld)}, settings)
+    stage_both_ways(tmp_path / "assemble", "assemble", {"lm": str(lm)}, {"model": {"vision_layers": 1}})
+    stage_both_ways(tmp_path / "import", "import_model", {"source": "tiny:smollm2"}, {})
+
+
+def test_judge_and_eval(tmp_path, tiny_model_dir, toyworld):
+    groups = [
+        {
+            "id": f"g{i}",
+            "question": "Q",
+            "responses": ["a red circle", "a blue square"],
+            "truth": {"scene": s},
+        }
+        for i, s in enumerate(
+            json.loads(line)["meta"]["truth"]["scene"]
+            for line in (toyworld / "corpus.jsonl").read_text().splitlines()[:4]
+        )
+    ]
+    write_jsonl(groups, tmp_path / "groups.jsonl")
+    stage_both_ways(
+        tmp_path / "judge", "judge", {"data": str(tmp_path / "groups.jsonl")}, {"judge": "toyworld-oracle"}
+    )
+    inputs = {"target": str(tiny_model_dir), "data": str(toyworld / "eval"), "image_root": str(toyworld)}
+    # results.json holds the run's time, so the manifest's fingerprint of it differs; the file itself is
+    # compared without its timing fields
+    settings = {"benches": ["vqa", "text"], "limit": 3}
+    stage_both_ways(tmp_path / "eval", "eval", inputs, settings, frozenset({"outputs"}))

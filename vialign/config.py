@@ -99,7 +99,7 @@ def load_settings(
         tree.update(read_yaml_section(yaml_path, section))
     for key, value in (options or {}).items():
         if value is not None:
-            tree[key] = value
+            _set_path(tree, key.split("."), value)
     for text in overrides or []:
         path, value = parse_override(text)
         if section is not None and path[0] == section and len(path) > 1:

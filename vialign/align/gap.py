@@ -17,6 +17,7 @@ from vialign.config import Settings
 from vialign.generation.local import TransformersBackend
 from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncoderSettings, EncodingError, Kind
 from vialign.records import IMAGE_TAG, Sample, Turn
+from vialign.stage import StageContext
 
 
 @dataclass
@@ -46,6 +47,17 @@ class GapReport:
 class GapSettings(Settings):
     chat_format: ChatFormatName = "vicuna_v1"
     subsets: list[str] | None = Field(None, description="score only these subsets (default all)")
+    rewritten_only: bool = Field(
+        False, description="score only the samples that `align rewrite` processed in the vs dataset, in both"
+    )
+
+
+def rewritten_ids(path: Path) -> set[str]:
+    from vialign.records import read_samples
+
+    return {
+        s.id for s in read_samples(path) if any(p.get("stage") == "align.rewrite" for p in s.meta.provenance)
+    }
 
 
 def text_only(sample: Sample) -> Sample:
@@ -117,6 +129,7 @@ def gap_files(
     *,
     subsets: Iterable[str] | None = None,
     chat_format: str = "vicuna_v1",
+    ids: set[str] | None = None,
 ) -> tuple[dict[str, GapReport], dict[str, Any]]:
     """The gap of each dataset under one load of the inner LLM: `NAME.nll.jsonl` per dataset, `gap.json`
     (with the delta `vs − input` when both are given) and `gap.png` in `out`."""
@@ -129,7 +142,11 @@ def gap_files(
     backend = TransformersBackend.load(llm, chat_format=chat_format)
     reports = {}
     for name, path in datasets.items():
-        chosen = (s for s in read_samples(path) if wanted is None or s.meta.subset in wanted)
+        chosen = (
+            s
+            for s in read_samples(path)
+            if (wanted is None or s.meta.subset in wanted) and (ids is None or s.id in ids)
+        )
         reports[name] = answer_nll(backend, chosen, chat_format=chat_format)
         if not reports[name].per_sample:
             which = f" of subsets {sorted(wanted)}" if wanted is not None else ""
@@ -167,3 +184,31 @@ def plot_histograms(reports: dict[str, GapReport], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_stage(ctx: StageContext) -> None:
+    from rich.table import Table
+
+    s, llm = ctx.settings, ctx.take("llm")
+    datasets = {"input": ctx.path("data"), **({"vs": ctx.path("vs")} if ctx.take("vs", None) else {})}
+    if s.rewritten_only and "vs" not in datasets:
+        raise ValueError(
+            "rewritten_only compares the rewritten samples of --vs with their originals: give --vs"
+        )
+    ids = rewritten_ids(datasets["vs"]) if s.rewritten_only else None
+    reports, summary = gap_files(
+        llm, datasets, ctx.out, subsets=s.subsets, chat_format=s.chat_format, ids=ids
+    )
+    view = Table(title=f"writing-manner gap under {llm}")
+    for column in ("dataset", "samples", "mean NLL", "token-weighted", "median"):
+        view.add_column(column, justify="left" if column == "dataset" else "right")
+    for name, r in reports.items():
+        row = r.summary()
+        view.add_row(
+            str(datasets[name]),
+            str(row["samples"]),
+            *(f"{row[k]:.4f}" for k in ("mean_nll", "token_mean_nll", "median_nll")),
+        )
+    ctx.show(view)
+    if "delta_mean_nll" in summary:
+        ctx.say(f"gap delta (vs − input): {summary['delta_mean_nll']:+.4f} nats/token")

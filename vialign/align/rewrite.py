@@ -25,6 +25,7 @@ from vialign.generation.runner import Row, RunnerSettings
 from vialign.manifest import fingerprint_bytes
 from vialign.models.precision import Dtype
 from vialign.records import GPT, Sample
+from vialign.stage import StageContext
 
 Verdict = Literal["same", "different", "unparsable"]
 
@@ -211,37 +212,79 @@ def summarize(samples: list[dict[str, Any]], formats: FormatSettings) -> dict[st
     return table
 
 
+def rewrites_path(out: Path) -> Path:
+    """Beside the rewritten corpus: the soft samples the run processed, each with its rewrite record."""
+    return out.with_name(f"{out.stem}.rewrites.jsonl")
+
+
 def rewrite_file(input: Path, llm: str, out: Path, settings: RewriteSettings, show_progress: bool = True):
-    """Rewrite and review every soft sample of `input` into `out` (resumable); writes the manifest beside
-    it; returns the per-subset table."""
+    """Rewrite and review the soft samples of `input` (the first `runner.limit` of them, if set),
+    resumably into `rewrites_path(out)`; write `out`, every record of `input` with those samples
+    replaced, and the manifest beside it; return the per-subset table."""
     from vialign.generation.runner import run_resumable
     from vialign.manifest import fingerprint_file, stage_manifest
-    from vialign.records import read_jsonl, read_samples
+    from vialign.records import read_jsonl, read_samples, write_jsonl
 
     with stage_manifest(out.parent / f"{out.stem}.manifest", "align.rewrite") as manifest:
         runner = settings.runner
-        samples = list(read_samples(input))
+        corpus = list(read_samples(input))
+        soft = [s for s in corpus if is_soft(classify_sample(s, settings.formats), settings.formats)]
         local = runner.engine == "local"
         report = run_resumable(
-            samples,
+            soft,
             lambda s: s.id,
             make_rewriter(llm, settings) if local else None,
-            out,
+            rewrites_path(out),
             runner,
             finish=keep_original_on_failure,
             ray_factory=rewriter_factory(llm, settings),
             task="rewrite",
             show_progress=show_progress,
         )
-        table = summarize(list(read_jsonl(out)), settings.formats)
+        done = {r["id"]: r for r in read_jsonl(rewrites_path(out))}
+        write_jsonl([done.get(s.id, s.to_json()) for s in corpus], out)
+        table = summarize(list(done.values()), settings.formats)
+        table.setdefault("(hard)", Counter())["hard"] = len(corpus) - len(soft)
         manifest.inputs = {str(input): fingerprint_file(input), "llm": llm}
         manifest.settings = settings.model_dump(mode="json")
         manifest.counts = {
+            "records": len(corpus),
+            "soft": len(soft),
             "selected": report.selected,
             "reused": report.reused,
             "processed": report.processed,
             "failed": len(report.failed),
             **{f"{s}.{k}": v for s, c in table.items() for k, v in c.items()},
         }
-        manifest.outputs = {str(out): fingerprint_file(out)}
+        manifest.outputs = {
+            str(out): fingerprint_file(out),
+            str(rewrites_path(out)): fingerprint_file(rewrites_path(out)),
+        }
     return table
+
+
+def run_stage(ctx: StageContext) -> None:
+    from rich.table import Table
+
+    data = ctx.path("data")
+    table = rewrite_file(data, ctx.take("llm"), ctx.out, ctx.settings, ctx.show_progress)
+    view = Table(title=f"rewrite {data}")
+    columns = (
+        "rewritten",
+        "kept",
+        "failed",
+        "hard",
+        "verdict.same",
+        "verdict.different",
+        "verdict.unparsable",
+    )
+    view.add_column("subset")
+    for column in columns:
+        view.add_column(column, justify="right")
+    for subset, counts in sorted(table.items()):
+        view.add_row(subset, *(str(counts[c]) for c in columns))
+    ctx.show(view)
+    rewritten = sum(c["rewritten"] for c in table.values())
+    ctx.say(
+        f"{rewritten} soft samples rewritten → {ctx.out} (rewrites and reviews: {rewrites_path(ctx.out)})"
+    )

@@ -13,6 +13,7 @@ from typing import Any
 
 from vialign.annotate.app import AnnotateSettings
 from vialign.annotate.store import AnnotationStore
+from vialign.stage import StageContext
 
 
 def collected(store: AnnotationStore) -> dict[str, dict[int, dict[str, dict[str, float]]]]:
@@ -96,3 +97,28 @@ def agreement(store: AnnotationStore, settings: AnnotateSettings) -> dict[str, A
             }
         )
     return {"annotators": sorted(overall), "pairs": pairs}
+
+
+def run_stage(ctx: StageContext) -> None:
+    import orjson
+    from rich.table import Table
+
+    from vialign.annotate.store import AnnotationStore
+    from vialign.records import write_jsonl
+
+    store = AnnotationStore(ctx.path("db"))
+    groups, counts = export_groups(store, ctx.settings)
+    write_jsonl(groups, ctx.out)
+    stats = agreement(store, ctx.settings)
+    agreement_path = ctx.out.with_name(ctx.out.stem + ".agreement.json")
+    agreement_path.write_bytes(orjson.dumps({**counts, **stats}, option=orjson.OPT_INDENT_2))
+    ctx.say(
+        f"exported {counts['exported']} of {counts['items']} items ({counts['unrated']} unrated) → {ctx.out}"
+    )
+    view = Table(title="agreement between annotators")
+    for column in ("annotators", "items", "pearson", "mean |Δ|", "pair order agreement"):
+        view.add_column(column, justify="left" if column == "annotators" else "right")
+    for p in stats["pairs"]:
+        cells = (p["items"], p["pearson"], p["mean_abs_diff"], p["pair_order_agreement"])
+        view.add_row(" / ".join(p["annotators"]), *map(str, cells))
+    ctx.show(view)

@@ -11,8 +11,9 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from vialign.cli import align, annotate, curate, data, evaluate, model, prefer, toyworld, train
+from vialign.cli import annotate, curate, data, evaluate, model, toyworld
 from vialign.cli.common import QuietOpt, err_console, out_console
+from vialign.cli.stages import add_stage_commands
 
 
 class ClearErrors(TyperGroup):
@@ -28,29 +29,30 @@ class ClearErrors(TyperGroup):
                 raise
             message = " ".join(str(exc).split()) or type(exc).__name__
             err_console.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from exc
+            raise typer.Exit(getattr(exc, "code", 2)) from exc
 
 
-app = typer.Typer(
+main = typer.Typer(
     help="Curate, align, tune and evaluate LLaVA-style visual instruction data.",
     no_args_is_help=True,
     cls=ClearErrors,
+    add_completion=False,
 )
-for name, group in (
-    ("data", data),
-    ("toyworld", toyworld),
-    ("model", model),
-    ("train", train),
-    ("align", align),
-    ("curate", curate),
-    ("eval", evaluate),
-    ("prefer", prefer),
-    ("annotate", annotate),
-):
-    app.add_typer(group.app, name=name)
+# group: its help, and the module of its commands that are not stages (None: stages only)
+GROUPS = {
+    "data": ("Check and describe datasets.", data),
+    "toyworld": ("The synthetic toy world.", toyworld),
+    "model": ("Build and inspect models.", model),
+    "train": ("Train: SFT with VIT/LIT label masks, DPO, inner-LLM pretraining.", None),
+    "align": ("Writing-manner alignment: rewrite, review, gap.", None),
+    "curate": ("Human-preference curation: reward models, scoring, cascade selection.", curate),
+    "eval": ("Evaluate models: POPE, captions, VQA, multiple choice, text retention, judge.", evaluate),
+    "prefer": ("AI-feedback preference data: sample, judge, pairs.", None),
+    "annotate": ("Human annotation: the rating web UI and its export.", annotate),
+}
 
 
-@app.command("demo")
+@main.command("demo")
 def demo(
     out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/demo"),
     quick: Annotated[
@@ -68,7 +70,7 @@ def demo(
     run_demo(out, quick=quick, seed=seed, seeds=seeds, console=out_console)
 
 
-@app.command("run")
+@main.command("run")
 def run(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML", exists=True, dir_okay=False)],
     out: Annotated[
@@ -92,21 +94,32 @@ def run(
     for item in var or []:
         name, sep, value = item.partition("=")
         if not sep:
-            err_console.print(f"[red]error:[/red] --var {item!r} must look like name=value")
-            raise typer.Exit(2)
+            raise ValueError(f"--var {item!r} must look like name=value")
         variables[name] = yaml.safe_load(value)
-    try:
-        loaded = load_recipe(recipe, variables)
-        if out is not None:
-            loaded = loaded.model_copy(update={"out": out})
-        folders = run_recipe(
-            loaded,
-            from_stage=from_stage,
-            force=tuple(force or ()),
-            log=lambda m: out_console.print(m, markup=False, highlight=False),
-            show_progress=not quiet,
-        )
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    loaded = load_recipe(recipe, variables)
+    if out is not None:
+        loaded = loaded.model_copy(update={"out": out})
+    folders = run_recipe(
+        loaded,
+        from_stage=from_stage,
+        force=tuple(force or ()),
+        log=lambda m: out_console.print(m, markup=False, highlight=False),
+        show_progress=not quiet,
+    )
     out_console.print(f"{len(folders)} stages finished; map in {Path(loaded.out) / 'run.json'}")
+
+
+def build_app() -> typer.Typer:
+    from vialign.stages import STAGES
+
+    groups = {}
+    for name, (help_text, module) in GROUPS.items():
+        groups[name] = module.app if module else typer.Typer(no_args_is_help=True)
+        groups[name].info.help = help_text
+    add_stage_commands(groups, STAGES)
+    for name, group in groups.items():
+        main.add_typer(group, name=name)
+    return main
+
+
+app = build_app()

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from vialign.cli.common import (
     ConfigOpt,
@@ -73,45 +72,3 @@ def annotate_serve(
         port=port,
         log_level="warning",
     )
-
-
-@app.command("export")
-def annotate_export(
-    db: Annotated[
-        Path,
-        typer.Option("--db", help="SQLite file from `vialign annotate serve`", exists=True, dir_okay=False),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="groups JSONL for `vialign curate train-rm`")],
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Export ratings (mean over annotators, per-criterion scores kept) and agreement statistics."""
-    import orjson
-
-    from vialign.annotate.app import AnnotateSettings
-    from vialign.annotate.export import agreement, export_groups
-    from vialign.annotate.store import AnnotationStore
-    from vialign.records import write_jsonl
-
-    settings = settings_or_exit(AnnotateSettings, config, "annotate", {}, set_)
-    store = AnnotationStore(db)
-    groups, counts = export_groups(store, settings)
-    write_jsonl(groups, out)
-    stats = agreement(store, settings)
-    agreement_path = out.with_name(out.stem + ".agreement.json")
-    agreement_path.write_bytes(orjson.dumps({**counts, **stats}, option=orjson.OPT_INDENT_2))
-    out_console.print(
-        f"exported {counts['exported']} of {counts['items']} items ({counts['unrated']} unrated) → {out}"
-    )
-    view = Table(title="agreement between annotators")
-    for column in ("annotators", "items", "pearson", "mean |Δ|", "pair order agreement"):
-        view.add_column(column, justify="left" if column == "annotators" else "right")
-    for p in stats["pairs"]:
-        view.add_row(
-            " / ".join(p["annotators"]),
-            str(p["items"]),
-            str(p["pearson"]),
-            str(p["mean_abs_diff"]),
-            str(p["pair_order_agreement"]),
-        )
-    out_console.print(view)

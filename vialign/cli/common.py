@@ -32,7 +32,3 @@ def settings_or_exit(
     except SettingsError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-
-
-def runner_overrides(runner, **values):
-    return runner.model_copy(update={k: v for k, v in values.items() if v is not None})

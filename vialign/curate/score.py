@@ -27,6 +27,7 @@ from vialign.curate.train import RewardCollator, RewardExample, score_examples
 from vialign.generation.runner import Row, RunnerSettings
 from vialign.models.precision import ComputeDtype, Dtype, default_device, resolve_dtype, weight_dtype
 from vialign.records import ImagePathError, Sample, existing_images
+from vialign.stage import StageContext
 
 
 class ScoreSettings(Settings):
@@ -205,3 +206,16 @@ def score_file(
         }
         manifest.outputs = {str(out): fingerprint_file(out)}
     return report
+
+
+def run_stage(ctx: StageContext) -> None:
+    paths = {k: ctx.take(f"{k}_rm") for k in ("questions", "answers") if ctx.take(f"{k}_rm", None)}
+    report = score_file(
+        ctx.path("data"), ctx.out, paths, ctx.settings, ctx.take("image_root", None), ctx.show_progress
+    )
+    ctx.say(
+        f"scored {report.selected} samples ({report.reused} reused, {report.processed} processed, "
+        f"{len(report.failed)} failed) → {ctx.out}"
+    )
+    for sample_id, error in list(report.failed.items())[:5]:
+        ctx.say(f"  failed {sample_id}: {error}")

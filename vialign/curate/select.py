@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from vialign.config import Settings
 from vialign.records import Sample, meta_value, require_meta_field
+from vialign.stage import StageContext
 
 
 class SelectSettings(Settings):
@@ -225,3 +226,28 @@ def select_file(input: Path, out: Path, settings: SelectSettings):
         }
         manifest.outputs = {"selected.jsonl": fingerprint_file(out / "selected.jsonl")}
     return decisions, summary
+
+
+def run_stage(ctx: StageContext) -> None:
+    from rich.table import Table
+
+    data = ctx.path("data")
+    decisions, summary = select_file(data, ctx.out, ctx.settings)
+    view = Table(title=f"selection from {data}")
+    for column in ("subset", "samples", "after questions", "kept", "question cutoff", "answer cutoff"):
+        view.add_column(column, justify="left" if column == "subset" else "right")
+    for subset, info in summary.items():
+        cells = [
+            info.get("after_questions", "-"),
+            info["kept"],
+            info.get("question_cutoff"),
+            info.get("answer_cutoff"),
+        ]
+        view.add_row(
+            subset,
+            str(info["samples"]),
+            *("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in cells),
+        )
+    ctx.show(view)
+    kept = sum(d == "kept" for d in decisions.values())
+    ctx.say(f"kept {kept} of {len(decisions)} → {ctx.out / 'selected.jsonl'}")

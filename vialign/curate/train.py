@@ -32,6 +32,7 @@ from vialign.models.encoding import sentences
 from vialign.models.loading import load_llava, model_fingerprint
 from vialign.models.precision import ComputeDtype, autocast
 from vialign.records import ImagePathError, JsonlWriter, existing_images
+from vialign.stage import StageContext
 from vialign.train.core import VialignTrainer, prepare_for_training, run_trainer
 from vialign.train.settings import PartsSettings
 
@@ -351,3 +352,25 @@ def train_reward_model(
             **metrics,
         }
     return manifest
+
+
+def run_stage(ctx: StageContext) -> None:
+    kind, annotations = ctx.take("kind"), ctx.take("annotations")
+    paths = [Path(a) for a in ([annotations] if isinstance(annotations, str | Path) else annotations)]
+    manifest = train_reward_model(
+        ctx.take("model"),
+        paths,
+        kind,
+        ctx.out,
+        ctx.settings,
+        ctx.take("image_root", None),
+        ctx.take("resume", None),
+    )
+    c = manifest.counts
+    heldout = c["heldout"] or {}
+    ctx.say(
+        f"{kind} reward model → {ctx.out}: {c['train_groups']} groups, {c['pairs']} pairs "
+        f"({c['negatives']} corrupted negatives), {c['steps']} steps, loss {c['train_loss']:.4f}; "
+        f"held-out pairwise accuracy {heldout.get('pairwise_accuracy')} over {heldout.get('pairs', 0)} pairs; "
+        f"{c['rejected'] + c['dropped']} groups rejected (rejects.jsonl)"
+    )

@@ -20,6 +20,25 @@ class DatasetStats:
     # Histograms (length → count), so memory does not grow with the number of samples.
     lengths: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
 
+    def tables(self, name: str, settings: FormatSettings) -> list[Any]:
+        """`data stats`' view: subset × format class, lengths, and the subset and soft/hard totals."""
+        from rich.table import Table
+
+        table = Table(title=f"{name}: {self.samples} samples")
+        for column in ("subset", "format class", "soft/hard", "samples", "share"):
+            table.add_column(column, justify="right" if column in ("samples", "share") else "left")
+        for (subset, cls), n in sorted(self.by_subset_class.items()):
+            kind = "soft" if is_soft(cls, settings) else "hard"
+            table.add_row(subset, cls, kind, str(n), f"{n / self.samples:.1%}")
+        lengths = Table(title="lengths")
+        for column in ("measure", "n", "min", "median", "mean", "p90", "max"):
+            lengths.add_column(column, justify="left" if column == "measure" else "right")
+        for measure, s in self.length_summary().items():
+            lengths.add_row(measure, *(str(s[k]) for k in ("n", "min", "median", "mean", "p90", "max")))
+        soft_hard = self.soft_hard(settings)
+        subsets = ", ".join(f"{subset} {n}" for subset, n in sorted(self.subsets.items()))
+        return [table, lengths, f"subsets: {subsets}", f"soft {soft_hard['soft']}  hard {soft_hard['hard']}"]
+
     @property
     def subsets(self) -> Counter[str]:
         """Samples per `meta.subset`, `(none)` for those without one."""

@@ -14,6 +14,7 @@ from pydantic import Field
 from vialign.config import Settings
 from vialign.models.encoding import sentences
 from vialign.records import Sample
+from vialign.stage import StageContext
 
 # A sentence in at least this share of samples' user turns is a template (LIT never trains it).
 DEFAULT_TEMPLATE_MIN_FRAC = 0.05
@@ -76,3 +77,20 @@ def detected_templates(samples: Iterable[Sample], min_frac: float) -> dict[str, 
         "min_frac": min_frac,
         "sentences": [row["sentence"] for row in found["templates"]],
     }
+
+
+def run_stage(ctx: StageContext) -> None:
+    from rich.table import Table
+
+    from vialign.records import read_samples
+
+    min_frac = ctx.settings.min_frac
+    result = find_templates(read_samples(ctx.path("data")), min_frac)
+    write_templates(result, ctx.out)
+    table = Table(title=f"templates in {result['samples']} samples (min share {min_frac})")
+    for column in ("sentence", "samples", "share"):
+        table.add_column(column, justify="left" if column == "sentence" else "right")
+    for row in result["templates"]:
+        table.add_row(row["sentence"], str(row["count"]), f"{row['frac']:.1%}")
+    ctx.show(table)
+    ctx.say(f"wrote {len(result['templates'])} templates to {ctx.out}")

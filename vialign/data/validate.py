@@ -31,6 +31,7 @@ from vialign.records import (
     confined_image_path,
     iter_raw_records,
 )
+from vialign.stage import StageContext, StageFailed
 
 
 class SubsetRule(Settings):
@@ -400,3 +401,33 @@ def count_records_hint(path: str | Path) -> int | None:
         return None
     with Path(path).open("rb") as f:
         return sum(1 for line in f if line.strip())
+
+
+def run_stage(ctx: StageContext) -> None:
+    from rich.table import Table
+
+    from vialign.progress import progress_reporter
+
+    data = ctx.path("input")
+    total = count_records_hint(data)
+    with progress_reporter(ctx.show_progress) as report:
+        summary = validate_file(
+            data, ctx.out, ctx.settings, progress=lambda: report("validate records", 1, total)
+        )
+    table = Table(title=f"validate {data}")
+    table.add_column("outcome")
+    table.add_column("records", justify="right")
+    table.add_row("[green]valid[/green]", str(summary.valid))
+    if summary.renamed:
+        table.add_row("  of which renamed duplicate ids", str(summary.renamed))
+    for name, n in sorted(summary.by_subset.items()):
+        table.add_row(f"  subset {name}", str(n))
+    for code, n in summary.by_code.most_common():
+        table.add_row(f"[red]{code}[/red]", str(n))
+    table.add_row("total", str(summary.total))
+    ctx.show(table)
+    ctx.say(
+        f"{summary.valid} valid, {summary.rejected} rejected: {ctx.out / 'valid.jsonl'}, {ctx.out / 'rejects.jsonl'}"
+    )
+    if ctx.settings.strict and summary.rejected:
+        raise StageFailed(f"{summary.rejected} records rejected (--strict); see {ctx.out / 'rejects.jsonl'}")

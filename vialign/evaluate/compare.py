@@ -90,3 +90,31 @@ def compare_results(
                 }
             )
     return rows
+
+
+def comparison_table(paths: list[Path], rows: list[dict[str, Any]]):
+    """`eval compare`'s table: each file's value with its interval, and deltas against the first."""
+    from rich.table import Table
+
+    view = Table(title="comparison (95% bootstrap intervals; deltas paired over shared samples)")
+    view.add_column("benchmark")
+    view.add_column("metric")
+    for k, path in enumerate(paths):
+        view.add_column(f"[{k}] {path.parent.name or path.name}", justify="right")
+        if k:
+            view.add_column(f"Δ [{k}]−[0]", justify="right")
+
+    def show(value, interval) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+    for row in rows:
+        cells = [show(row["values"][0], row["intervals"][0])]
+        for k in range(1, len(paths)):
+            cells += [
+                show(row["values"][k], row["intervals"][k]),
+                show(row["deltas"][k - 1], row["delta_intervals"][k - 1]),
+            ]
+        view.add_row(row["bench"], row["metric"], *cells)
+    return view

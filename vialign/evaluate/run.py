@@ -21,6 +21,7 @@ from vialign.generation.cache import ResponseCache
 from vialign.generation.runner import Row, RunnerSettings, run_resumable
 from vialign.manifest import fingerprint_bytes, fingerprint_file, stage_manifest
 from vialign.records import IMAGE_TAG, confined_image_path
+from vialign.stage import StageContext
 
 PARSERS = {
     "caption": "pycocoevalcap",
@@ -234,3 +235,21 @@ def judge_records(
         "prompt": judge_settings.prompt,
         "params": judge_settings.params.model_dump(),
     }
+
+
+def run_stage(ctx: StageContext) -> None:
+    from rich.table import Table
+
+    target, data, image_root = ctx.take("target"), ctx.path("data"), ctx.path("image_root", None)
+    results = run_eval(target, data, ctx.out, ctx.settings, image_root, ctx.show_progress)
+    view = Table(title=f"{target} on {data}")
+    for column in ("benchmark", "metric", "value"):
+        view.add_column(column, justify="right" if column == "value" else "left")
+    for name, entry in results["benchmarks"].items():
+        for metric, value in entry["metrics"].items():
+            if "/" not in metric:
+                view.add_row(name, metric, f"{value:.4f}")
+        for note in entry.get("notes", []):
+            ctx.say(f"note {name}: {note}")
+    ctx.show(view)
+    ctx.say(f"results → {ctx.out / 'results.json'}")

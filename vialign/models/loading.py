@@ -15,6 +15,7 @@ from vialign.manifest import Manifest, fingerprint_dir, stage_manifest
 from vialign.models.families import family_tokenizer
 from vialign.models.tiny import TinyModelSettings, build_tiny_llava
 from vialign.models.tokenizer import texts_of, train_tokenizer
+from vialign.stage import StageContext
 
 
 def load_llava(
@@ -85,3 +86,12 @@ def build_tiny_model(toyworld: str | Path | None, out: str | Path, settings: Tin
         manifest.counts = {"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
         manifest.outputs = {"model": model_fingerprint(out)}
     return manifest
+
+
+def run_stage(ctx: StageContext) -> None:
+    settings = ctx.settings
+    manifest = build_tiny_model(ctx.take("toyworld", None), ctx.out, settings)
+    c = manifest.counts
+    ctx.say(
+        f"tiny {settings.family} LLaVA in {ctx.out}: {c['parameters']:,} parameters, vocabulary {c['vocab']}"
+    )

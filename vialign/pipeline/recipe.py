@@ -60,7 +60,7 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _names_and_order(self) -> Recipe:
-        from vialign.pipeline.stages import STAGES
+        from vialign.stages import STAGES
 
         seen: set[str] = set()
         for stage in self.stages:
@@ -127,7 +127,7 @@ def outside_inputs(value: Any, run_root: Path) -> dict[str, str]:
 
 def prepared(stage: StageSpec, given: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """A stage's inputs and validated settings (defaults and presets applied), errors naming the stage."""
-    from vialign.pipeline.stages import STAGES
+    from vialign.stages import STAGES
 
     try:
         return STAGES[stage.uses].prepare(given)
@@ -157,7 +157,8 @@ def run_recipe(
 ) -> dict[str, Path]:
     """Run (or reuse) every stage in order; returns each stage's output folder. Also writes
     `OUT/run.json`, the map from stage names to folders."""
-    from vialign.pipeline.stages import STAGES, StageContext
+    from vialign.stage import StageContext
+    from vialign.stages import STAGES
 
     names = [s.name for s in recipe.stages]
     for name in (*force, *([from_stage] if from_stage else [])):
@@ -193,7 +194,9 @@ def run_recipe(
         log(f"[run] {stage.name} ({stage.uses})" + (" (resuming)" if folder.exists() else ""))
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        STAGES[stage.uses].run(StageContext(folder, inputs, validated, show_progress, log))
+        kind = STAGES[stage.uses]
+        say = lambda text: log("  " + text)  # noqa: E731
+        kind.run_function()(StageContext(kind.output_in(folder), inputs, validated, show_progress, say))
         fingerprint = output_fingerprint(folder)
         record.write_bytes(
             orjson.dumps(

@@ -23,6 +23,7 @@ from vialign.generation.base import ChatRequest, GenerationParams, JudgeModelSet
 from vialign.generation.cache import ResponseCache, ask_cached, cache_key
 from vialign.manifest import fingerprint_bytes
 from vialign.records import IMAGE_TAG, confined_image_path, image_list
+from vialign.stage import StageContext
 
 ASPECTS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 DEFAULT_PREFERENCE_PROMPT = (
@@ -219,3 +220,13 @@ def judge_file(
         identity=rater.identity,
     )
     return len(groups), sum(1 for g in read_jsonl(out) if g.get("ratings"))
+
+
+def run_stage(ctx: StageContext) -> None:
+    total, rated = judge_file(
+        ctx.path("data"), ctx.out, ctx.settings, ctx.take("image_root", None), ctx.show_progress
+    )
+    ctx.say(
+        f"rated {rated} of {total} groups; {total - rated} excluded "
+        f"(malformed or unreachable judge, recorded with the reason) → {ctx.out}"
+    )

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from vialign.config import Settings
 from vialign.records import image_list
+from vialign.stage import StageContext
 
 SCORED_ASPECTS = ("helpfulness", "correctness", "coherence")
 
@@ -106,3 +107,11 @@ def pairs_file(input: Path, out: Path, settings: PairSettings, trl_out: Path | N
         manifest.counts = counts
         manifest.outputs = {str(out): fingerprint_file(out)}
     return counts
+
+
+def run_stage(ctx: StageContext) -> None:
+    counts = pairs_file(ctx.path("data"), ctx.out, ctx.settings, ctx.path("trl_out", None))
+    ctx.say(
+        f"{counts['pairs']} pairs from {counts['groups']} groups ({counts['small_gap']} below the gap, "
+        f"{counts['unrated']} unrated) → {ctx.out}"
+    )

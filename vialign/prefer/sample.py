@@ -15,10 +15,12 @@ from vialign.config import Settings
 from vialign.generation.base import Backend, ChatRequest, GenerationParams, ModelSettings
 from vialign.generation.runner import Row, RunnerSettings
 from vialign.records import Sample, confined_image_path
+from vialign.stage import StageContext
 
 
 class SampleSettings(Settings):
     k: int = Field(4, ge=2, description="responses per prompt")
+    subsets: list[str] | None = Field(None, description="prompts only from these subsets (default all)")
     params: GenerationParams = Field(
         default_factory=lambda: GenerationParams(max_new_tokens=128, temperature=1.0, top_p=0.95)
     )
@@ -83,13 +85,17 @@ def sample_file(
 ):
     """K responses for every sample's first question into `out` (resumable)."""
     from vialign.generation.runner import run_resumable
-    from vialign.records import read_samples
+    from vialign.records import read_samples, require_meta_field
 
+    samples = list(read_samples(input))
+    if settings.subsets is not None:
+        require_meta_field(samples, "subset", str(input), "sample's subsets")
+        samples = [s for s in samples if s.meta.subset in settings.subsets]
     backend = settings.model.open(model)
     sampler = ResponseSampler(backend, settings, str(image_root) if image_root else None)
     identity = {**backend.identity(), "params": sampler.params.model_dump()}
     return run_resumable(
-        list(read_samples(input)),
+        samples,
         lambda s: s.id,
         sampler,
         out,
@@ -98,4 +104,15 @@ def sample_file(
         task="sample",
         show_progress=show_progress,
         identity=identity,
+    )
+
+
+def run_stage(ctx: StageContext) -> None:
+    s = ctx.settings
+    report = sample_file(
+        ctx.path("data"), ctx.take("target"), ctx.out, s, ctx.take("image_root", None), ctx.show_progress
+    )
+    ctx.say(
+        f"sampled {s.k} responses for {report.selected - len(report.failed)} prompts "
+        f"({report.reused} reused, {len(report.failed)} failed) → {ctx.out}"
     )

@@ -21,6 +21,7 @@ from pydantic import Field
 from vialign.config import Settings
 from vialign.evaluate.compare import compare_results
 from vialign.records import confined_image_path, read_jsonl
+from vialign.stage import StageContext
 
 DEFAULT_METRICS = [
     ["pope", "f1"],
@@ -358,3 +359,7 @@ def write_report(out: Path, settings: ReportSettings) -> Path:
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+def run_stage(ctx: StageContext) -> None:
+    ctx.say(f"report → {write_report(ctx.out, ctx.settings)}")

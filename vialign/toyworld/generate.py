@@ -30,6 +30,7 @@ from vialign.config import Settings
 from vialign.data.formats import classify_sample
 from vialign.manifest import Manifest, fingerprint_file, stage_manifest
 from vialign.records import IMAGE_TAG, JsonlWriter, Meta, Sample, Turn, write_jsonl
+from vialign.stage import StageContext
 from vialign.toyworld import evalsets
 from vialign.toyworld.annotations import annotation_groups
 from vialign.toyworld.instructions import ANSWER_CORRUPTIONS, CORRUPTIONS, SOFT_SUBSETS, SUBSET_MAKERS
@@ -370,3 +371,14 @@ def generate_toyworld(
             name: fingerprint_file(out / name) for name in ("corpus.jsonl", "text/corpus.jsonl")
         }
     return manifest
+
+
+def run_stage(ctx: StageContext) -> None:
+    from vialign.progress import progress_reporter
+
+    with progress_reporter(ctx.show_progress) as report:
+        manifest = generate_toyworld(ctx.out, ctx.settings, progress=report)
+    c = manifest.counts
+    ctx.say(
+        f"toy world in {ctx.out}: {c['samples']} samples, {c['images']} images, {manifest.duration_s:.1f} s"
+    )

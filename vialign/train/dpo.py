@@ -30,6 +30,7 @@ from vialign.models.encoding import ENCODER_VERSION, IGNORE_INDEX, ChatEncoder, 
 from vialign.models.loading import load_llava, model_fingerprint
 from vialign.models.precision import ComputeDtype, autocast
 from vialign.records import JsonlWriter, Sample, confined_image_path, read_samples
+from vialign.stage import StageContext
 from vialign.train.core import VialignTrainer, prepare_for_training, run_trainer, save_run, training_encoder
 from vialign.train.data import SFTCollator
 from vialign.train.settings import ChatTrainerSettings
@@ -379,3 +380,23 @@ def train_dpo(
             "train_seconds": round(result.seconds, 2),
         }
     return manifest
+
+
+def run_stage(ctx: StageContext) -> None:
+    manifest = train_dpo(
+        ctx.take("model"),
+        ctx.take("data"),
+        ctx.out,
+        ctx.settings,
+        ctx.take("image_root", None),
+        ctx.take("resume", None),
+        ctx.show_progress,
+    )
+    if manifest is None:
+        return
+    c = manifest.counts
+    ctx.say(
+        f"DPO: {c['pairs']} pairs ({c['quarantined']} quarantined), reference log-probs "
+        f"{c['reference_reused']} reused / {c['reference_computed']} computed; {c['steps']} steps, "
+        f"loss {c['train_loss']:.4f} → {ctx.out}"
+    )

@@ -6,25 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import Field
 from transformers import LlamaForCausalLM
 
-from vialign.config import Settings
 from vialign.manifest import Manifest, fingerprint_file, stage_manifest
 from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_all
 from vialign.models.tiny import TinyModelSettings, text_config
 from vialign.models.tokenizer import texts_of, train_tokenizer
 from vialign.records import read_samples
+from vialign.stage import StageContext
 from vialign.train.core import run_trainer, write_quarantine
 from vialign.train.data import SFTCollator, SFTDataset
 from vialign.train.settings import LMTrainSettings
-
-
-class LMStageSettings(Settings):
-    """The recipe stage's settings: the tiny inner LLM's shape and its training."""
-
-    model: TinyModelSettings = Field(default_factory=TinyModelSettings)
-    train: LMTrainSettings = Field(default_factory=LMTrainSettings)
 
 
 def train_lm(
@@ -71,3 +63,9 @@ def train_lm(
             "tokens_per_s": round(result.tokens_per_s, 1),
         }
     return manifest
+
+
+def run_stage(ctx: StageContext) -> None:
+    manifest = train_lm(ctx.take("toyworld"), ctx.out, ctx.settings.model, ctx.settings)
+    c = manifest.counts
+    ctx.say(f"inner LLM in {ctx.out}: {c['steps']} steps, loss {c['train_loss']:.4f}")

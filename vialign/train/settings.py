@@ -13,6 +13,7 @@ from vialign.config import Settings
 from vialign.data.templates import DEFAULT_TEMPLATE_MIN_FRAC
 from vialign.models.encoding import CHAT_FORMATS, LabelMode
 from vialign.models.precision import ComputeDtype, Dtype, resolve_dtype
+from vialign.models.tiny import TinyModelSettings
 
 # What each stage trains (vision tower, projector, language model) and how it renders turns.
 STAGE_PRESETS: dict[str, dict] = {
@@ -273,3 +274,4 @@ class LMTrainSettings(TrainerSettings):
 
     mode: LabelMode = Field("response", description="response: the answers of its text corpus only")
     max_length: int = Field(2048, ge=8)
+    model: TinyModelSettings = Field(default_factory=TinyModelSettings, description="the inner LLM's shape")

@@ -11,8 +11,10 @@ from accelerate import PartialState
 from vialign.data.templates import detected_templates, read_template_file
 from vialign.manifest import Manifest, fingerprint_file, fingerprint_settings, stage_manifest
 from vialign.models.encoded_cache import encode_dataset
+from vialign.models.encoding import ChatEncoder
 from vialign.models.loading import load_llava
 from vialign.records import read_samples
+from vialign.stage import StageContext
 from vialign.train.core import prepare_for_training, run_trainer, save_run, training_encoder, write_quarantine
 from vialign.train.data import PackedSFTCollator, SFTCollator, SFTDataset
 from vialign.train.settings import SFTSettings
@@ -37,6 +39,20 @@ def training_templates(settings: SFTSettings, mode: str, data: str | Path) -> di
     if settings.templates is not None:
         return {**read_template_file(settings.templates), "detected": False}
     return detected_templates(read_samples(data), settings.template_min_frac)
+
+
+def preview_encoder(
+    model: str, data: Path, mode: str, templates: str | None, chat_format: str, max_length: int | None
+) -> tuple[Any, ChatEncoder, dict[str, Any] | None]:
+    """(processor, encoder, template list) that `preview-labels` shows: training's templates and length."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model)
+    training = SFTSettings(
+        templates=templates, chat_format=chat_format, **({"max_length": max_length} if max_length else {})
+    )
+    template_list = training_templates(training, mode, data)
+    return processor, training_encoder(processor, training, mode, template_list), template_list
 
 
 def train_sft(
@@ -98,3 +114,21 @@ def train_sft(
             "world_size": result.world_size,
         }
     return manifest
+
+
+def run_stage(ctx: StageContext) -> None:
+    manifest = train_sft(
+        ctx.take("model"),
+        ctx.take("data"),
+        ctx.out,
+        ctx.settings,
+        ctx.take("image_root", None),
+        ctx.take("resume", None),
+    )
+    if manifest is None:  # not the main process of a distributed run
+        return
+    c = manifest.counts
+    ctx.say(
+        f"trained {c['steps']} steps, loss {c['train_loss']:.4f}, {c['tokens_per_s']:.0f} tokens/s; "
+        f"{c['encoded']} samples, {c['truncated']} truncated, {c['quarantined']} quarantined → {ctx.out}"
+    )
