@@ -304,6 +304,7 @@ def train_reward_model(
                 f"no usable {kind} group in {[str(a) for a in annotations]}; see {out / 'rejects.jsonl'}"
             )
         llava, trainable = prepare_for_training(llava, settings.train)
+        torch.manual_seed(settings.train.seed)  # the fresh head: the same run gives the same model
         model = RewardModel(llava)
         collator = RewardCollator(processor.tokenizer.pad_token_id, inputs)
         result = run_trainer(
