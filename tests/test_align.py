@@ -6,8 +6,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vialign.align.gap import answer_nll, text_only
+from vialign.align.gap import answer_nll
 from vialign.cli import app
+from vialign.generation.likelihood import text_only
 from vialign.models.encoding import ChatEncoder, EncoderSettings, Kind
 from vialign.models.loading import load_llava
 from vialign.records import Sample, read_samples, write_jsonl

@@ -146,33 +146,45 @@ def counting(monkeypatch):
 def test_cache_returns_what_encode_all_returns_and_is_reused(tmp_path, data, monkeypatch):
     encoder = llama_encoder()
     expected, expected_report = encode_all(encoder, read_samples(data))
-    items, report = cache.encode_dataset(encoder, data, tmp_path / "cache")
+    items, report = cache.encode_dataset(encoder, data, tmp_path / "cache", workers=1)
     assert_items_equal(items, expected)
     assert report == expected_report and report.quarantined and report.truncated
     monkeypatch.setattr(ChatEncoder, "encode_arrays", lambda *a: pytest.fail("a cache hit must not encode"))
-    again, report_again = cache.encode_dataset(llama_encoder(), data, tmp_path / "cache")
+    again, report_again = cache.encode_dataset(llama_encoder(), data, tmp_path / "cache", workers=1)
     assert_items_equal(again, expected)
     assert report_again == expected_report
     assert isinstance(again[0][1].input_ids, np.memmap)
 
 
 def test_changed_settings_tokenizer_or_data_miss(tmp_path, data, monkeypatch):
-    cache.encode_dataset(llama_encoder(), data, tmp_path / "cache")
+    cache.encode_dataset(llama_encoder(), data, tmp_path / "cache", workers=1)
     calls = counting(monkeypatch)
-    cache.encode_dataset(llama_encoder(), data, tmp_path / "cache")
+    cache.encode_dataset(llama_encoder(), data, tmp_path / "cache", workers=1)
     assert calls == []
-    cache.encode_dataset(llama_encoder(mode="response"), data, tmp_path / "cache")
+    cache.encode_dataset(llama_encoder(mode="response"), data, tmp_path / "cache", workers=1)
     assert len(calls) == 1
     tokenizer = copy.deepcopy(llava15_tokenizer())
     tokenizer.chat_template = "{{ messages[0]['content'] }}"
     cache.encode_dataset(
-        ChatEncoder(tokenizer, EncoderSettings(image_tokens=7, max_length=160)), data, tmp_path / "cache"
+        ChatEncoder(tokenizer, EncoderSettings(image_tokens=7, max_length=160)),
+        data,
+        tmp_path / "cache",
+        workers=1,
     )
     assert len(calls) == 2
     data.write_text(data.read_text().replace("Kite", "Kites"))
-    items, _ = cache.encode_dataset(llama_encoder(), data, tmp_path / "cache")
+    items, _ = cache.encode_dataset(llama_encoder(), data, tmp_path / "cache", workers=1)
     assert len(calls) == 3 and [s.conversations[3].value for s, _ in items[1:2]] == ["2"]
     assert len(list((tmp_path / "cache").iterdir())) == 4
+
+
+def test_worker_processes_build_the_same_cache(tmp_path, data, monkeypatch):
+    monkeypatch.setattr(cache, "PART_SIZE", 3)
+    expected, expected_report = encode_all(llama_encoder(), read_samples(data))
+    items, report = cache.encode_dataset(llama_encoder(), data, tmp_path / "cache", workers=2)
+    assert -(-len(SAMPLES) // 3) > 2, "several parts, so the workers have parts to encode"
+    assert_items_equal(items, expected)
+    assert report == expected_report
 
 
 def test_an_interrupted_build_is_never_read_and_resumes_at_its_missing_parts(tmp_path, data, monkeypatch):
@@ -188,10 +200,10 @@ def test_an_interrupted_build_is_never_read_and_resumes_at_its_missing_parts(tmp
 
     monkeypatch.setattr(ChatEncoder, "encode_arrays", failing_third)
     with pytest.raises(KeyboardInterrupt):
-        cache.encode_dataset(llama_encoder(), data, tmp_path / "cache")
+        cache.encode_dataset(llama_encoder(), data, tmp_path / "cache", workers=1)
     (folder,) = (tmp_path / "cache").iterdir()
     assert folder.name.endswith(".partial") and not (folder / "report.json").exists()
-    items, report = cache.encode_dataset(llama_encoder(), data, tmp_path / "cache")
+    items, report = cache.encode_dataset(llama_encoder(), data, tmp_path / "cache", workers=1)
     n_parts = -(-len(SAMPLES) // 8)
     assert len(calls) == 2 + 1 + (n_parts - 2), "the two finished parts are not encoded again"
     expected, expected_report = encode_all(llama_encoder(), read_samples(data))

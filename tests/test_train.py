@@ -518,6 +518,41 @@ def test_packed_batch_has_the_loss_and_gradients_of_the_padded_batch(tiny_model_
         assert torch.allclose(grads_a[k], grads_b[k], atol=1e-5, rtol=1e-4), k
 
 
+@pytest.fixture(scope="module")
+def smollm2_tiny_dir(toyworld, tmp_path_factory):
+    from vialign.models.loading import build_tiny_model
+    from vialign.models.tiny import TinyModelSettings
+
+    out = tmp_path_factory.mktemp("smollm2-tiny")
+    build_tiny_model(None, out, TinyModelSettings(family="smollm2"))
+    return out
+
+
+@pytest.mark.parametrize("family", ["toy", "smollm2"])
+def test_loss_on_trained_positions_equals_the_full_vocabulary_loss(
+    family, tiny_model_dir, smollm2_tiny_dir, data, toyworld
+):
+    from vialign.train.core import labelled_token_loss, trained_positions
+
+    model_dir = tiny_model_dir if family == "toy" else smollm2_tiny_dir
+    model, _, padded, packed = packed_and_padded(model_dir, data, toyworld)
+    for batch in (padded, packed):
+        full_loss, _, full_grads = loss_and_grads(model, batch)
+        keep = trained_positions(batch["labels"])
+        assert 0 < len(keep) < batch["labels"].shape[1] - 1, "some positions need no logits"
+        model.zero_grad()
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        outputs = model(**inputs, logits_to_keep=keep)
+        assert outputs.logits.shape[1] == len(keep)
+        loss = labelled_token_loss(outputs, batch["labels"])
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        assert loss.item() == pytest.approx(full_loss, abs=1e-5)
+        assert grads.keys() == full_grads.keys()
+        for k in grads:
+            assert torch.allclose(grads[k], full_grads[k], atol=1e-6, rtol=1e-4), k
+
+
 def test_packed_samples_never_see_or_predict_each_other(tiny_model_dir, data, toyworld):
     from vialign.train.data import pack_rows
 
@@ -559,6 +594,11 @@ def test_pack_rows_balances_rows_under_the_capacity_and_keeps_long_samples_alone
     loads = sorted(sum(lengths[i] for i in r) for r in rows if r != [5])
     assert loads == [7, 7, 9], "three rows (23 tokens, capacity 10), as even as the lengths allow"
     assert pack_rows([6, 6, 6], capacity=10) == [[0], [1], [2]], "two per row would overflow"
+    # longest-first alone leaves 7 | 5 here; a swap between the rows evens them to 6 | 6
+    assert sorted(sum([3, 3, 2, 2, 2][i] for i in row) for row in pack_rows([3, 3, 2, 2, 2], capacity=7)) == [
+        6,
+        6,
+    ]
 
 
 def trainer_settings_classes():

@@ -324,18 +324,23 @@ def _parses(raw: bytes) -> bool:
 
 def read_samples(path: str | Path) -> Iterator[Sample]:
     """Read already-valid samples (the output of `vialign data validate`); fail loudly on the first bad one."""
+    for raw in iter_raw_records(path):
+        yield valid_sample(raw, str(path))
+
+
+def valid_sample(raw: RawRecord, source: str) -> Sample:
+    """The sample of a record read from `source`, or a RecordError naming where it is and what is wrong."""
     from pydantic import ValidationError
 
-    for raw in iter_raw_records(path):
-        if raw.error:
-            raise RecordError(str(path), raw.where, raw.error_field or "line", raw.error)
-        record_id = raw.data.get("id") if isinstance(raw.data, dict) else None
-        try:
-            yield Sample.model_validate(raw.data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "(record)"
-            raise RecordError(str(path), raw.where, field, first["msg"], record_id) from exc
+    if raw.error:
+        raise RecordError(source, raw.where, raw.error_field or "line", raw.error)
+    record_id = raw.data.get("id") if isinstance(raw.data, dict) else None
+    try:
+        return Sample.model_validate(raw.data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(record)"
+        raise RecordError(source, raw.where, field, first["msg"], record_id) from exc
 
 
 class JsonlWriter:

@@ -9,14 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import Field
 
 from vialign.choices import ChatFormatName
 from vialign.config import Settings
+from vialign.generation.likelihood import answer_nll_rows
 from vialign.generation.local import TransformersBackend
-from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncoderSettings, EncodingError, Kind
-from vialign.records import IMAGE_TAG, Sample, Turn
+from vialign.records import Sample
 from vialign.stage import StageContext
 
 
@@ -60,15 +59,6 @@ def rewritten_ids(path: Path) -> set[str]:
     }
 
 
-def text_only(sample: Sample) -> Sample:
-    turns = [
-        Turn(role=t.role, value=" ".join(t.value.replace(IMAGE_TAG, " ").split()))
-        for t in sample.conversations
-    ]
-    return Sample(id=sample.id, conversations=turns)
-
-
-@torch.no_grad()
 def answer_nll(
     llm: str | Path | TransformersBackend,
     samples: Iterable[Sample],
@@ -81,45 +71,7 @@ def answer_nll(
         if isinstance(llm, TransformersBackend)
         else TransformersBackend.load(llm, chat_format=chat_format)
     )
-    model, tokenizer = backend.model, backend.tokenizer
-    encoder = ChatEncoder(
-        tokenizer, EncoderSettings(chat_format=chat_format, mode="response", image_tokens=0)
-    )
-    encoded = []
-    for sample in samples:
-        try:
-            e = encoder.encode(text_only(sample))
-        except EncodingError:
-            continue
-        answer_only = [
-            t if k == Kind.ASSISTANT else IGNORE_INDEX for t, k in zip(e.input_ids, e.kinds, strict=True)
-        ]
-        encoded.append((sample.id, e.input_ids, answer_only))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        width = max(len(ids) for _, ids, _ in chunk)
-        input_ids = torch.tensor(
-            [ids + [pad] * (width - len(ids)) for _, ids, _ in chunk], device=model.device
-        )
-        labels = torch.tensor(
-            [lab + [IGNORE_INDEX] * (width - len(lab)) for _, _, lab in chunk], device=model.device
-        )
-        mask = (
-            torch.arange(width, device=model.device)[None, :]
-            < torch.tensor([len(i) for _, i, _ in chunk], device=model.device)[:, None]
-        ).long()
-        with backend.autocast():
-            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-        target = labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
-        valid = target != IGNORE_INDEX
-        for k, (sample_id, _, _) in enumerate(chunk):
-            n = int(valid[k].sum())
-            if n:
-                rows.append({"id": sample_id, "nll": float(nll[k][valid[k]].mean()), "tokens": n})
-    return GapReport(rows)
+    return GapReport(answer_nll_rows(backend, samples, chat_format=chat_format, batch_size=batch_size))
 
 
 def gap_files(

@@ -210,6 +210,8 @@ class RewardCollator:
 
 
 class RewardTrainer(VialignTrainer):
+    labelled_logits = False
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         # Our loss is a mean per micro-batch; the Trainer must scale it for gradient accumulation.

@@ -295,6 +295,72 @@ class Judge:
         return {"mean_rating": mean(rated) if rated else float("nan"), "rated": len(rated) / len(records)}
 
 
+class IFEval:
+    """Verifiable instructions in IFEval's format (`ifeval/prompts.jsonl`, or Google's `input_data.jsonl`)."""
+
+    name = "ifeval"
+    default_prompt = "{question}"
+    max_new_tokens = 256
+
+    def files(self, data: Path) -> list[Path]:
+        from vialign.evaluate.ifeval import IFEVAL_FILES
+
+        found = [data / "ifeval" / f for f in IFEVAL_FILES if (data / "ifeval" / f).is_file()]
+        return found[:1] or [data / "ifeval" / IFEVAL_FILES[0]]
+
+    def items(self, data: Path, prompt: str) -> list[EvalItem]:
+        return [
+            EvalItem(str(r["key"]), prompt.format(question=r["prompt"]), [], {"record": r})
+            for r in read_jsonl(self.files(data)[0])
+        ]
+
+    def score(
+        self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
+    ) -> tuple[list[dict], dict]:
+        from vialign.evaluate.ifeval import check_response
+
+        return [
+            {
+                "id": i.id,
+                "prediction": predictions[i.id],
+                **check_response(i.truth["record"], predictions[i.id]),
+            }
+            for i in items
+        ], {}
+
+    def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
+        from vialign.evaluate.ifeval import ifeval_metrics
+
+        return ifeval_metrics(records)
+
+
+class Drift:
+    """`drift/answers.jsonl` (`{question_id, text, answer}`, e.g. the base LLM's own answers): the mean
+    per-token NLL the evaluated model gives them, text only. Nothing is generated; a rise from the base
+    model's own value measures how far tuning moved the model from its manner."""
+
+    name = "drift"
+    default_prompt = "{question}"
+    max_new_tokens = 1
+    generates = False
+
+    def files(self, data: Path) -> list[Path]:
+        return [data / "drift" / "answers.jsonl"]
+
+    def items(self, data: Path, prompt: str) -> list[EvalItem]:
+        return [
+            EvalItem(str(r["question_id"]), prompt.format(question=r["text"]), [], {"answer": r["answer"]})
+            for r in read_jsonl(self.files(data)[0])
+        ]
+
+    def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
+        scored = [r for r in records if r.get("nll") is not None]
+        return {
+            "mean_nll": mean(r["nll"] for r in scored) if scored else float("nan"),
+            "scored": len(scored) / len(records),
+        }
+
+
 BENCHES: dict[str, Any] = {
-    b.name: b for b in (Pope(), Caption(), Vqa(), MultipleChoice(), TextTasks(), Judge())
+    b.name: b for b in (Pope(), Caption(), Vqa(), MultipleChoice(), TextTasks(), Judge(), IFEval(), Drift())
 }

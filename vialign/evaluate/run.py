@@ -29,12 +29,15 @@ PARSERS = {
     "mc": "option_letter",
     "text": "exact_and_normalised",
     "judge": "rating_in_double_brackets",
+    "ifeval": "if_verifiable_ifeval_checkers",
+    "drift": "teacher_forced_nll",
 }
 PACKAGES = ("vialign", "torch", "transformers", "tokenizers", "pycocoevalcap", "openai")
 
 
 class BenchSettings(Settings):
     prompt: str | None = Field(None, description="template; {question} (and {options} for mc)")
+    data: Path | None = Field(None, description="this benchmark's data folder instead of --data")
     max_new_tokens: int | None = Field(None, ge=1)
     limit: int | None = Field(None, ge=1, description="first N items only")
 
@@ -144,7 +147,10 @@ def evaluate_benches(
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     image_root = image_root or data
-    missing = [str(f) for name in settings.benches for f in BENCHES[name].files(data) if not f.is_file()]
+    folder = {name: settings.of(name).data or data for name in settings.benches}
+    missing = [
+        str(f) for name in settings.benches for f in BENCHES[name].files(folder[name]) if not f.is_file()
+    ]
     if missing:
         raise FileNotFoundError(f"benchmark files not found: {', '.join(missing)}")
     if "judge" in settings.benches and not settings.judge.target:
@@ -161,19 +167,23 @@ def evaluate_benches(
     for name in settings.benches:
         bench, overrides = BENCHES[name], settings.of(name)
         prompt = overrides.prompt or bench.default_prompt
-        items = bench.items(data, prompt)[: overrides.limit or settings.limit]
+        items = bench.items(folder[name], prompt)[: overrides.limit or settings.limit]
         params = GenerationParams(max_new_tokens=overrides.max_new_tokens or bench.max_new_tokens)
         gen_identity = {"model": identity, "prompt": prompt, "generation": params.model_dump()}
-        predictions = generate_predictions(
-            backend,
-            items,
-            params,
-            out / "predictions" / f"{name}.jsonl",
-            settings.runner,
-            image_root,
-            gen_identity,
-            show_progress,
-            name,
+        predictions = (
+            generate_predictions(
+                backend,
+                items,
+                params,
+                out / "predictions" / f"{name}.jsonl",
+                settings.runner,
+                image_root,
+                gen_identity,
+                show_progress,
+                name,
+            )
+            if getattr(bench, "generates", True)
+            else {i.id: {"id": i.id, "prediction": "", "error": None} for i in items}
         )
         texts = {i: p["prediction"] for i, p in predictions.items()}
         entry: dict[str, Any] = {
@@ -182,13 +192,15 @@ def evaluate_benches(
             "parser": settings.pope_parser if name == "pope" else PARSERS[name],
             "generation": params.model_dump(),
             "chat_format": settings.model.chat_format,
-            "data": {str(f): fingerprint_file(f) for f in bench.files(data)},
+            "data": {str(f): fingerprint_file(f) for f in bench.files(folder[name])},
             "n": len(items),
             "generation_errors": sum(p["error"] is not None for p in predictions.values()),
         }
         if name == "judge":
             records, extra = judge_records(bench, items, texts, settings, out, image_root, run_info)
             entry["judge"] = extra
+        elif name == "drift":
+            records, extra = drift_records(backend, items, settings), {}
         else:
             records, extra = bench.score(items, texts, settings)
             entry.update({k: v for k, v in extra.items() if k != "metrics"})
@@ -202,6 +214,31 @@ def evaluate_benches(
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     return results
+
+
+def drift_records(backend: Backend, items: list[EvalItem], settings: EvalSettings) -> list[dict]:
+    from vialign.generation.likelihood import answer_nll_rows
+    from vialign.records import Sample
+
+    if not hasattr(backend, "model"):
+        raise ValueError("the drift benchmark scores likelihoods: it needs a local checkpoint (transformers)")
+    samples = [
+        Sample.model_validate(
+            {
+                "id": i.id,
+                "conversations": [
+                    {"from": "human", "value": i.text},
+                    {"from": "gpt", "value": i.truth["answer"]},
+                ],
+            }
+        )
+        for i in items
+    ]
+    rows = {r["id"]: r for r in answer_nll_rows(backend, samples, chat_format=settings.model.chat_format)}
+    return [
+        {"id": i.id, "nll": rows.get(i.id, {}).get("nll"), "tokens": rows.get(i.id, {}).get("tokens")}
+        for i in items
+    ]
 
 
 def judge_records(

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,7 +35,7 @@ from vialign.models.encoding import (
     batched,
 )
 from vialign.models.families import cache_dir
-from vialign.records import Sample, read_samples
+from vialign.records import RawRecord, Sample, iter_raw_records, read_samples, valid_sample
 
 CACHE_LAYOUT = "encoded-cache-1"
 PART_SIZE = 4096
@@ -128,13 +131,14 @@ class CachedEncoded:
 
 
 def encode_dataset(
-    encoder: ChatEncoder, data: str | Path, cache_root: str | Path | None = None
+    encoder: ChatEncoder, data: str | Path, cache_root: str | Path | None = None, workers: int | None = None
 ) -> tuple[list[tuple[Sample, CachedEncoded]], EncodeReport]:
     """`encode_all(encoder, read_samples(data))`, served from the encoded-data cache (built first
-    when missing): the same samples in the same order with the same ids, labels and report."""
+    when missing, by `workers` processes): the same samples in the same order with the same ids,
+    labels and report."""
     folder = Path(cache_root or encoded_cache_root()) / cache_key(encoder, data)
     if not (folder / "report.json").is_file():
-        build_cache(encoder, data, folder)
+        build_cache(encoder, data, folder, workers)
     store = EncodedStore(folder)
     wanted = iter(store.index.tolist())
     items, next_index = [], next(wanted, -1)
@@ -146,7 +150,7 @@ def encode_dataset(
     return items, EncodeReport(len(items), truncated, dict(store.quarantined))
 
 
-def build_cache(encoder: ChatEncoder, data: str | Path, folder: Path) -> None:
+def build_cache(encoder: ChatEncoder, data: str | Path, folder: Path, workers: int | None = None) -> None:
     """Encode `data` part by part into `<key>.partial`, merge the parts into a folder of this process
     and publish it by one rename. Several processes (training ranks) may build the same key at once:
     parts are published by renames of identical content, and the first finished folder wins."""
@@ -154,7 +158,7 @@ def build_cache(encoder: ChatEncoder, data: str | Path, folder: Path) -> None:
     merged = folder.with_name(f"{folder.name}.merge-{os.getpid()}")
     partial.mkdir(parents=True, exist_ok=True)
     try:
-        n_parts = encode_parts(encoder, data, partial)
+        n_parts = encode_parts(encoder, data, partial, workers)
         merged.mkdir()
         merge_parts(partial, merged, n_parts)
         os.replace(merged, folder)
@@ -166,14 +170,73 @@ def build_cache(encoder: ChatEncoder, data: str | Path, folder: Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
 
 
-def encode_parts(encoder: ChatEncoder, data: str | Path, partial: Path) -> int:
-    """Each missing part of `PART_SIZE` samples encoded and written; returns how many parts there are."""
-    n_parts = 0
-    for k, chunk in enumerate(batched(read_samples(data), PART_SIZE)):
-        if not (partial / f"part-{k:06d}.npz").is_file():
-            write_part(partial, k, k * PART_SIZE, chunk, encoder.encode_arrays(chunk))
-        n_parts = k + 1
+def default_workers() -> int:
+    return max(
+        1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    )
+
+
+def encode_parts(encoder: ChatEncoder, data: str | Path, partial: Path, workers: int | None = None) -> int:
+    """Each missing part of `PART_SIZE` samples encoded and written; returns how many parts there are.
+    With several workers, parts after the first go to forked processes (rendering and role assignment
+    are Python, so one process tops out near one core), at most two parts per worker in flight; a
+    worker gets the records as decoded JSON, which pickles far faster than validated samples."""
+    workers = default_workers() if workers is None else workers
+    pool, pending, n_parts, first = None, deque(), 0, None
+    try:
+        for k, chunk in enumerate(batched(iter_raw_records(data), PART_SIZE)):
+            n_parts = k + 1
+            if (partial / f"part-{k:06d}.npz").is_file():
+                continue
+            if workers <= 1:
+                encode_part(encoder, partial, k, str(data), chunk)
+                continue
+            if first is None and pool is None:  # data of one part is encoded here, without a pool
+                first = (k, chunk)
+                continue
+            pool = pool or worker_pool(encoder, workers)
+            if first is not None:
+                pending.append(pool.submit(encode_part_in_worker, partial, first[0], str(data), first[1]))
+                first = None
+            pending.append(pool.submit(encode_part_in_worker, partial, k, str(data), chunk))
+            while len(pending) > 2 * workers:
+                pending.popleft().result()
+        if first is not None:
+            encode_part(encoder, partial, first[0], str(data), first[1])
+        for future in pending:
+            future.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return n_parts
+
+
+def encode_part(encoder: ChatEncoder, partial: Path, k: int, source: str, chunk: list[RawRecord]) -> None:
+    samples = [valid_sample(raw, source) for raw in chunk]
+    write_part(partial, k, k * PART_SIZE, samples, encoder.encode_arrays(samples))
+
+
+_WORKER_ENCODER: ChatEncoder | None = None
+
+
+def worker_pool(encoder: ChatEncoder, workers: int) -> ProcessPoolExecutor:
+    # fork: a worker starts in milliseconds with the encoder in place, where spawn would import
+    # transformers again; the tokenizers library turns its own threads off in a forked child.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return ProcessPoolExecutor(
+        workers, mp_context=context, initializer=set_worker_encoder, initargs=(encoder,)
+    )
+
+
+def set_worker_encoder(encoder: ChatEncoder) -> None:
+    global _WORKER_ENCODER
+    _WORKER_ENCODER = encoder
+
+
+def encode_part_in_worker(partial: Path, k: int, source: str, chunk: list[RawRecord]) -> None:
+    assert _WORKER_ENCODER is not None
+    encode_part(_WORKER_ENCODER, partial, k, source, chunk)
 
 
 def write_part(

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from vialign.config import Settings
 from vialign.data.formats import classify_sample
+from vialign.evaluate.ifeval import ifeval_prompts
 from vialign.manifest import Manifest, fingerprint_file, stage_manifest
 from vialign.records import IMAGE_TAG, JsonlWriter, Meta, Sample, Turn, write_jsonl
 from vialign.stage import StageContext
@@ -64,6 +65,7 @@ class ToyWorldSettings(Settings):
     annotation_images: int = Field(300, ge=0)
     eval_scenes: int = Field(200, ge=1)
     eval_text_per_task: int = Field(50, ge=1)
+    eval_ifeval: int = Field(120, ge=1, description="verifiable-instruction prompts (IFEval's format)")
     workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
 
     @model_validator(mode="after")
@@ -285,6 +287,9 @@ def write_eval_sets(out: Path, settings: ToyWorldSettings) -> dict[str, int]:
     )
     counts["judge"] = write_jsonl(
         evalsets.judge_rows(scenes, settings.seed), out / "eval" / "judge" / "questions.jsonl"
+    )
+    counts["ifeval"] = write_jsonl(
+        ifeval_prompts(settings.eval_ifeval, settings.seed), out / "eval" / "ifeval" / "prompts.jsonl"
     )
     return counts
 

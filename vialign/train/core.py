@@ -16,7 +16,7 @@ from accelerate import PartialState
 from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
-from vialign.models.encoding import ChatEncoder, EncodeReport, EncoderSettings
+from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncodeReport, EncoderSettings
 from vialign.models.loading import processor_image_tokens, save_llava
 from vialign.records import JsonlWriter
 from vialign.train.checkpoints import SealCheckpoint, resume_target, whole_run_loss
@@ -72,8 +72,31 @@ def is_projector(name: str) -> bool:
     return "multi_modal_projector" in name
 
 
+def trained_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions of a batch whose next token is trained in some row: the only logits the loss needs."""
+    return torch.nonzero((labels[:, 1:] != IGNORE_INDEX).any(dim=0)).squeeze(1)
+
+
+def labelled_token_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+    """transformers' causal-LM loss (float32 cross-entropy summed over trained tokens, divided by the
+    trained tokens of the whole accumulated batch) on the logits of `trained_positions` alone, which the
+    model computed instead of full-vocabulary logits at every position (image tokens, system prompt, and
+    with VIT the whole instruction never need them)."""
+    logits = outputs.logits.float()
+    targets = labels[:, 1:][:, trained_positions(labels)].to(logits.device)
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
+    return loss / (count.to(loss.device) if torch.is_tensor(count) else count)
+
+
 class VialignTrainer(Trainer):
-    """Trainer with length-grouped batches in shuffled order and a projector parameter group."""
+    """Trainer with length-grouped batches in shuffled order, a projector parameter group, and the
+    language-model loss computed on trained positions only (subclasses with a loss of their own set
+    `labelled_logits = False`)."""
+
+    labelled_logits = True
 
     def __init__(
         self,
@@ -83,12 +106,19 @@ class VialignTrainer(Trainer):
         group_batches: int = 50,
         **kwargs: Any,
     ):
+        if self.labelled_logits:
+            kwargs.setdefault("compute_loss_func", labelled_token_loss)
         super().__init__(*args, **kwargs)
         self.projector_lr, self.group_by_length, self.group_batches = (
             projector_lr,
             group_by_length,
             group_batches,
         )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.compute_loss_func is labelled_token_loss and "labels" in inputs:
+            inputs = {**inputs, "logits_to_keep": trained_positions(inputs["labels"])}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset

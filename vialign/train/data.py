@@ -111,8 +111,9 @@ class PackedSFTCollator(SFTCollator):
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     """Indices grouped into as few rows of at most `capacity` tokens as balancing allows, rows as even as
-    possible (longest first, each to the emptiest row), so the padding to the widest row stays small.
-    A sample longer than `capacity` gets a row of its own."""
+    possible (longest first, each to the emptiest row, then swaps between the fullest and the emptiest
+    row while they even the two out), so the padding to the widest row stays small. A sample longer
+    than `capacity` gets a row of its own."""
     alone = [[i] for i in range(len(lengths)) if lengths[i] > capacity]
     rest = sorted((i for i in range(len(lengths)) if lengths[i] <= capacity), key=lambda i: -lengths[i])
     count = -(-sum(lengths[i] for i in rest) // capacity) if rest else 0
@@ -123,10 +124,33 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
             k = min(range(count), key=load.__getitem__)
             rows[k].append(i)
             load[k] += lengths[i]
+        even_out(rows, load, lengths)
         if max(load) <= capacity:
             return alone + rows
         count += 1
     return alone
+
+
+def even_out(rows: list[list[int]], load: list[int], lengths: list[int]) -> None:
+    """Swap (or move) samples between the fullest and the emptiest row while that narrows the gap."""
+    for _ in range(4 * sum(len(r) for r in rows)):
+        full, empty = max(range(len(rows)), key=load.__getitem__), min(range(len(rows)), key=load.__getitem__)
+        gap = load[full] - load[empty]
+        best, swap = 0, None
+        for a in rows[full]:
+            for b in [*rows[empty], None]:
+                shift = lengths[a] - (lengths[b] if b is not None else 0)
+                if 0 < shift < gap and min(shift, gap - shift) > best:
+                    best, swap = min(shift, gap - shift), (a, b, shift)
+        if swap is None:
+            return
+        a, b, shift = swap
+        rows[full].remove(a)
+        rows[empty].append(a)
+        if b is not None:
+            rows[empty].remove(b)
+            rows[full].append(b)
+        load[full], load[empty] = load[full] - shift, load[empty] + shift
 
 
 def padding_share(lengths: list[int], batches: list[list[int]]) -> float:

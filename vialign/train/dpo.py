@@ -264,6 +264,8 @@ def reference_logps(
 class PreferenceTrainer(VialignTrainer):
     """DPO over cached reference log-probs: one policy forward per step, no reference model in memory."""
 
+    labelled_logits = False
+
     def __init__(self, *args: Any, dpo: DPOSettings, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.dpo = dpo

@@ -237,6 +237,9 @@ class SFTSettings(ChatTrainerSettings):
         description="pack each batch's samples into rows (no padding; attention and "
         "labels never cross a sample); loss equals the padded batch's",
     )
+    encode_workers: int | None = Field(
+        None, ge=1, description="processes building the encoded-data cache; default one per core, at most 8"
+    )
     pack_tokens: int | None = Field(
         None,
         ge=8,

@@ -71,7 +71,7 @@ def train_sft(
         model, processor = load_llava(model_path)
         template_file = training_templates(settings, settings.resolved("mode"), data)
         encoder = training_encoder(processor, settings, settings.resolved("mode"), template_file)
-        items, report = encode_dataset(encoder, data)
+        items, report = encode_dataset(encoder, data, workers=settings.encode_workers)
         out.mkdir(parents=True, exist_ok=True)
         if main_process:
             write_quarantine(out, report)
