@@ -33,7 +33,7 @@ def test_same_seed_gives_byte_identical_files_whatever_the_worker_count(tmp_path
     generate_toyworld(tmp_path / "b", small(3, workers=2))
     a, b = files_of(tmp_path / "a"), files_of(tmp_path / "b")
     manifest_a, manifest_b = json.loads(a.pop("manifest.json")), json.loads(b.pop("manifest.json"))
-    assert a.keys() == b.keys() and len(a) == 60 + 8 + 8 + 15
+    assert a.keys() == b.keys() and len(a) == 60 + 8 + 8 + 16
     assert [name for name in a if a[name] != b[name]] == []
     for volatile in ("started_at", "duration_s"):
         manifest_a.pop(volatile), manifest_b.pop(volatile)
@@ -148,11 +148,41 @@ def test_claim_reader_catches_false_statements():
     assert false_claims("There are three shapes.", scene) == [("count", None, None, None, 3)]
     assert false_claims("There are no circles here.", scene) == [("count", None, None, "circle", 0)]
     assert false_claims("I see a green square.", scene) == [("exists", None, "green", "square")]
-    assert false_claims("The square in the image is red.", scene) == [("colour_of", "square", "red")]
+    assert false_claims("The square in the image is red.", scene) == [("exists", None, "red", "square")]
     assert false_claims("A small red circle is at top left.", scene) == [
         ("at", "small", "red", "circle", 0),
         ("exists", "small", "red", "circle"),
     ]
+
+
+@pytest.mark.parametrize(
+    "text, cell",
+    [
+        ("A large red circle is in the top-left corner.", 0),
+        ("A large red circle sits at the upper left.", 0),
+        ("A large red circle is at top middle.", 1),
+        ("A large red circle is near the top edge of the image.", 1),
+        ("A large red circle is on the right side.", 5),
+        ("A large red circle is along the left side.", 3),
+        ("A large red circle is in the center of the picture.", 4),
+        ("A large red circle is right in the middle.", 4),
+        ("A large red circle is in the lower right corner.", 8),
+        ("A large red circle is at the very bottom.", 7),
+    ],
+)
+def test_positions_are_read_in_any_wording(text, cell):
+    assert extract_claims(text) == {
+        ("exists", "large", "red", "circle"),
+        ("at", "large", "red", "circle", cell),
+    }
+
+
+def test_relative_places_are_no_position_and_colour_wordings_are_one_claim():
+    assert extract_claims("A large red circle is on the left of the blue square.") == {
+        ("exists", "large", "red", "circle"),
+        ("exists", None, "blue", "square"),
+    }
+    assert extract_claims("The square is blue.") == extract_claims("I see the blue square.")
 
 
 def expected_hard_answer(question: str, scene: Scene) -> str:

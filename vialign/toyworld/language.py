@@ -9,7 +9,11 @@ Claims the reader extracts (a text is truthful when every claim holds in the sce
 - ("exists", size|None, colour, shape): "a large red circle", "the blue square";
 - ("at", size|None, colour, shape, cell): a position phrase right after a mention;
 - ("count", size|None, colour|None, shape|None, n): "two circles", "3 red objects", "no squares";
-- ("colour_of", shape, colour): "the square is blue", "the square in the image is blue".
+- "the square is blue", "the square in the image is blue": the same claim as "the blue square".
+
+Positions are read in any wording that names a cell of the grid ("upper-left corner", "at top middle",
+"near the bottom edge", "right in the middle"), so a real LLM's rewrite is checked as fairly as the
+toy one's.
 """
 
 from __future__ import annotations
@@ -66,10 +70,35 @@ _PHRASE = re.compile(
 _COLOUR_OF = re.compile(
     rf"\bthe\s+(?P<shape>{'|'.join(SHAPES)})\s+(?:in the image\s+)?is\s+(?P<colour>{_COLOUR})\b", re.I
 )
-_POSITIONS = {p: cell for cell, p in enumerate(OWN_POSITIONS)} | {
-    p: c for c, p in enumerate(TEACHER_POSITIONS)
-}
-_POSITION = re.compile("|".join(re.escape(p) for p in sorted(_POSITIONS, key=len, reverse=True)), re.I)
+# Positions as any manner says them: a row and a column word ("upper-left corner", "at top middle",
+# "the center right"), one edge ("near the top edge", "along the left side") or the centre ("right in the
+# middle"); relative phrases ("to the left of the circle") are no position.
+_ROW = {"top": 0, "upper": 0, "middle": 1, "center": 1, "centre": 1, "bottom": 2, "lower": 2}
+_COLUMN = {"left": 0, "middle": 1, "center": 1, "centre": 1, "right": 2}
+_EDGE = {"top": 1, "upper": 1, "bottom": 7, "lower": 7, "left": 3, "right": 5}
+_PLACE_NOUN = r"(?:\s+(?:corner|side|edge|part|area|region|portion|half|section|border|spot))?"
+_NOT_RELATIVE = r"(?!\s+of\s+(?:the|a|an|it)\b(?!\s+(?:image|picture|scene|grid|frame|canvas)\b))"
+_PREP = r"\b(?:in|at|on|near|along|toward|towards|by)\s+(?:the\s+)?(?:very\s+)?(?:far\s+)?"
+_POSITION = re.compile(
+    rf"{_PREP}(?:(?P<row>{'|'.join(_ROW)})[\s-]+(?P<col>{'|'.join(_COLUMN)})\b{_PLACE_NOUN}"
+    rf"|(?P<centre>center|centre|middle)\b(?![\s-]+(?:left|right))"
+    rf"|(?P<edge>{'|'.join(_EDGE)})\b(?![\s-]+(?:left|right|middle|center|centre)){_PLACE_NOUN})"
+    rf"{_NOT_RELATIVE}",
+    re.IGNORECASE,
+)
+
+
+def position_cell(match: re.Match) -> int | None:
+    if match["row"]:
+        row, col = _ROW[match["row"].lower()], _COLUMN[match["col"].lower()]
+        return (
+            None if (row, col) == (1, 1) and match["row"].lower() == match["col"].lower() else row * 3 + col
+        )
+    if match["centre"]:
+        return 4
+    return _EDGE[match["edge"].lower()]
+
+
 _SINGULAR = {plural(s): s for s in SHAPES}
 
 
@@ -115,14 +144,16 @@ def extract_claims(text: str) -> set[tuple]:
             claims.add(("exists", m.size, m.colour, m.shape))
     for p in _POSITION.finditer(text):
         before = [m for m in mentions if m.end <= p.start()]
-        if not before:
+        cell = position_cell(p)
+        if not before or cell is None:
             continue
         last = before[-1]
         between = text[last.end : p.start()]
         if last.quant is None and last.colour and last.shape and len(between) <= 40 and "." not in between:
-            claims.add(("at", last.size, last.colour, last.shape, _POSITIONS[p.group(0).lower()]))
+            claims.add(("at", last.size, last.colour, last.shape, cell))
     for m in _COLOUR_OF.finditer(text):
-        claims.add(("colour_of", m["shape"].lower(), m["colour"].lower()))
+        # "the square is blue" states what "the blue square" does: one claim, however it is worded
+        claims.add(("exists", None, m["colour"].lower(), m["shape"].lower()))
     return claims
 
 
