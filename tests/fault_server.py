@@ -30,6 +30,7 @@ class FaultServer:
         self.reply = reply or (lambda prompt: f"echo: {prompt}")
         self.attempts: Counter[str] = Counter()
         self.seen_auth: set[str] = set()
+        self.bodies: list[dict] = []
         self._lock = threading.Lock()
         server = self
 
@@ -50,6 +51,7 @@ class FaultServer:
                     else " ".join(p.get("text", "[image]") for p in content)
                 )
                 with server._lock:
+                    server.bodies.append(body)
                     server.attempts[prompt] += 1
                     attempt = server.attempts[prompt]
                 server.respond(self, prompt, attempt, body)

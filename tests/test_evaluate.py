@@ -237,7 +237,9 @@ def test_missing_benchmark_files_are_named(tmp_path, tiny_model_dir):
             None,
             False,
         )
-    with pytest.raises(ValueError, match=r"(?s)benches.*'pope', 'caption', 'vqa', 'mc', 'text' or 'judge'"):
+    with pytest.raises(
+        ValueError, match=r"(?s)benches.*'pope', 'caption', 'vqa', 'mc', 'text', 'judge', 'ifeval' or 'drift'"
+    ):
         EvalSettings(benches=["mmmu"])
 
 

@@ -104,6 +104,73 @@ def test_review_decides_and_failures_keep_the_original(tmp_path):
     assert rows["hard"] == samples[-1].to_json()
 
 
+def test_examples_come_as_earlier_turns_and_each_rewrite_is_capped_by_its_original(tmp_path):
+    server = FaultServer(reply=lambda prompt: "Yes." if "Text A" in prompt else "A shorter text.")
+    try:
+        examples = [{"text": "The big dog runs.", "rewrite": "A big dog runs."}]
+        review = [{"original": "A cat.", "rewrite": "A dog.", "same": False}]
+        settings = RewriteSettings(
+            model_name="m", rewrite_examples=examples, review_examples=review, max_length_ratio=1.5
+        )
+        answer = "A red circle is at the top left of the picture."
+        rewriter = make_rewriter(server.url, settings)
+        (row,) = rewriter([conv("s1", answer)])
+    finally:
+        server.close()
+    rewrite_body = next(b for b in server.bodies if "Answer: " + answer in str(b["messages"][-1]))
+    roles = [m["role"] for m in rewrite_body["messages"]]
+    assert roles == ["user", "assistant", "user"]
+    assert rewrite_body["messages"][0]["content"] == settings.rewrite_prompt.format(text=examples[0]["text"])
+    assert rewrite_body["messages"][1]["content"] == "A big dog runs."
+    assert rewrite_body["max_tokens"] == int(1.5 * (len(answer) // 3 + 1)) + 8, (
+        "no tokenizer: 3 characters a token"
+    )
+    review_body = next(b for b in server.bodies if "Text A: " + answer in str(b["messages"][-1]))
+    assert [m["content"] for m in review_body["messages"][1:2]] == ["No"]
+    assert row.value["meta"]["provenance"][-1]["examples"].startswith("sha256:")
+
+
+def test_claims_review_needs_a_threshold_and_a_scoring_backend(tmp_path):
+    with pytest.raises(ValueError, match="review_min_yes"):
+        RewriteSettings(review="claims")
+    with pytest.raises(ValueError, match="scores options"):
+        make_rewriter(
+            "http://127.0.0.1:9/v1", RewriteSettings(model_name="m", review="claims", review_min_yes=0.5)
+        )
+
+
+def test_claims_review_on_the_smollm2_tokenizer(tmp_path):
+    from vialign.align.rewrite import claim_units
+    from vialign.models.importing import import_model
+
+    assert claim_units("There are two shapes: a red circle at top left, and a blue square. It is dark.") == [
+        "There are two shapes",
+        "a red circle at top left",
+        "a blue square.",
+        "It is dark.",
+    ]
+    import_model("tiny:smollm2", tmp_path / "lm")
+    sample = conv("s1", "A red circle is at top left. A blue square is in the middle.")
+    rows = {}
+    for threshold in (0.01, 0.999):
+        settings = RewriteSettings(
+            chat_format="tokenizer",
+            review="claims",
+            review_min_yes=threshold,
+            rewrite_params={"max_new_tokens": 6},
+        )
+        rewriter = make_rewriter(str(tmp_path / "lm"), settings)
+        (row,) = rewriter([sample])
+        rows[threshold] = row.value["meta"]["provenance"][-1]
+        assert rows[threshold]["review"] == "claims"
+    low, high = (rows[t]["turns"][0] for t in (0.01, 0.999))
+    assert low["rewrite"] == high["rewrite"] and low["p_yes"] == high["p_yes"] < 1.0
+    assert low["review"].startswith("weakest claim P(Yes)")
+    assert (low["verdict"], high["verdict"]) == ("same" if low["p_yes"] >= 0.01 else "different", "different")
+    scores = rewriter.weakest_claims({"a": (sample.answers[0], sample.answers[0])})
+    assert scores == {"a": 1.0}, "an unchanged answer keeps its meaning without asking"
+
+
 def test_hard_format_samples_are_byte_identical(toyworld, tiny_model_dir, tmp_path):
     lines = (toyworld / "corpus.jsonl").read_bytes().splitlines(keepends=True)[:24]
     (tmp_path / "in.jsonl").write_bytes(b"".join(lines))

@@ -40,3 +40,21 @@ def test_seeded_per_epoch():
     b.set_epoch(1)
     assert list(a) != list(b)
     assert list(ShuffledLengthGroupedSampler(LENGTHS, 16, seed=4)) != list(a)
+
+
+def test_each_request_stops_at_its_own_token_limit(tiny_model_dir):
+    from vialign.generation.base import ChatRequest, GenerationParams
+    from vialign.generation.local import TransformersBackend
+
+    backend = TransformersBackend.load(tiny_model_dir, dtype="float32")
+    question = [{"role": "user", "content": "Describe the shapes you know."}]
+    params = GenerationParams(max_new_tokens=12)
+    free = backend.generate([ChatRequest("a", question)], params)[0].text
+    capped = backend.generate(
+        [ChatRequest("short", question, max_new_tokens=3), ChatRequest("long", question, max_new_tokens=50)],
+        params,
+    )
+    tokens = [len(backend.tokenizer(r.text, add_special_tokens=False)["input_ids"]) for r in capped]
+    assert tokens[0] <= 3 < len(backend.tokenizer(free, add_special_tokens=False)["input_ids"])
+    assert capped[1].text == free, "a limit above the batch's leaves the batch's"
+    assert free.startswith(capped[0].text), "greedy: the capped answer is the start of the free one"

@@ -10,3 +10,4 @@ DEFAULT_REVIEW_PROMPT = (
     "Do these two texts state exactly the same facts, with nothing added, dropped or changed? "
     "Reply with Yes or No.\n\nText A: {original}\n\nText B: {rewrite}"
 )
+DEFAULT_CLAIM_PROMPT = "Text: {text}\n\nDoes the text say that: {claim}\nAnswer Yes or No."

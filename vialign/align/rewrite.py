@@ -14,9 +14,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from vialign.align.prompts import DEFAULT_REVIEW_PROMPT, DEFAULT_REWRITE_PROMPT
+from vialign.align.prompts import DEFAULT_CLAIM_PROMPT, DEFAULT_REVIEW_PROMPT, DEFAULT_REWRITE_PROMPT
 from vialign.choices import BackendName, ChatFormatName
 from vialign.config import Settings
 from vialign.data.formats import FormatSettings, classify_sample, is_soft
@@ -30,9 +30,30 @@ from vialign.stage import StageContext
 Verdict = Literal["same", "different", "unparsable"]
 
 
+class RewriteExample(Settings):
+    text: str
+    rewrite: str
+
+
+class ReviewExample(Settings):
+    original: str
+    rewrite: str
+    same: bool
+
+
 class RewriteSettings(Settings):
     rewrite_prompt: str = DEFAULT_REWRITE_PROMPT
     review_prompt: str = DEFAULT_REVIEW_PROMPT
+    rewrite_examples: list[RewriteExample] = Field(
+        default_factory=list,
+        description="few-shot turns before each rewrite request: the prompt on `text`, then `rewrite`",
+    )
+    review_examples: list[ReviewExample] = Field(
+        default_factory=list, description="few-shot turns before each review request, answered Yes or No"
+    )
+    max_length_ratio: float | None = Field(
+        None, gt=0.0, description="cap a rewrite at this many times the original's tokens, plus 8"
+    )
     rewrite_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=512))
     review_params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=8))
     review_min_yes: float | None = Field(
@@ -42,6 +63,13 @@ class RewriteSettings(Settings):
         description="accept a rewrite only when P(Yes) / (P(Yes) + P(No)) for the review's first token reaches "
         "this; needs a backend that scores options (transformers)",
     )
+    review: Literal["verdict", "claims"] = Field(
+        "verdict",
+        description="verdict: the LLM answers the review prompt; claims: every sentence or list item of "
+        "each text is checked against the other (claim_prompt, scored by P(Yes)), the weakest decides "
+        "(needs review_min_yes and a backend that scores options)",
+    )
+    claim_prompt: str = DEFAULT_CLAIM_PROMPT
     backend: BackendName | None = Field(None, description="default: from --llm")
     chat_format: ChatFormatName = "vicuna_v1"
     model_name: str | None = Field(None, description="model name for the openai backend")
@@ -64,6 +92,29 @@ class RewriteSettings(Settings):
             raise ValueError("review_prompt must contain {original} and {rewrite}")
         return value
 
+    @field_validator("claim_prompt")
+    @classmethod
+    def _claim_slots(cls, value: str) -> str:
+        if "{text}" not in value or "{claim}" not in value:
+            raise ValueError("claim_prompt must contain {text} and {claim}")
+        return value
+
+    @model_validator(mode="after")
+    def _claims_need_a_threshold(self) -> RewriteSettings:
+        if self.review == "claims" and self.review_min_yes is None:
+            raise ValueError(
+                "review 'claims' accepts a rewrite when its weakest claim's P(Yes) reaches review_min_yes: set it"
+            )
+        return self
+
+
+_CLAIM_SPLIT = re.compile(r"(?<=[.!?])\s+|;\s+|,\s+and\s+|:\s+")
+
+
+def claim_units(text: str) -> list[str]:
+    """A text's sentences and list items: what the claims review checks one at a time."""
+    return [unit.strip() for unit in _CLAIM_SPLIT.split(text) if len(unit.strip()) > 3]
+
 
 def parse_verdict(text: str) -> Verdict:
     words = re.findall(r"[a-z]+", text.lower())
@@ -82,25 +133,77 @@ def open_rewriter(target: str, settings: RewriteSettings) -> Backend:
     ).open(target)
 
 
-def ask(backend: Backend, prompts: dict[str, str], params: GenerationParams) -> dict[str, Any]:
-    """{key: text or Exception-message} for one batch of single-message prompts."""
-    requests = [ChatRequest(key, [{"role": "user", "content": prompt}]) for key, prompt in prompts.items()]
+def conversation(shots: list[tuple[str, str]], prompt: str) -> list[dict[str, str]]:
+    """Few-shot turns (each a user prompt and the answer shown), then the prompt itself."""
+    turns = [
+        m for q, a in shots for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})
+    ]
+    return [*turns, {"role": "user", "content": prompt}]
+
+
+def ask(
+    backend: Backend,
+    prompts: dict[str, str],
+    params: GenerationParams,
+    shots: list[tuple[str, str]] = (),
+    limits: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """{key: text or Exception-message} for one batch of prompts (after the same few-shot turns)."""
+    requests = [
+        ChatRequest(key, conversation(list(shots), prompt), max_new_tokens=(limits or {}).get(key))
+        for key, prompt in prompts.items()
+    ]
     return {
         r.id: (r.texts[0] if r.texts else RuntimeError(r.error)) for r in backend.generate(requests, params)
     }
+
+
+def token_count(backend: Backend, text: str) -> int:
+    tokenizer = getattr(backend, "tokenizer", None)
+    # an API model's tokenizer is unknown here; about 3 characters a token is a safe overestimate
+    return (
+        len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if tokenizer is not None
+        else len(text) // 3 + 1
+    )
 
 
 class Rewriter:
     """The stage function: a batch of samples in, one row per sample out."""
 
     def __init__(self, backend: Backend, settings: RewriteSettings):
-        if settings.review_min_yes is not None and not hasattr(backend, "option_probs"):
+        if (settings.review_min_yes is not None or settings.review == "claims") and not hasattr(
+            backend, "option_probs"
+        ):
             raise ValueError(f"review_min_yes needs a backend that scores options; {backend.name} cannot")
         self.backend, self.settings = backend, settings
+        self.rewrite_shots = [
+            (settings.rewrite_prompt.format(text=e.text), e.rewrite) for e in settings.rewrite_examples
+        ]
+        self.review_shots = [
+            (settings.review_prompt.format(original=e.original, rewrite=e.rewrite), "Yes" if e.same else "No")
+            for e in settings.review_examples
+        ]
+        shown = [
+            settings.rewrite_prompt,
+            settings.review_prompt,
+            repr(self.rewrite_shots),
+            repr(self.review_shots),
+        ]
         self.identity = {
             **backend.identity(),
-            "rewrite_prompt": fingerprint_bytes(settings.rewrite_prompt.encode()),
-            "review_prompt": fingerprint_bytes(settings.review_prompt.encode()),
+            "rewrite_prompt": fingerprint_bytes(shown[0].encode()),
+            "review_prompt": fingerprint_bytes(shown[1].encode()),
+            **(
+                {"examples": fingerprint_bytes("\0".join(shown[2:]).encode())}
+                if settings.rewrite_examples or settings.review_examples
+                else {}
+            ),
+            **(
+                {"review": "claims", "claim_prompt": fingerprint_bytes(settings.claim_prompt.encode())}
+                if settings.review == "claims"
+                else {}
+            ),
         }
 
     def __call__(self, batch: list[Sample]) -> list[Row]:
@@ -108,18 +211,28 @@ class Rewriter:
         answers = {
             f"{s.id}#{k}": t.value for s in soft for k, t in enumerate(s.conversations) if t.role == GPT
         }
+        ratio = self.settings.max_length_ratio
+        limits = (
+            {k: int(ratio * token_count(self.backend, t)) + 8 for k, t in answers.items()} if ratio else None
+        )
         rewrites = ask(
             self.backend,
             {key: self.settings.rewrite_prompt.format(text=text) for key, text in answers.items()},
             self.settings.rewrite_params,
+            self.rewrite_shots,
+            limits,
         )
         reviewable = {key: text for key, text in rewrites.items() if isinstance(text, str)}
         review_prompts = {
             key: self.settings.review_prompt.format(original=answers[key], rewrite=text)
             for key, text in reviewable.items()
         }
-        reviews = ask(self.backend, review_prompts, self.settings.review_params)
-        yes = self.yes_probabilities(review_prompts) if self.settings.review_min_yes is not None else {}
+        if self.settings.review == "claims":
+            yes = self.weakest_claims({key: (answers[key], text) for key, text in reviewable.items()})
+            reviews = {key: f"weakest claim P(Yes) {p:.3f}" for key, p in yes.items()}
+        else:
+            reviews = ask(self.backend, review_prompts, self.settings.review_params, self.review_shots)
+            yes = self.yes_probabilities(review_prompts) if self.settings.review_min_yes is not None else {}
         rows = []
         for sample in batch:
             if sample not in soft:
@@ -136,10 +249,38 @@ class Rewriter:
             rows.append(Row(sample.id, self.rewritten(sample, rewrites, reviews, yes).to_json()))
         return rows
 
-    def yes_probabilities(self, prompts: dict[str, str]) -> dict[str, float]:
-        requests = [ChatRequest(key, [{"role": "user", "content": p}]) for key, p in prompts.items()]
-        probs = self.backend.option_probs(requests, ["Yes", "No"]) if requests else []
+    def yes_probabilities(self, prompts: dict[str, str], shots: bool = True) -> dict[str, float]:
+        requests = [
+            ChatRequest(key, conversation(self.review_shots if shots else [], p))
+            for key, p in prompts.items()
+        ]
+        probs = []
+        for start in range(0, len(requests), self.settings.runner.batch_size):  # one forward per batch
+            probs += self.backend.option_probs(
+                requests[start : start + self.settings.runner.batch_size], ["Yes", "No"]
+            )
         return {r.id: p["Yes"] / max(p["Yes"] + p["No"], 1e-12) for r, p in zip(requests, probs, strict=True)}
+
+    def weakest_claims(self, pairs: dict[str, tuple[str, str]]) -> dict[str, float]:
+        """Per answer, the least P(Yes) over every claim of the original checked in the rewrite and every
+        claim of the rewrite checked in the original (nothing dropped, nothing added)."""
+        # an unchanged answer keeps its meaning by definition: nothing to ask
+        weakest = {
+            key: 1.0 for key, (original, rewrite) in pairs.items() if original.strip() == rewrite.strip()
+        }
+        checks = [
+            (key, self.settings.claim_prompt.format(text=other, claim=claim))
+            for key, (original, rewrite) in pairs.items()
+            if key not in weakest
+            for text, other in ((original, rewrite), (rewrite, original))
+            for claim in claim_units(text) or [text]
+        ]
+        scores = self.yes_probabilities(
+            {f"{k}@{n}": prompt for n, (k, prompt) in enumerate(checks)}, shots=False
+        )
+        for n, (key, _) in enumerate(checks):
+            weakest[key] = min(weakest.get(key, 1.0), scores[f"{key}@{n}"])
+        return weakest
 
     def verdict(self, review: str, p_yes: float | None) -> Verdict:
         if p_yes is None:

@@ -25,6 +25,9 @@ class GenerationParams(Settings):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, description="samples per request")
     seed: int = 0
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, description="above 1 discourages repeating tokens (transformers, vLLM; 1: off)"
+    )
 
 
 @dataclass
@@ -32,6 +35,10 @@ class ChatRequest:
     id: str
     messages: list[dict[str, str]]  # {"role": "system"|"user"|"assistant", "content": text with <image> tags}
     images: list[Path] = field(default_factory=list)
+    max_new_tokens: int | None = None  # this request's own limit, below the batch's
+
+    def token_limit(self, params: GenerationParams) -> int:
+        return min(params.max_new_tokens, self.max_new_tokens or params.max_new_tokens)
 
 
 @dataclass

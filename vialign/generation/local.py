@@ -127,17 +127,20 @@ class TransformersBackend:
             except Exception as exc:  # one bad request must not sink its batch
                 results[request.id] = ChatResult(request.id, error=f"{type(exc).__name__}: {exc}")
         if ready:
+            limits = [r.token_limit(params) for r, _ in ready]
             try:
-                texts = self.generate_ids([ids for _, ids in ready], [r.images for r, _ in ready], params)
+                texts = self.generate_ids(
+                    [ids for _, ids in ready], [r.images for r, _ in ready], params, limits
+                )
                 for (request, _), outs in zip(ready, texts, strict=True):
                     results[request.id] = ChatResult(request.id, texts=outs)
             except Exception:
                 if len(ready) == 1:
                     raise
-                for request, ids in ready:  # find the request that breaks the batch, keep the rest
+                for (request, ids), limit in zip(ready, limits, strict=True):  # the rest survive a bad one
                     try:
                         results[request.id] = ChatResult(
-                            request.id, texts=self.generate_ids([ids], [request.images], params)[0]
+                            request.id, texts=self.generate_ids([ids], [request.images], params, [limit])[0]
                         )
                     except Exception as exc:
                         results[request.id] = ChatResult(request.id, error=f"{type(exc).__name__}: {exc}")
@@ -190,7 +193,11 @@ class TransformersBackend:
 
     @torch.no_grad()
     def generate_ids(
-        self, prompts: Sequence[list[int]], images: Sequence[Sequence[Path]], params: GenerationParams
+        self,
+        prompts: Sequence[list[int]],
+        images: Sequence[Sequence[Path]],
+        params: GenerationParams,
+        limits: Sequence[int] | None = None,
     ) -> list[list[str]]:
         device = self.model.device
         inputs = self.left_padded(prompts)
@@ -202,16 +209,30 @@ class TransformersBackend:
             )
             inputs["pixel_values"] = pixels["pixel_values"].to(device, self.model.dtype)
         torch.manual_seed(params.seed)
+        rows = [
+            limit for limit in (limits or [params.max_new_tokens] * len(prompts)) for _ in range(params.n)
+        ]
         with self.autocast():
-            out = self.generate_with(inputs, params)
-        texts = [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+            out = self.generate_with(inputs, params, rows)
+        texts = [
+            self.tokenizer.decode(row[width : width + limit], skip_special_tokens=True).strip()
+            for row, limit in zip(out, rows, strict=True)
+        ]
         return [texts[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
-    def generate_with(self, inputs: dict[str, torch.Tensor], params: GenerationParams) -> torch.Tensor:
+    def generate_with(
+        self, inputs: dict[str, torch.Tensor], params: GenerationParams, limits: Sequence[int]
+    ) -> torch.Tensor:
+        from transformers import StoppingCriteriaList
+
         sampling = params.temperature > 0
+        width = inputs["input_ids"].shape[1]
+        stop = StoppingCriteriaList([RowLimits(width, limits)]) if min(limits) < max(limits) else None
         return self.model.generate(
             **inputs,
-            max_new_tokens=params.max_new_tokens,
+            max_new_tokens=max(limits),
+            stopping_criteria=stop,
+            repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
             do_sample=sampling,
             temperature=params.temperature if sampling else None,
             top_p=params.top_p if sampling else None,
@@ -222,6 +243,16 @@ class TransformersBackend:
             if self.encoder.image_token_id is not None
             else None,
         )
+
+
+class RowLimits:
+    """Stops each row of a batch at its own number of new tokens (the batch runs to the largest)."""
+
+    def __init__(self, prompt_width: int, limits: Sequence[int]):
+        self.prompt_width, self.limits = prompt_width, torch.tensor(list(limits))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return (input_ids.shape[1] - self.prompt_width) >= self.limits.to(input_ids.device)
 
 
 def generate_batch(

@@ -120,11 +120,17 @@ class OpenAIBackend:
                     response = await client.chat.completions.create(
                         model=self.model or "default",
                         messages=openai_messages(request),
-                        max_tokens=params.max_new_tokens,
+                        max_tokens=request.token_limit(params),
                         temperature=params.temperature,
                         top_p=params.top_p,
                         n=params.n,
                         seed=params.seed,
+                        # vLLM's and TGI's OpenAI servers read it; OpenAI's own API has no such field
+                        **(
+                            {"extra_body": {"repetition_penalty": params.repetition_penalty}}
+                            if params.repetition_penalty != 1.0
+                            else {}
+                        ),
                     )
                     texts = [choice.message.content for choice in response.choices]
                     if len(texts) == params.n and all(isinstance(t, str) for t in texts):

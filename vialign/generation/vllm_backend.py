@@ -32,19 +32,20 @@ class VLLMBackend:
         fingerprint = model_fingerprint(self.path) if Path(self.path).is_dir() else "hub:" + self.path
         return {"backend": self.name, "model": self.path, "fingerprint": fingerprint}
 
-    def sampling(self, params: GenerationParams):
+    def sampling(self, params: GenerationParams, max_tokens: int | None = None):
         from vllm import SamplingParams
 
         return SamplingParams(
             n=params.n,
             temperature=params.temperature,
             top_p=params.top_p,
-            max_tokens=params.max_new_tokens,
+            max_tokens=max_tokens or params.max_new_tokens,
             seed=params.seed,
+            repetition_penalty=params.repetition_penalty,
         )
 
     def generate(self, requests: list[ChatRequest], params: GenerationParams) -> list[ChatResult]:
-        sampling = self.sampling(params)
+        sampling = [self.sampling(params, r.token_limit(params)) for r in requests]
         try:
             outputs = self.llm.chat([openai_messages(r) for r in requests], sampling, use_tqdm=False)
             return [
@@ -57,7 +58,11 @@ class VLLMBackend:
         results = []
         for request in requests:
             try:
-                (output,) = self.llm.chat([openai_messages(request)], sampling, use_tqdm=False)
+                (output,) = self.llm.chat(
+                    [openai_messages(request)],
+                    self.sampling(params, request.token_limit(params)),
+                    use_tqdm=False,
+                )
                 results.append(ChatResult(request.id, texts=[c.text for c in output.outputs]))
             except Exception as exc:  # this request only
                 results.append(ChatResult(request.id, error=f"{type(exc).__name__}: {exc}"))
