@@ -310,7 +310,7 @@ STAGES: dict[str, Stage] = registry(
             Input("data", "rated groups from `vialign prefer judge`"),
             Input("trl_out", "also write TRL's conversational preference JSONL", "--trl-out", "path", False),
         ),
-        options=(Option("gap", int, "least score gap (default 2)"),),
+        options=(Option("gap", float, "least score gap (default 2)"),),
         out_help="pairs JSONL in vialign format",
         out_file="pairs.jsonl",
     ),
@@ -344,6 +344,38 @@ STAGES: dict[str, Stage] = registry(
             Option("limit", int, "first N items of every benchmark"),
         ),
         out_help="folder for results.json and the resumable predictions",
+    ),
+    Stage(
+        "drift_set",
+        "vialign.evaluate.drift:run_stage",
+        "A model's own answers from an eval run, as the drift benchmark's data (drift/answers.jsonl).",
+        "vialign.evaluate.drift:DriftSetSettings",
+        command="eval drift-set",
+        inputs=(Input("results", "folder of an `eval run` (its results.json)", kind="dir"),),
+        options=(
+            Option(
+                "benches", list[BenchName], "comma-separated benchmarks whose answers", "--bench", csv=True
+            ),
+        ),
+        out_help="folder for drift/answers.jsonl (give it as --set bench.drift.data=…)",
+    ),
+    Stage(
+        "image_reliance",
+        "vialign.train.reliance:run_stage",
+        "Does the model read its images? Answer NLL with each sample's own image vs another sample's.",
+        "vialign.train.reliance:RelianceSettings",
+        section="reliance",
+        command="eval image-reliance",
+        inputs=(
+            Input("model", "LLaVA checkpoint folder", "--model", "target"),
+            Input("data", "JSONL of one-image samples (e.g. captions)"),
+            IMAGE_ROOT,
+        ),
+        options=(
+            Option("limit", int, "samples"),
+            Option("chat_format", ChatFormatName, "how the samples were trained", "--format"),
+        ),
+        out_help="folder for reliance.json",
     ),
     Stage(
         "annotate_export",

@@ -70,6 +70,23 @@ def demo(
     run_demo(out, quick=quick, seed=seed, seeds=seeds, console=out_console)
 
 
+@main.command("lab")
+def lab(
+    out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/lab"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="a tiny random LM with SmolLM2's tokenizer: a smoke run")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="first seed")] = 0,
+    seeds: Annotated[int, typer.Option(help="runs with seeds seed, seed+1, ...")] = 1,
+) -> None:
+    """The lab: SmolLM2-135M-Instruct inside a LLaVA; every arm (VIT, LIT, rewritten data under its own and
+    an oracle review, RM-curated data, DPO with two judges) from one stage-1 checkpoint, evaluated on the
+    same held-out sets; writes OUT/report.html with the claims table."""
+    from vialign.lab import run_lab
+
+    run_lab(out, quick=quick, seed=seed, seeds=seeds, console=out_console)
+
+
 @main.command("run")
 def run(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML", exists=True, dir_okay=False)],

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -54,16 +55,20 @@ class Pope:
         return sorted((data / "pope").glob("*.jsonl")) or [data / "pope" / "*.jsonl"]
 
     def items(self, data: Path, prompt: str) -> list[EvalItem]:
-        return [
-            EvalItem(
-                f"{f.stem}/{r['question_id']}",
-                prompt.format(question=r["text"]),
-                [r["image"]],
-                {"label": r["label"].lower().strip(), "category": r.get("category", f.stem)},
-            )
+        per_file = [
+            [
+                EvalItem(
+                    f"{f.stem}/{r['question_id']}",
+                    prompt.format(question=r["text"]),
+                    [r["image"]],
+                    {"label": r["label"].lower().strip(), "category": r.get("category", f.stem)},
+                )
+                for r in read_jsonl(f)
+            ]
             for f in self.files(data)
-            for r in read_jsonl(f)
         ]
+        # interleaved, so that a `limit` takes every negative-sampling setting alike
+        return [item for group in zip_longest(*per_file) for item in group if item is not None]
 
     def score(
         self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any

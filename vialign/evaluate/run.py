@@ -205,8 +205,10 @@ def evaluate_benches(
             records, extra = bench.score(items, texts, settings)
             entry.update({k: v for k, v in extra.items() if k != "metrics"})
         entry["metrics"] = {**bench.aggregate(records), **extra.get("metrics", {})}
+        prompts = {i.id: i.text for i in items}
         for record in records:
             record["error"] = predictions[record["id"]]["error"]
+            record["prompt"] = prompts[record["id"]]
         entry["samples"] = records
         results["benchmarks"][name] = entry
     run_info["duration_s"] = round(time.perf_counter() - t0, 3)

@@ -5,6 +5,10 @@ Two judges, chosen by exact name:
   must end with a JSON object `{"ratings": [{aspect: 0..4, ...}, ...]}`, one entry per response, every
   aspect an integer; anything else is malformed, asked once more, then recorded with the group excluded.
   Ratings are cached by judge identity, prompt, image, question and responses.
+- `model-yesno`: a local model too small to write a rating JSON (the SFT model itself, say) is asked
+  one yes/no question per aspect for each response, image shown; the rating is 4 × P(Yes) (a float)
+  for helpfulness, correctness and coherence, the aspects pairs are built from; complexity and
+  verbosity are not asked (null).
 - `toyworld-oracle`: the same five ratings computed from the scene facts the toy world stores with each
   sample, so the pipeline runs without a large judge.
 """
@@ -36,9 +40,22 @@ DEFAULT_PREFERENCE_PROMPT = (
 )
 
 
+DEFAULT_YESNO_QUESTIONS = {
+    "helpfulness": "Question: {question}\nAnswer: {response}\n\nDoes the answer help with the question? "
+    "Answer yes or no.",
+    "correctness": "Question: {question}\nAnswer: {response}\n\nIs everything the answer says true of the "
+    "image? Answer yes or no.",
+    "coherence": "Answer: {response}\n\nIs this answer clear, complete and free of repetition? Answer yes or no.",
+}
+
+
 class PreferenceJudgeSettings(JudgeModelSettings):
     judge: JudgeName = "model"
     prompt: str = DEFAULT_PREFERENCE_PROMPT
+    yesno_questions: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_YESNO_QUESTIONS),
+        description="model-yesno: one question per aspect, with {question} and {response}",
+    )
     params: GenerationParams = Field(default_factory=lambda: GenerationParams(max_new_tokens=512))
     batch_size: int = Field(8, ge=1)
 
@@ -149,6 +166,71 @@ class ModelJudge:
         return out
 
 
+class YesNoJudge:
+    """Each response rated by P(Yes) to one question per aspect, from one forward pass each."""
+
+    def __init__(
+        self, settings: PreferenceJudgeSettings, cache: ResponseCache, image_root: str | Path | None
+    ):
+        if not settings.target:
+            raise ValueError("the model-yesno judge needs a target: --judge PATH (a local checkpoint)")
+        unknown = set(settings.yesno_questions) - set(ASPECTS)
+        if unknown:
+            raise ValueError(
+                f"yesno_questions names unknown aspects {sorted(unknown)}; aspects: {list(ASPECTS)}"
+            )
+        self.settings, self.image_root = settings, image_root
+        self.backend = settings.model.open(settings.target)
+        if not hasattr(self.backend, "option_probs"):
+            raise ValueError(f"the model-yesno judge scores options; the {self.backend.name} backend cannot")
+        questions = "\0".join(f"{k}={v}" for k, v in sorted(settings.yesno_questions.items()))
+        self.identity = {
+            "judge": "model-yesno",
+            **self.backend.identity(),
+            "questions_sha256": fingerprint_bytes(questions.encode()),
+        }
+
+    def rate(self, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        asked = [
+            (g_index, r_index, aspect)
+            for g_index, g in enumerate(groups)
+            for r_index in range(len(g["responses"]))
+            for aspect in self.settings.yesno_questions
+        ]
+        requests = []
+        for g_index, r_index, aspect in asked:
+            group = groups[g_index]
+            images = image_list(group.get("image"))
+            question = group["question"].replace(IMAGE_TAG, "").strip()
+            text = self.settings.yesno_questions[aspect].format(
+                question=question, response=group["responses"][r_index]
+            )
+            requests.append(
+                ChatRequest(
+                    f"{g_index}/{r_index}/{aspect}",
+                    [{"role": "user", "content": f"{IMAGE_TAG}\n" * len(images) + text}],
+                    [confined_image_path(self.image_root or ".", p) for p in images],
+                )
+            )
+        yes: dict[str, float] = {}
+        step = self.settings.batch_size
+        for start in range(0, len(requests), step):
+            chunk = requests[start : start + step]
+            for request, p in zip(chunk, self.backend.option_probs(chunk, ["Yes", "No"]), strict=True):
+                yes[request.id] = p["Yes"] / max(p["Yes"] + p["No"], 1e-12)
+        out = []
+        for g_index, group in enumerate(groups):
+            ratings = [
+                {
+                    a: round(4 * yes[f"{g_index}/{r}/{a}"], 4) if a in self.settings.yesno_questions else None
+                    for a in ASPECTS
+                }
+                for r in range(len(group["responses"]))
+            ]
+            out.append({"ratings": ratings, "error": None})
+        return out
+
+
 class ToyWorldOracle:
     """Ratings from scene facts: true and false claims, truncation, repetition and length."""
 
@@ -172,7 +254,7 @@ class ToyWorldOracle:
         return out
 
 
-JUDGES = {"model": ModelJudge, "toyworld-oracle": ToyWorldOracle}
+JUDGES = {"model": ModelJudge, "model-yesno": YesNoJudge, "toyworld-oracle": ToyWorldOracle}
 
 
 def open_judge(settings: PreferenceJudgeSettings, cache: ResponseCache, image_root: str | Path | None):

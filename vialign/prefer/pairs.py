@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -19,11 +19,16 @@ SCORED_ASPECTS = ("helpfulness", "correctness", "coherence")
 
 
 class PairSettings(Settings):
-    gap: int = Field(2, ge=1, description="least score difference between chosen and rejected")
+    gap: float = Field(2, gt=0, description="least score difference between chosen and rejected")
+    rejected: Literal["random", "lowest"] = Field(
+        "random",
+        description="random: a seeded pick among those at least `gap` below the best (the paper's wording); "
+        "lowest: the worst (the authors' notebook)",
+    )
     seed: int = 0
 
 
-def response_score(rating: dict[str, int]) -> int:
+def response_score(rating: dict[str, float]) -> float:
     return sum(rating[a] for a in SCORED_ASPECTS)
 
 
@@ -35,6 +40,8 @@ def pick_pair(
     if best - min(scores) < settings.gap:
         return None
     chosen = scores.index(best)
+    if settings.rejected == "lowest":
+        return chosen, scores.index(min(scores))
     low = [i for i, s in enumerate(scores) if s <= best - settings.gap]
     return chosen, random.Random(f"{settings.seed}:{group_id}").choice(low)
 

@@ -13,7 +13,7 @@ import html
 import io
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import Field
@@ -40,6 +40,20 @@ class Comparison(Settings):
     variant: str
 
 
+class Claim(Settings):
+    """A published claim tested by one comparison: a metric of `variant` against `baseline` (run labels),
+    or a writing-manner gap (`gap`: the gap stage's folder per seed; its delta is vs − input)."""
+
+    claim: str
+    paper: str = Field(description="the paper's figure, as quoted")
+    bench: str | None = None
+    metric: str | None = None
+    baseline: str | None = None
+    variant: str | None = None
+    gap: list[str] = Field(default_factory=list)
+    expect: Literal["higher", "lower"] = Field("higher", description="the direction the paper reports")
+
+
 class ReportSettings(Settings):
     title: str = "vialign run"
     runs: dict[str, list[str]] = Field(description="model label → its eval folders, one per seed")
@@ -56,6 +70,12 @@ class ReportSettings(Settings):
     viewer_limit: int = Field(24, ge=0)
     resamples: int = Field(1000, ge=10)
     notes: list[str] = Field(default_factory=list)
+    claims: list[Claim] = Field(
+        default_factory=list, description="the lab table: each claim's measured delta"
+    )
+    rewrite_facts: list[str] = Field(
+        default_factory=list, description="oracle-review folders (*.facts.json), per seed"
+    )
 
 
 def results(folder: str | Path) -> dict[str, Any]:
@@ -150,6 +170,97 @@ def comparison_table(settings: ReportSettings, comparison: Comparison, loaded: d
         f"<h3>{html.escape(comparison.title)}</h3><table class=cmp><thead><tr><th>benchmark</th><th>metric</th>"
         f"<th>{html.escape(comparison.baseline)}</th><th>{html.escape(comparison.variant)}</th><th>Δ (mean over seeds)</th>"
         f"<th>Δ 95% paired bootstrap (seed 1)</th><th>Δ per seed</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def claim_delta(settings: ReportSettings, claim: Claim) -> tuple[list[float], tuple[float, float] | None]:
+    """The claim's delta per seed and the paired-bootstrap 95% interval over items of the first seed."""
+    from vialign.evaluate.compare import paired_delta
+
+    if claim.gap:
+        deltas, interval = [], None
+        for k, folder in enumerate(claim.gap):
+            summary = orjson.loads((Path(folder) / "gap.json").read_bytes())
+            deltas.append(summary["delta_mean_nll"])
+            if k == 0:
+                base, other = (
+                    [{"id": r["id"], "nll": r["nll"]} for r in read_jsonl(Path(folder) / f"{n}.nll.jsonl")]
+                    for n in ("input", "vs")
+                )
+                mean_nll = lambda rs: {"nll": statistics.fmean(r["nll"] for r in rs)}  # noqa: E731
+                interval = paired_delta(base, other, mean_nll, settings.resamples, 0).get("nll")
+        return deltas, interval
+    base_runs, variant_runs = settings.runs[claim.baseline], settings.runs[claim.variant]
+    deltas = []
+    for base, variant in zip(base_runs, variant_runs, strict=False):
+        a, b = (
+            metric(results(base), claim.bench, claim.metric),
+            metric(results(variant), claim.bench, claim.metric),
+        )
+        if a is not None and b is not None:
+            deltas.append(b - a)
+    rows = compare_results(
+        [Path(base_runs[0]) / "results.json", Path(variant_runs[0]) / "results.json"],
+        resamples=settings.resamples,
+    )
+    row = next((r for r in rows if (r["bench"], r["metric"]) == (claim.bench, claim.metric)), None)
+    return deltas, (row["delta_intervals"][0] if row else None)
+
+
+def verdict(expect: str, deltas: list[float], interval: tuple[float, float] | None) -> str:
+    """Reproduced when the interval lies on the paper's side of 0 (and the seeds' mean does); not
+    reproduced when it lies on the other side; inconclusive when it holds 0."""
+    if not deltas or interval is None or any(v != v for v in interval):
+        return "inconclusive"
+    sign = 1 if expect == "higher" else -1
+    low, high = sorted((sign * interval[0], sign * interval[1]))
+    mean = sign * statistics.fmean(deltas)
+    if low > 0 and mean > 0:
+        return "reproduced"
+    if high < 0 and mean < 0:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def claims_table(settings: ReportSettings) -> str:
+    body = []
+    for claim in settings.claims:
+        deltas, interval = claim_delta(settings, claim)
+        outcome = verdict(claim.expect, deltas, interval)
+        measure = (
+            "writing-manner gap (rewritten − teacher), nats/token"
+            if claim.gap
+            else f"{claim.bench} {claim.metric}: {claim.variant} − {claim.baseline}"
+        )
+        mean = f"{statistics.fmean(deltas):+.3f}" if deltas else "–"
+        ci = f"[{fmt(interval[0])}, {fmt(interval[1])}]" if interval else "–"
+        body.append(
+            f"<tr><td>{html.escape(claim.claim)}</td><td>{html.escape(claim.paper)}</td><td>{html.escape(measure)}</td>"
+            f"<td>{mean}</td><td>{ci}</td><td>{' '.join(f'{d:+.3f}' for d in deltas)}</td>"
+            f"<td class='verdict {outcome.replace(' ', '-')}'>{outcome}</td></tr>"
+        )
+    return (
+        "<table id=claims><thead><tr><th>claim</th><th>paper</th><th>our measure</th><th>Δ (mean over seeds)</th>"
+        "<th>Δ 95% paired bootstrap (seed 1)</th><th>Δ per seed</th><th>verdict</th></tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def facts_table(folders: list[str]) -> str:
+    rows = []
+    for k, folder in enumerate(folders):
+        for path in sorted(Path(folder).glob("*.facts.json")):
+            f = orjson.loads(path.read_bytes())
+            llm, n = f["llm_review"], max(f["answers"], 1)
+            rows.append(
+                f"<tr><td>{k + 1}</td><td>{f['answers']}</td><td>{f['raw_preserved'] / n:.1%}</td><td>{llm['kept_rewrite']}</td>"
+                f"<td>{fmt(llm.get('review_precision'))}</td><td>{fmt(llm.get('review_recall'))}</td>"
+                f"<td>{llm['final_preserved'] / n:.1%}</td><td>{f['oracle_review']['kept_rewrite']}</td></tr>"
+            )
+    return (
+        "<table id=facts><thead><tr><th>seed</th><th>answers</th><th>raw rewrites keep the facts</th><th>LLM review kept</th>"
+        "<th>review precision</th><th>review recall</th><th>facts preserved after the LLM review</th><th>oracle review kept</th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
 
 
@@ -303,6 +414,7 @@ img.plot{max-width:100%;border:1px solid #eee;margin:.4rem 0}.viewer{display:gri
 .card{border:1px solid #ddd;border-radius:6px;padding:.6rem;font-size:.8rem;background:#fff}.card-head{font-weight:bold;margin-bottom:.3rem}
 .sample-image{width:96px;height:96px;image-rendering:pixelated;float:right;margin-left:.4rem}.turn{margin:.25rem 0}.turn.gpt{color:#234}
 .rewrite{background:#f6f8fa;padding:.2rem .3rem;margin-top:.2rem}ins{background:#d1f7d6;text-decoration:none}del{background:#ffd7d5}
+.verdict.reproduced{color:#1a7f37;font-weight:bold}.verdict.not-reproduced{color:#b42318;font-weight:bold}.verdict.inconclusive{color:#777}
 .status.kept{color:#1a7f37}.status.dropped{color:#b42318}.corrupt{color:#9a6700}.notes{color:#555}
 """
 
@@ -320,6 +432,12 @@ def write_report(out: Path, settings: ReportSettings) -> Path:
         f"<h1>{html.escape(settings.title)}</h1>",
         f"<p class=notes>{seeds} seed(s); values are means over seeds, (min–max over seeds), [bootstrap 95% interval of the first seed].</p>",
         *[f"<p class=notes>{html.escape(n)}</p>" for n in settings.notes],
+        *(["<h2>Claims</h2>", claims_table(settings)] if settings.claims else []),
+        *(
+            ["<h2>Rewrites and their review</h2>", facts_table(settings.rewrite_facts)]
+            if settings.rewrite_facts
+            else []
+        ),
         "<h2>Results</h2>",
         f"<table id=summary><thead><tr><th>model</th>{header}</tr></thead><tbody>{summary}</tbody></table>",
         "<h2>Comparisons</h2>",

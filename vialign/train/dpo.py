@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from vialign.generation.runner import Row, RunnerSettings, run_resumable
 from vialign.manifest import Manifest, fingerprint_file, fingerprint_settings, stage_manifest
 from vialign.models.encoding import ENCODER_VERSION, IGNORE_INDEX, ChatEncoder, EncodingError
-from vialign.models.loading import load_llava, model_fingerprint
+from vialign.models.loading import load_llava, model_fingerprint, save_llava
 from vialign.models.precision import ComputeDtype, autocast
 from vialign.records import JsonlWriter, Sample, confined_image_path, read_samples
 from vialign.stage import StageContext
@@ -56,6 +56,11 @@ class DPOSettings(ChatTrainerSettings):
     ref_cache_dir: Path | None = Field(None, description="default: OUT/ref_cache")
     ref_batch_size: int = Field(8, ge=1, description="pairs per reference forward")
     lr: float = Field(5e-5, gt=0)
+    allow_no_pairs: bool = Field(
+        False,
+        description="when no pair can be trained on, save the SFT model unchanged (said in the log and the "
+        "manifest) instead of stopping; for pipelines whose judge may find no clear preference",
+    )
 
 
 # ---------------------------------------------------------------- log-probs and loss
@@ -307,6 +312,21 @@ def dpo_encoder(processor: Any, settings: DPOSettings) -> ChatEncoder:
     return training_encoder(processor, settings, "response")
 
 
+def unchanged_model(
+    model, processor, out, manifest, pairs_path, model_path, reason, main_process
+) -> Manifest | None:
+    """`allow_no_pairs`: the SFT model is the result; the manifest says why nothing was trained."""
+    if main_process:
+        save_llava(model, processor, out)
+    manifest.inputs = {str(pairs_path): fingerprint_file(pairs_path), "model": str(model_path)}
+    manifest.counts = {
+        "pairs": 0,
+        "steps": 0,
+        "untrained": f"no pair to train on ({reason}); the SFT model is saved unchanged",
+    }
+    return manifest if main_process else None
+
+
 def train_dpo(
     model_path: str | Path,
     pairs_path: str | Path,
@@ -323,10 +343,13 @@ def train_dpo(
     with stage_manifest(out, "train.dpo", write=main_process) as manifest:
         model, processor = load_llava(model_path)
         encoder = dpo_encoder(processor, settings)
-        pairs, quarantined = encode_pairs(encoder, pairs_path)
+        pairs, quarantined = encode_pairs(encoder, pairs_path) if pairs_path.stat().st_size else ([], {})
         if not pairs:
-            raise ValueError(
-                f"no pair of {pairs_path} could be encoded: {next(iter(quarantined.values()), 'empty file')}"
+            reason = next(iter(quarantined.values()), "the file holds no pair")
+            if not settings.allow_no_pairs:
+                raise ValueError(f"no pair of {pairs_path} could be encoded: {reason}")
+            return unchanged_model(
+                model, processor, out, manifest, pairs_path, model_path, reason, main_process
             )
         out.mkdir(parents=True, exist_ok=True)
         if main_process:
@@ -397,6 +420,9 @@ def run_stage(ctx: StageContext) -> None:
     if manifest is None:
         return
     c = manifest.counts
+    if "untrained" in c:
+        ctx.say(f"DPO: {c['untrained']} → {ctx.out}")
+        return
     ctx.say(
         f"DPO: {c['pairs']} pairs ({c['quarantined']} quarantined), reference log-probs "
         f"{c['reference_reused']} reused / {c['reference_computed']} computed; {c['steps']} steps, "

@@ -1,0 +1,168 @@
+"""The lab's pieces (the verdict rule, the drift set, the yes/no judge, the image-reliance check, DPO without
+pairs) and the lab itself in miniature: `vialign lab --quick` on a tiny random LM with SmolLM2's tokenizer."""
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from vialign.cli import app
+from vialign.records import read_jsonl, write_jsonl
+from vialign.report.html import verdict
+
+
+@pytest.mark.parametrize(
+    "expect, deltas, interval, outcome",
+    [
+        ("higher", [0.05], (0.01, 0.09), "reproduced"),
+        ("higher", [-0.05], (-0.09, -0.01), "not reproduced"),
+        ("higher", [0.02], (-0.01, 0.05), "inconclusive"),
+        ("lower", [-0.3], (-0.5, -0.1), "reproduced"),
+        ("lower", [0.3], (0.1, 0.5), "not reproduced"),
+        ("higher", [0.05, -0.02], (0.01, 0.09), "reproduced"),
+        ("higher", [-0.01, -0.02], (0.01, 0.09), "inconclusive"),
+        ("higher", [], None, "inconclusive"),
+    ],
+)
+def test_verdict_follows_the_interval_and_the_direction_the_paper_reports(expect, deltas, interval, outcome):
+    assert verdict(expect, deltas, interval) == outcome
+
+
+def test_drift_set_takes_the_prompts_and_non_empty_answers(tmp_path):
+    from vialign.stage import StageContext
+    from vialign.stages import STAGES
+
+    results = {
+        "benchmarks": {
+            "ifeval": {
+                "samples": [
+                    {"id": "1", "prompt": "Write.", "prediction": "Text."},
+                    {"id": "2", "prompt": "P", "prediction": " "},
+                ]
+            },
+            "text": {"samples": [{"id": "t", "prompt": "2+3?", "prediction": "5"}]},
+        }
+    }
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text(json.dumps(results))
+    stage = STAGES["drift_set"]
+    inputs, settings = stage.prepare({"results": str(tmp_path / "eval")})
+    stage.run_function()(StageContext(tmp_path / "out", inputs, settings))
+    rows = list(read_jsonl(tmp_path / "out" / "drift" / "answers.jsonl"))
+    assert rows == [
+        {"question_id": "ifeval/1", "text": "Write.", "answer": "Text."},
+        {"question_id": "text/t", "text": "2+3?", "answer": "5"},
+    ]
+    inputs, settings = stage.prepare({"results": str(tmp_path / "eval"), "benches": ["mc"]})
+    with pytest.raises(ValueError, match="no 'mc' benchmark"):
+        stage.run_function()(StageContext(tmp_path / "out2", inputs, settings))
+
+
+def test_yes_no_judge_rates_every_response_and_pairs_take_the_lowest(tiny_model_dir, toyworld, tmp_path):
+    from vialign.prefer.judge import PreferenceJudgeSettings, judge_file
+    from vialign.prefer.pairs import PairSettings, pairs_file
+
+    groups = [
+        {
+            "id": f"g{i}",
+            "image": "images/eval/000000.png",
+            "question": "<image>\nWhat is shown?",
+            "responses": r,
+        }
+        for i, r in enumerate([["a red circle", "blue", "circle circle circle"], ["two squares", "no"]])
+    ]
+    write_jsonl(groups, tmp_path / "groups.jsonl")
+    settings = PreferenceJudgeSettings(judge="model-yesno", target=str(tiny_model_dir))
+    total, rated = judge_file(tmp_path / "groups.jsonl", tmp_path / "rated.jsonl", settings, toyworld, False)
+    assert (total, rated) == (2, 2)
+    out = list(read_jsonl(tmp_path / "rated.jsonl"))
+    for group, row in zip(groups, out, strict=True):
+        assert len(row["ratings"]) == len(group["responses"]) and row["judge"]["judge"] == "model-yesno"
+        for rating in row["ratings"]:
+            assert rating["complexity"] is None and rating["verbosity"] is None
+            assert all(0 <= rating[a] <= 4 for a in ("helpfulness", "correctness", "coherence"))
+    counts = pairs_file(
+        tmp_path / "rated.jsonl", tmp_path / "pairs.jsonl", PairSettings(gap=1e-6, rejected="lowest")
+    )
+    assert counts["pairs"] == 2
+    for pair, row in zip(read_jsonl(tmp_path / "pairs.jsonl"), out, strict=True):
+        scores = [sum(r[a] for a in ("helpfulness", "correctness", "coherence")) for r in row["ratings"]]
+        assert pair["meta"]["preference"]["rejected_index"] == scores.index(min(scores))
+
+
+def test_image_reliance_compares_own_and_other_images(tiny_model_dir, toyworld):
+    from vialign.train.reliance import RelianceSettings, image_reliance
+
+    result = image_reliance(
+        str(tiny_model_dir), toyworld / "pretrain.jsonl", toyworld, RelianceSettings(limit=8)
+    )
+    assert result["samples"] == 8
+    assert result["gap"] == pytest.approx(result["other_images_nll"] - result["own_images_nll"], abs=1e-3)
+    assert result["own_images_nll"] != result["other_images_nll"], "the images reach the answers"
+
+
+def test_dpo_without_pairs_stops_unless_asked_to_keep_the_sft_model(tiny_model_dir, toyworld, tmp_path):
+    from safetensors.torch import load_file
+
+    from vialign.train.dpo import DPOSettings, train_dpo
+
+    (tmp_path / "pairs.jsonl").write_text("")
+    common = {"use_cpu": True, "max_steps": 1, "batch_size": 2}
+    with pytest.raises(ValueError, match="no pair"):
+        train_dpo(
+            str(tiny_model_dir), tmp_path / "pairs.jsonl", tmp_path / "a", DPOSettings(**common), toyworld
+        )
+    manifest = train_dpo(
+        str(tiny_model_dir),
+        tmp_path / "pairs.jsonl",
+        tmp_path / "b",
+        DPOSettings(**common, allow_no_pairs=True),
+        toyworld,
+    )
+    assert manifest.counts["pairs"] == 0 and "unchanged" in manifest.counts["untrained"]
+    before, after = (
+        load_file(tiny_model_dir / "model.safetensors"),
+        load_file(tmp_path / "b" / "model.safetensors"),
+    )
+    assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
+
+
+@pytest.mark.slow
+def test_the_quick_lab_runs_every_arm_and_writes_the_claims_table(tmp_path):
+    result = CliRunner().invoke(app, ["lab", "--quick", "--out", str(tmp_path / "lab")])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "lab" / "run.json").read_text())
+    arms = [
+        "vit_teacher",
+        "lit_teacher",
+        "vit_rewritten",
+        "vit_oracle",
+        "vit_curated",
+        "dpo_oracle",
+        "dpo_model",
+    ]
+    for arm in arms:
+        results = json.loads(
+            (
+                tmp_path / "lab" / "stages" / run[f"eval_{arm}"].split("/stages/")[1] / "results.json"
+            ).read_text()
+        )
+        assert set(results["benchmarks"]) == {"pope", "caption", "vqa", "mc", "text", "ifeval", "drift"}, arm
+    base = json.loads(
+        (tmp_path / "lab" / "stages" / run["eval_base"].split("/stages/")[1] / "results.json").read_text()
+    )
+    assert set(base["benchmarks"]) == {"text", "ifeval", "drift"}
+    stage1 = json.loads(
+        (tmp_path / "lab" / "stages" / run["stage1"].split("/stages/")[1] / "manifest.json").read_text()
+    )
+    assert stage1["settings"]["resolved"]["train_llm"] is False, "stage 1 keeps the LLM frozen, as LLaVA does"
+    reliance = json.loads(
+        (tmp_path / "lab" / "stages" / run["reliance"].split("/stages/")[1] / "reliance.json").read_text()
+    )
+    assert reliance["samples"] > 1
+    page = (tmp_path / "lab" / "report.html").read_text()
+    claims = re.search(r"<table id=claims>.*?</table>", page, re.S).group(0)
+    verdicts = re.findall(r"class='verdict [^']*'>([^<]*)<", claims)
+    assert len(verdicts) == 15 and set(verdicts) <= {"reproduced", "not reproduced", "inconclusive"}
+    assert "<table id=facts>" in page and "Dataset viewer" in page
