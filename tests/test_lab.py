@@ -166,3 +166,54 @@ def test_the_quick_lab_runs_every_arm_and_writes_the_claims_table(tmp_path):
     verdicts = re.findall(r"class='verdict [^']*'>([^<]*)<", claims)
     assert len(verdicts) == 15 and set(verdicts) <= {"reproduced", "not reproduced", "inconclusive"}
     assert "<table id=facts>" in page and "Dataset viewer" in page
+
+
+def test_yes_no_judge_refuses_questions_that_leave_a_scored_aspect_unasked(tiny_model_dir):
+    from vialign.prefer.judge import PreferenceJudgeSettings, YesNoJudge
+
+    settings = PreferenceJudgeSettings(
+        judge="model-yesno",
+        target=str(tiny_model_dir),
+        yesno_questions={"correctness": "Is it true? {response}", "helpfulness": "Does it help? {response}"},
+    )
+    with pytest.raises(ValueError, match="coherence"):
+        YesNoJudge(settings, cache=None, image_root=None)
+
+
+def test_report_refuses_claims_that_name_no_run_or_half_a_comparison():
+    from pydantic import ValidationError
+
+    from vialign.report.html import ReportSettings
+
+    runs = {"base": ["a"], "vit": ["b"]}
+    claim = {
+        "claim": "c",
+        "paper": "p",
+        "bench": "pope",
+        "metric": "f1",
+        "baseline": "base",
+        "variant": "lit",
+    }
+    with pytest.raises(ValidationError, match="lit"):
+        ReportSettings(runs=runs, claims=[claim])
+    with pytest.raises(ValidationError, match="missing"):
+        ReportSettings(runs=runs, claims=[{"claim": "c", "paper": "p", "bench": "pope"}])
+    ReportSettings(
+        runs=runs, claims=[{**claim, "variant": "vit"}, {"claim": "g", "paper": "p", "gap": ["x"]}]
+    )
+
+
+def test_seed_independent_folders_count_once_over_seeds():
+    from vialign.pipeline.seeds import merged_over_seeds
+
+    resolved = [
+        {
+            "runs": {"vit": [f"eval-{s}"]},
+            "claims": [{"claim": "g", "paper": "p", "gap": ["gap-shared"]}],
+            "rewrite_facts": ["oracle-shared"],
+        }
+        for s in range(3)
+    ]
+    merged = merged_over_seeds(resolved)
+    assert merged["runs"]["vit"] == ["eval-0", "eval-1", "eval-2"]
+    assert merged["claims"][0]["gap"] == ["gap-shared"] and merged["rewrite_facts"] == ["oracle-shared"]

@@ -287,6 +287,30 @@ def test_option_probs_sum_every_token_spelling_the_option(tiny_model_dir):
     assert probs["Yes"] == pytest.approx(float(manual[backend.option_token_ids("Yes")].sum()), rel=1e-5)
 
 
+def test_option_probs_see_the_request_images(tiny_model_dir, toyworld):
+    import torch
+
+    from vialign.generation.base import ChatRequest
+    from vialign.generation.local import TransformersBackend
+    from vialign.records import IMAGE_TAG
+
+    backend = TransformersBackend.load(tiny_model_dir, dtype="float32")
+    images = sorted((toyworld / "images" / "train").glob("*.png"))[:2]
+
+    def asked(image):
+        content = f"{IMAGE_TAG}\nIs there a red circle?"
+        return ChatRequest(str(image), [{"role": "user", "content": content}], [image])
+
+    own, other = backend.option_probs([asked(images[0]), asked(images[1])], ["Yes", "No"])
+    inputs = backend.with_pixels(
+        {"input_ids": torch.tensor([backend.prompt_ids(asked(images[0]))])}, [[images[0]]]
+    )
+    with torch.no_grad():
+        manual = torch.softmax(backend.model(**inputs).logits[0, -1].float(), -1)
+    assert own["Yes"] == pytest.approx(float(manual[backend.option_token_ids("Yes")].sum()), rel=1e-4)
+    assert own["Yes"] != pytest.approx(other["Yes"], rel=1e-6)
+
+
 def test_review_threshold_decides_by_the_yes_probability(toyworld, tiny_model_dir):
     from vialign.align.prompts import DEFAULT_REVIEW_PROMPT
     from vialign.generation.base import ChatRequest

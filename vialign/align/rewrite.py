@@ -426,6 +426,8 @@ def run_stage(ctx: StageContext) -> None:
         view.add_row(subset, *(str(counts[c]) for c in columns))
     ctx.show(view)
     rewritten = sum(c["rewritten"] for c in table.values())
+    processed = rewritten + sum(c["kept"] + c["failed"] for c in table.values())
     ctx.say(
-        f"{rewritten} soft samples rewritten → {ctx.out} (rewrites and reviews: {rewrites_path(ctx.out)})"
+        f"{rewritten} of {processed} soft samples rewritten (some answer replaced) → {ctx.out} "
+        f"(rewrites and reviews: {rewrites_path(ctx.out)})"
     )

@@ -3,6 +3,7 @@ transformers) happen inside the commands that need them."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -52,39 +53,40 @@ GROUPS = {
 }
 
 
-@main.command("demo")
-def demo(
-    out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/demo"),
-    quick: Annotated[
-        bool, typer.Option("--quick", help="tiny sizes: a smoke run in under 2 minutes")
-    ] = False,
-    seed: Annotated[int, typer.Option(help="first seed")] = 0,
-    seeds: Annotated[
-        int, typer.Option(help="runs with seeds seed, seed+1, ... (the report shows the spread)")
-    ] = 1,
-) -> None:
+def add_seeded_run(name: str, runner: str, doc: str) -> None:
+    """`vialign NAME`: a built-in recipe run once per seed, then one report (the demo and the lab)."""
+
+    def command(
+        out: Annotated[Path | None, typer.Option("--out", help="run folder (default runs/NAME)")] = None,
+        quick: Annotated[
+            bool, typer.Option("--quick", help="tiny sizes (the lab: a tiny random LM): a smoke run")
+        ] = False,
+        seed: Annotated[int, typer.Option(help="first seed")] = 0,
+        seeds: Annotated[
+            int, typer.Option(help="runs with seeds seed, seed+1, ... (the report shows the spread)")
+        ] = 1,
+    ) -> None:
+        module, function = runner.split(":")
+        run_seeded = getattr(importlib.import_module(module), function)
+        run_seeded(out or Path(f"runs/{name}"), quick=quick, seed=seed, seeds=seeds, console=out_console)
+
+    command.__doc__ = doc
+    main.command(name)(command)
+
+
+add_seeded_run(
+    "demo",
+    "vialign.demo:run_demo",
     """The built-in demo on CPU: curate, align, tune (VIT vs LIT) and prefer (DPO) on the toy world, each
-    evaluated against its baseline; writes OUT/report.html."""
-    from vialign.demo import run_demo
-
-    run_demo(out, quick=quick, seed=seed, seeds=seeds, console=out_console)
-
-
-@main.command("lab")
-def lab(
-    out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/lab"),
-    quick: Annotated[
-        bool, typer.Option("--quick", help="a tiny random LM with SmolLM2's tokenizer: a smoke run")
-    ] = False,
-    seed: Annotated[int, typer.Option(help="first seed")] = 0,
-    seeds: Annotated[int, typer.Option(help="runs with seeds seed, seed+1, ...")] = 1,
-) -> None:
+    evaluated against its baseline; writes OUT/report.html.""",
+)
+add_seeded_run(
+    "lab",
+    "vialign.lab:run_lab",
     """The lab: SmolLM2-135M-Instruct inside a LLaVA; every arm (VIT, LIT, rewritten data under its own and
     an oracle review, RM-curated data, DPO with two judges) from one stage-1 checkpoint, evaluated on the
-    same held-out sets; writes OUT/report.html with the claims table."""
-    from vialign.lab import run_lab
-
-    run_lab(out, quick=quick, seed=seed, seeds=seeds, console=out_console)
+    same held-out sets; writes OUT/report.html with the claims table.""",
+)
 
 
 @main.command("run")

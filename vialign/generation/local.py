@@ -151,8 +151,9 @@ class TransformersBackend:
         """Per request, the probability that the answer starts with each option's first token."""
         prompts = [self.prompt_ids(r) for r in requests]
         ids = {o: torch.tensor(self.option_token_ids(o)) for o in options}
+        inputs = self.with_pixels(self.left_padded(prompts), [r.images for r in requests])
         with self.autocast():
-            logits = self.model(**self.left_padded(prompts)).logits[:, -1].float()
+            logits = self.model(**inputs).logits[:, -1].float()
         probs = torch.softmax(logits, dim=-1)
         return [{o: float(row[i].sum()) for o, i in ids.items()} for row in probs]
 
@@ -175,6 +176,16 @@ class TransformersBackend:
                 [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
             ),
         }
+
+    def with_pixels(self, inputs: dict[str, torch.Tensor], images: Sequence[Sequence[Path]]) -> dict:
+        """The prompts' images, in order, as the processor's pixel values beside the input ids."""
+        files = [p for group in images for p in group]
+        if files:
+            pixels = self.image_processor(
+                images=[Image.open(p).convert("RGB") for p in files], return_tensors="pt"
+            )
+            inputs["pixel_values"] = pixels["pixel_values"].to(self.model.device, self.model.dtype)
+        return inputs
 
     def option_token_ids(self, option: str) -> list[int]:
         """Every token that spells `option` then stops or goes on with a non-letter ("▁No", "▁No.",
@@ -199,15 +210,8 @@ class TransformersBackend:
         params: GenerationParams,
         limits: Sequence[int] | None = None,
     ) -> list[list[str]]:
-        device = self.model.device
-        inputs = self.left_padded(prompts)
+        inputs = self.with_pixels(self.left_padded(prompts), images)
         width = inputs["input_ids"].shape[1]
-        files = [p for group in images for p in group]
-        if files:
-            pixels = self.image_processor(
-                images=[Image.open(p).convert("RGB") for p in files], return_tensors="pt"
-            )
-            inputs["pixel_values"] = pixels["pixel_values"].to(device, self.model.dtype)
         torch.manual_seed(params.seed)
         rows = [
             limit for limit in (limits or [params.max_new_tokens] * len(prompts)) for _ in range(params.n)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,20 @@ def packaged_recipe(name: str, out: Path, variables: dict[str, Any]) -> Recipe:
 
 def merged_over_seeds(resolved: list[dict[str, Any]]) -> dict[str, Any]:
     """The report settings of every seed as one: each model's eval folders, each gap claim's folders and
-    the rewrite-fact folders listed seed by seed."""
+    the rewrite-fact folders listed seed by seed. A stage that does not depend on the seed has one folder
+    for every seed (the cache shares it): it is listed once, so it is not counted as several seeds."""
     first = resolved[0]
     merged = {**first, "runs": {label: [r["runs"][label][0] for r in resolved] for label in first["runs"]}}
     merged["claims"] = [
-        {**claim, "gap": [r["claims"][k]["gap"][0] for r in resolved] if claim.get("gap") else []}
+        {**claim, "gap": distinct(r["claims"][k]["gap"][0] for r in resolved) if claim.get("gap") else []}
         for k, claim in enumerate(first.get("claims", []))
     ]
-    merged["rewrite_facts"] = [r["rewrite_facts"][0] for r in resolved if r.get("rewrite_facts")]
+    merged["rewrite_facts"] = distinct(r["rewrite_facts"][0] for r in resolved if r.get("rewrite_facts"))
     return merged
+
+
+def distinct(folders: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(folders))
 
 
 def run_seeds(

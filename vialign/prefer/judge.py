@@ -26,6 +26,7 @@ from vialign.choices import JudgeName
 from vialign.generation.base import ChatRequest, GenerationParams, JudgeModelSettings, fill_prompt
 from vialign.generation.cache import ResponseCache, ask_cached, cache_key
 from vialign.manifest import fingerprint_bytes
+from vialign.prefer.pairs import SCORED_ASPECTS
 from vialign.records import IMAGE_TAG, confined_image_path, image_list
 from vialign.stage import StageContext
 
@@ -178,6 +179,11 @@ class YesNoJudge:
         if unknown:
             raise ValueError(
                 f"yesno_questions names unknown aspects {sorted(unknown)}; aspects: {list(ASPECTS)}"
+            )
+        unasked = [a for a in SCORED_ASPECTS if a not in settings.yesno_questions]
+        if unasked:
+            raise ValueError(
+                f"yesno_questions must ask {unasked}: pairs are scored by {list(SCORED_ASPECTS)}"
             )
         self.settings, self.image_root = settings, image_root
         self.backend = settings.model.open(settings.target)

@@ -1,6 +1,6 @@
 """`vialign prefer pairs`: score = helpfulness + correctness + coherence; a group whose best and worst
 differ by less than `gap` gives no pair; chosen = the best (first among equals), rejected = a seeded
-random pick among those scoring ≤ best − gap."""
+random pick among those scoring ≤ best − gap (`rejected: random`) or the worst (`rejected: lowest`)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vialign.config import Settings
 from vialign.evaluate.compare import compare_results
@@ -53,6 +53,21 @@ class Claim(Settings):
     gap: list[str] = Field(default_factory=list)
     expect: Literal["higher", "lower"] = Field("higher", description="the direction the paper reports")
 
+    @model_validator(mode="after")
+    def gap_or_comparison(self) -> Claim:
+        fields = {
+            "bench": self.bench,
+            "metric": self.metric,
+            "baseline": self.baseline,
+            "variant": self.variant,
+        }
+        missing = [name for name, value in fields.items() if not value]
+        if not self.gap and missing:
+            raise ValueError(
+                f"claim {self.claim!r}: give `gap`, or bench, metric, baseline and variant (missing {missing})"
+            )
+        return self
+
 
 class ReportSettings(Settings):
     title: str = "vialign run"
@@ -76,6 +91,16 @@ class ReportSettings(Settings):
     rewrite_facts: list[str] = Field(
         default_factory=list, description="oracle-review folders (*.facts.json), per seed"
     )
+
+    @model_validator(mode="after")
+    def compared_runs_exist(self) -> ReportSettings:
+        named = [(c.title, c.baseline, c.variant) for c in self.comparisons]
+        named += [(c.claim, c.baseline, c.variant) for c in self.claims if not c.gap]
+        for title, *labels in named:
+            unknown = [label for label in labels if label not in self.runs]
+            if unknown:
+                raise ValueError(f"{title!r} compares {unknown}, which are not in runs {sorted(self.runs)}")
+        return self
 
 
 def results(folder: str | Path) -> dict[str, Any]:

@@ -312,6 +312,14 @@ def dpo_encoder(processor: Any, settings: DPOSettings) -> ChatEncoder:
     return training_encoder(processor, settings, "response")
 
 
+def dpo_manifest_settings(settings: DPOSettings) -> dict:
+    return {
+        **settings.model_dump(mode="json"),
+        "compute_dtype": settings.compute_dtype(),
+        "fingerprint": fingerprint_settings(settings),
+    }
+
+
 def unchanged_model(
     model, processor, out, manifest, pairs_path, model_path, reason, main_process
 ) -> Manifest | None:
@@ -348,6 +356,7 @@ def train_dpo(
             reason = next(iter(quarantined.values()), "the file holds no pair")
             if not settings.allow_no_pairs:
                 raise ValueError(f"no pair of {pairs_path} could be encoded: {reason}")
+            manifest.settings = dpo_manifest_settings(settings)
             return unchanged_model(
                 model, processor, out, manifest, pairs_path, model_path, reason, main_process
             )
@@ -388,11 +397,7 @@ def train_dpo(
         if not main_process:
             return None
         manifest.inputs = {str(pairs_path): fingerprint_file(pairs_path), "model": str(model_path)}
-        manifest.settings = {
-            **settings.model_dump(mode="json"),
-            "compute_dtype": settings.compute_dtype(),
-            "fingerprint": fingerprint_settings(settings),
-        }
+        manifest.settings = dpo_manifest_settings(settings)
         manifest.counts = {
             "pairs": len(pairs),
             "quarantined": len(quarantined),
