@@ -233,16 +233,16 @@ def claim_delta(settings: ReportSettings, claim: Claim) -> tuple[list[float], tu
 
 
 def verdict(expect: str, deltas: list[float], interval: tuple[float, float] | None) -> str:
-    """Reproduced when the interval lies on the paper's side of 0 (and the seeds' mean does); not
-    reproduced when it lies on the other side; inconclusive when it holds 0."""
+    """Reproduced when the interval lies on the paper's side of 0 and every seed's delta does; not
+    reproduced when both lie on the other side; inconclusive when the interval holds 0 or the seeds
+    disagree."""
     if not deltas or interval is None or any(v != v for v in interval):
         return "inconclusive"
     sign = 1 if expect == "higher" else -1
     low, high = sorted((sign * interval[0], sign * interval[1]))
-    mean = sign * statistics.fmean(deltas)
-    if low > 0 and mean > 0:
+    if low > 0 and all(sign * d > 0 for d in deltas):
         return "reproduced"
-    if high < 0 and mean < 0:
+    if high < 0 and all(sign * d < 0 for d in deltas):
         return "not reproduced"
     return "inconclusive"
 
