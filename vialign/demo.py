@@ -5,11 +5,7 @@ reward models, curation, rewriting) run once and are reused by the other seeds t
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from rich.console import Console
-
-from vialign.pipeline.seeds import run_seeds
+from vialign.pipeline.seeds import SeededRun
 
 QUICK = {
     "size": 600,
@@ -27,12 +23,9 @@ QUICK = {
 }
 
 
-def run_demo(out: Path, *, quick: bool, seed: int, console: Console, seeds: int = 1) -> Path:
-    note = (
-        "quick demo: tiny sizes, numbers are a smoke check, not a result"
-        if quick
-        else "full demo: tiny models on 2 CPU cores; differences within the intervals are noise"
-    )
-    return run_seeds(
-        "toy_demo.yaml", out, QUICK if quick else {}, seed=seed, seeds=seeds, console=console, note=note
-    )
+DEMO = SeededRun(
+    "toy_demo.yaml",
+    QUICK,
+    note="full demo: tiny models on 2 CPU cores; differences within the intervals are noise",
+    quick_note="quick demo: tiny sizes, numbers are a smoke check, not a result",
+)

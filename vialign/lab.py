@@ -4,11 +4,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from rich.console import Console
-
-from vialign.pipeline.seeds import run_seeds
+from vialign.pipeline.seeds import SeededRun
 
 QUICK = {
     "llm": "tiny:smollm2",
@@ -30,12 +26,9 @@ QUICK = {
 }
 
 
-def run_lab(out: Path, *, quick: bool, seed: int, seeds: int, console: Console) -> Path:
-    note = (
-        "quick lab: a tiny random LM with SmolLM2's tokenizer, tiny sizes; a smoke run, not a result"
-        if quick
-        else "SmolLM2-135M-Instruct inside a LLaVA with a tiny vision tower, on 2 CPU cores"
-    )
-    return run_seeds(
-        "lab_smollm2.yaml", out, QUICK if quick else {}, seed=seed, seeds=seeds, console=console, note=note
-    )
+LAB = SeededRun(
+    "lab_smollm2.yaml",
+    QUICK,
+    note="SmolLM2-135M-Instruct inside a LLaVA with a tiny vision tower, on 2 CPU cores",
+    quick_note="quick lab: a tiny random LM with SmolLM2's tokenizer, tiny sizes; a smoke run, not a result",
+)

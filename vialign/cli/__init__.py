@@ -66,9 +66,9 @@ def add_seeded_run(name: str, runner: str, doc: str) -> None:
             int, typer.Option(help="runs with seeds seed, seed+1, ... (the report shows the spread)")
         ] = 1,
     ) -> None:
-        module, function = runner.split(":")
-        run_seeded = getattr(importlib.import_module(module), function)
-        run_seeded(out or Path(f"runs/{name}"), quick=quick, seed=seed, seeds=seeds, console=out_console)
+        module, attribute = runner.split(":")
+        seeded = getattr(importlib.import_module(module), attribute)
+        seeded.run(out or Path(f"runs/{name}"), quick=quick, seed=seed, seeds=seeds, console=out_console)
 
     command.__doc__ = doc
     main.command(name)(command)
@@ -76,13 +76,13 @@ def add_seeded_run(name: str, runner: str, doc: str) -> None:
 
 add_seeded_run(
     "demo",
-    "vialign.demo:run_demo",
+    "vialign.demo:DEMO",
     """The built-in demo on CPU: curate, align, tune (VIT vs LIT) and prefer (DPO) on the toy world, each
     evaluated against its baseline; writes OUT/report.html.""",
 )
 add_seeded_run(
     "lab",
-    "vialign.lab:run_lab",
+    "vialign.lab:LAB",
     """The lab: SmolLM2-135M-Instruct inside a LLaVA; every arm (VIT, LIT, rewritten data under its own and
     an oracle review, RM-curated data, DPO with two judges) from one stage-1 checkpoint, evaluated on the
     same held-out sets; writes OUT/report.html with the claims table.""",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -65,3 +66,18 @@ def run_seeds(
     report = write_report(out, settings.model_copy(update={"notes": notes}))
     console.print(f"finished in {time.perf_counter() - t0:.1f} s; report: {report}")
     return report
+
+
+@dataclass(frozen=True)
+class SeededRun:
+    """A packaged recipe as a command: its variables for `--quick`, and the note the report shows."""
+
+    recipe: str
+    quick_vars: dict[str, Any]
+    note: str
+    quick_note: str
+
+    def run(self, out: Path, *, quick: bool, seed: int, seeds: int, console: Console) -> Path:
+        variables = self.quick_vars if quick else {}
+        note = self.quick_note if quick else self.note
+        return run_seeds(self.recipe, out, variables, seed=seed, seeds=seeds, console=console, note=note)

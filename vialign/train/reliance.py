@@ -19,7 +19,7 @@ from vialign.models.loading import load_llava
 from vialign.models.precision import autocast, default_device, resolve_dtype
 from vialign.records import read_samples
 from vialign.stage import StageContext
-from vialign.train.core import training_encoder
+from vialign.train.core import labelled_token_loss, trained_positions, training_encoder
 from vialign.train.data import SFTCollator, SFTDataset
 from vialign.train.settings import SFTSettings
 
@@ -34,16 +34,15 @@ class RelianceSettings(Settings):
 
 @torch.no_grad()
 def answer_nll(model, collator: SFTCollator, rows: list[dict], batch_size: int, compute: str) -> float:
+    """Mean NLL per answer token, the logits computed at trained positions only (as the trainer does)."""
     total, tokens = 0.0, 0
     for start in range(0, len(rows), batch_size):
         batch = {k: v.to(model.device) for k, v in collator(rows[start : start + batch_size]).items()}
         labels = batch.pop("labels")
         with autocast(compute, model.device):
-            logits = model(**batch).logits[:, :-1].float()
-        target = labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
-        valid = target != IGNORE_INDEX
-        total, tokens = total + float(nll[valid].sum()), tokens + int(valid.sum())
+            outputs = model(**batch, logits_to_keep=trained_positions(labels))
+        total += float(labelled_token_loss(outputs, labels, num_items_in_batch=1))
+        tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())
     return total / max(tokens, 1)
 
 
@@ -56,7 +55,8 @@ def image_reliance(model_path: str, data: Path, image_root: Path, settings: Reli
     )
     samples = [s for s in read_samples(data) if len(s.images) == 1][: settings.limit]
     items, _ = encode_all(encoder, samples)
-    rows = [SFTDataset(items, image_root)[i] for i in range(len(items))]
+    dataset = SFTDataset(items, image_root)
+    rows = [dataset[i] for i in range(len(dataset))]
     if len(rows) < 2:
         raise ValueError(
             f"{data}: fewer than 2 one-image samples could be encoded; the check compares images"
