@@ -1,17 +1,25 @@
-"""Reliability trials for training resume: `vialign train sft` is killed with SIGKILL at a random moment
-(often while a checkpoint is being written), resumed with `--resume last`, and its final weights are
-compared with an uninterrupted run's. Prints how many trials resumed bit-identically.
+"""Reliability trials, SIGKILL at a random moment, then resume; compared with an uninterrupted run.
+
+`--mode train`: `vialign train sft` killed (often while a checkpoint is being written), resumed with
+`--resume last`; its final weights compared bit for bit. `--mode pipeline`: `vialign demo --quick` killed
+anywhere in its stages, run again; every evaluation's metrics and the report's tables compared with an
+uninterrupted demo's, and every stage that had finished before the kill must be reused, not recomputed.
+Prints `identical in N of T trials` (the ratio of BENCHMARKS.md's `kill trials` lines).
 
     .venv/bin/python benchmarks/kill_trials.py --trials 10
+    .venv/bin/python benchmarks/kill_trials.py --mode pipeline --trials 10
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,8 +50,12 @@ SETTINGS = [
 ]
 
 
+# the venv's own vialign, whatever is on PATH
+VIALIGN = [sys.executable, "-m", "vialign.cli"]
+
+
 def command(model: Path, data: Path, world: Path, out: Path, resume: bool) -> list[str]:
-    args = ["vialign", "train", "sft", "--model", str(model), "--data", str(data), "--image-root", str(world)]
+    args = [*VIALIGN, "train", "sft", "--model", str(model), "--data", str(data), "--image-root", str(world)]
     return [*args, "--out", str(out), *SETTINGS, *(["--resume", "last"] if resume else [])]
 
 
@@ -60,12 +72,20 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["train", "pipeline"], default="train")
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     root = Path(tempfile.mkdtemp(prefix="kill-trials-"))
+    if args.mode == "pipeline":
+        pipeline_trials(root, args.trials, rng, env)
+        return
+    train_trials(root, args.trials, rng, env)
+
+
+def train_trials(root: Path, trials: int, rng: random.Random, env: dict[str, str]) -> None:
     world = root / "world"
     generate_toyworld(
         world,
@@ -87,7 +107,7 @@ def main() -> None:
     window = time.perf_counter() - training_started
     reference = weights(root / "whole")
     identical, during_save = 0, 0
-    for trial in range(args.trials):
+    for trial in range(trials):
         out = root / f"trial{trial}"
         proc = subprocess.Popen(
             command(root / "model", data, world, out, False),
@@ -112,8 +132,69 @@ def main() -> None:
             f"resume rc {resumed.returncode}, identical {same}"
         )
     print(
-        f"resumed bit-identical in {identical} of {args.trials} trials "
+        f"resumed bit-identical in {identical} of {trials} trials "
         f"({during_save} killed with an unfinished checkpoint on disk)"
+    )
+
+
+def demo(out: Path) -> list[str]:
+    return [*VIALIGN, "demo", "--quick", "--out", str(out)]
+
+
+def finished_stages(out: Path) -> set[str]:
+    """Stage folders whose run record is written: what a resume must reuse."""
+    return {p.parent.name for p in (out / "stages").glob("*/stage.json")}
+
+
+def stage_lines(log: str, word: str) -> set[str]:
+    return set(re.findall(rf"\[{word}\] (\S+) \(", log))
+
+
+def results(out: Path) -> dict:
+    """Every evaluation's metrics, and the report's summary, comparison and gap tables."""
+    run = json.loads((out / "run.json").read_text())
+    metrics = {
+        name: {
+            b: e["metrics"]
+            for b, e in json.loads((Path(f) / "results.json").read_text())["benchmarks"].items()
+        }
+        for name, f in sorted(run.items())
+        if name.startswith("eval_")
+    }
+    page = (out / "report.html").read_text()
+    tables = re.findall(r"<table (?:id=summary|class=cmp|id=gap)>.*?</table>", page, re.S)
+    return {"metrics": metrics, "tables": tables}
+
+
+def pipeline_trials(root: Path, trials: int, rng: random.Random, env: dict[str, str]) -> None:
+    t0 = time.perf_counter()
+    whole = subprocess.run(demo(root / "whole"), env=env, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    seconds = time.perf_counter() - t0
+    reference = results(root / "whole")
+    stages = len(stage_lines(whole.stdout, "run"))
+    print(f"uninterrupted demo --quick: {seconds:.0f} s, {stages} stages")
+    identical = 0
+    for trial in range(trials):
+        out = root / f"trial{trial}"
+        proc = subprocess.Popen(demo(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, 0.95) * seconds)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        before = finished_stages(out)
+        resumed = subprocess.run(demo(out), env=env, capture_output=True, text=True)
+        ran, reused = stage_lines(resumed.stdout, "run"), stage_lines(resumed.stdout, "skip")
+        recomputed = {folder for folder in before if folder.rsplit("-", 1)[0] in ran}
+        same = resumed.returncode == 0 and not recomputed and results(out) == reference
+        identical += same
+        print(
+            f"trial {trial}: killed with {len(before)} of {stages} stages finished; resume rc {resumed.returncode}, "
+            f"{len(reused)} cache hits, {len(ran)} run, recomputed {sorted(recomputed) or 'none'}, identical {same}"
+        )
+        if resumed.returncode != 0:
+            print(resumed.stderr[-1500:])
+    print(
+        f"pipeline kill trials: identical in {identical} of {trials} trials (ratio {identical / trials:.2f})"
     )
 
 

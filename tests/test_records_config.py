@@ -154,3 +154,12 @@ def test_a_stage_manifest_is_written_only_when_the_stage_finishes(tmp_path):
     with stage_manifest(tmp_path / "rank1", "demo.stage", write=False):
         pass
     assert not (tmp_path / "rank1").exists()
+
+
+def test_a_relative_image_root_is_resolved_in_the_current_folder(tmp_path, monkeypatch):
+    from vialign.records import confined_image_path
+
+    for name in ("a", "b"):
+        (tmp_path / name / "world").mkdir(parents=True)
+        monkeypatch.chdir(tmp_path / name)
+        assert confined_image_path("world", "img.png") == tmp_path / name / "world" / "img.png"

@@ -257,8 +257,6 @@ def test_accelerate_launch_two_cpu_processes_ddp(tiny_model_dir, data, toyworld,
         "--set",
         "batch_size=2",
         "--set",
-        "use_cpu=true",
-        "--set",
         "lr=1e-3",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -439,6 +437,7 @@ def test_one_bf16_autocast_step_matches_float32_and_keeps_float32_master_weights
 def test_auto_dtype_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     from vialign.models import precision
 
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert precision.resolve_dtype("auto", "cpu") == "float32"
     with pytest.raises(ValueError, match="emulated"):
@@ -446,29 +445,36 @@ def test_auto_dtype_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     with pytest.raises(ValueError, match="CUDA"):
         precision.resolve_dtype("float16", "cpu")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(precision, "cpu_bf16_is_faster", lambda: False)
-    assert precision.resolve_dtype("auto", "cpu") == "float32", "native but measured slower: float32"
+    slower = {"bf16_faster": False, "float32_s": 0.01, "bfloat16_s": 0.02}
+    monkeypatch.setattr(precision, "cpu_bf16_probe", lambda: slower)
+    auto = precision.resolve_precision("auto", "cpu")
+    assert auto.dtype == "float32" and "not faster" in auto.reason, "native but measured slower: float32"
     assert precision.resolve_dtype("bfloat16", "cpu") == "bfloat16", "asked for explicitly: honoured"
-    monkeypatch.setattr(precision, "cpu_bf16_is_faster", lambda: True)
+    monkeypatch.setattr(precision, "cpu_bf16_probe", lambda: {**slower, "bf16_faster": True})
     assert precision.resolve_dtype("auto", "cpu") == "bfloat16"
-    assert precision.resolve_dtype("float32", "cpu") == "float32"
+    assert precision.resolve_precision("float32", "cpu").reason == "set explicitly"
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "0")
+    assert precision.resolve_precision("auto", "cpu").reason.startswith("auto: VIALIGN_CPU_BF16=0")
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="VIALIGN_CPU_BF16"):
+        precision.resolve_dtype("auto", "cpu")
 
 
 def test_the_bf16_probe_is_measured_once_per_machine(tmp_path, monkeypatch):
     from vialign.models import precision
 
     monkeypatch.setenv("VIALIGN_CACHE", str(tmp_path))
-    precision.cpu_bf16_is_faster.cache_clear()
+    precision.cpu_bf16_probe.cache_clear()
     calls = []
     monkeypatch.setattr(
         precision,
         "matmul_seconds",
         lambda dtype: calls.append(dtype) or (1.0 if dtype == torch.float32 else 0.4),
     )
-    assert precision.cpu_bf16_is_faster() and len(calls) == 2
-    precision.cpu_bf16_is_faster.cache_clear()
-    assert precision.cpu_bf16_is_faster() and len(calls) == 2, "read back from the cache file"
-    precision.cpu_bf16_is_faster.cache_clear()
+    assert precision.cpu_bf16_probe()["bf16_faster"] and len(calls) == 2
+    precision.cpu_bf16_probe.cache_clear()
+    assert precision.cpu_bf16_probe()["bf16_faster"] and len(calls) == 2, "read back from the cache file"
+    precision.cpu_bf16_probe.cache_clear()
 
 
 def packed_and_padded(tiny_model_dir, data, toyworld, n=6, row_tokens=None):

@@ -12,14 +12,14 @@ QUICK = {
     "text_size": 800,
     "annotation_images": 60,
     "eval_scenes": 30,
-    "lm_steps": 60,
-    "stage1_steps": 40,
-    "sft_steps": 30,
-    "rm_steps": 20,
-    "prompts": 24,
-    "dpo_steps": 8,
-    "eval_limit": 24,
-    "rewrite_limit": 40,
+    "lm_steps": 30,
+    "stage1_steps": 20,
+    "sft_steps": 16,
+    "rm_steps": 10,
+    "prompts": 16,
+    "dpo_steps": 4,
+    "eval_limit": 12,
+    "rewrite_limit": 20,
 }
 
 

@@ -23,6 +23,8 @@ QUICK = {
     "lora_r": 4,
     "rewrite_limit": 12,
     "resamples": 100,
+    "ifeval_tokens": 24,
+    "rewrite_tokens": 24,
 }
 
 

@@ -10,6 +10,7 @@ import hashlib
 import platform
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ class Manifest(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
     counts: dict[str, Any] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
+    # every dtype resolution the stage made: setting, device, dtype and why
+    precision: list[dict[str, str]] = Field(default_factory=list)
     started_at: float = 0.0
     duration_s: float = 0.0
 
@@ -74,6 +77,26 @@ def fingerprint_settings(settings: Any) -> str:
     return fingerprint_bytes(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS))
 
 
+_precisions: ContextVar[list[dict[str, str]] | None] = ContextVar("stage_precisions", default=None)
+
+
+@contextlib.contextmanager
+def recording_precisions() -> Iterator[list[dict[str, str]]]:
+    """Collects the dtype resolutions made inside the block (`models.precision` reports each one)."""
+    found: list[dict[str, str]] = []
+    token = _precisions.set(found)
+    try:
+        yield found
+    finally:
+        _precisions.reset(token)
+
+
+def record_precision(resolution: dict[str, str]) -> None:
+    found = _precisions.get()
+    if found is not None and resolution not in found:
+        found.append(resolution)
+
+
 @contextlib.contextmanager
 def stage_manifest(
     out_dir: str | Path,
@@ -91,7 +114,9 @@ def stage_manifest(
         stage=stage, inputs=dict(inputs or {}), settings=dict(settings or {}), started_at=time.time()
     )
     t0 = time.perf_counter()
-    yield manifest
+    with recording_precisions() as resolved:
+        yield manifest
+    manifest.precision = resolved
     manifest.duration_s = round(time.perf_counter() - t0, 3)
     if write:
         write_manifest(out_dir, manifest)

@@ -95,9 +95,9 @@ class ImagePathError(ValueError):
 
 
 @functools.lru_cache(maxsize=16)
-def resolved_root(root: str) -> Path:
-    """An image root resolved once per run, not once per record."""
-    return Path(root).resolve()
+def resolved_root(root: str, cwd: str) -> Path:
+    """An image root resolved once per run, not once per record (a relative root once per working folder)."""
+    return (Path(cwd) / root).resolve()
 
 
 def confined_image_path(root: str | Path, rel: str) -> Path:
@@ -107,7 +107,7 @@ def confined_image_path(root: str | Path, rel: str) -> Path:
             "image_path_absolute", f"{rel!r} is absolute; paths must be relative to the image root"
         )
     path = (Path(root) / rel).resolve()
-    if not path.is_relative_to(resolved_root(str(root))):
+    if not path.is_relative_to(resolved_root(str(root), os.getcwd())):
         raise ImagePathError("image_path_escapes_root", f"{rel!r} points outside the image root")
     return path
 

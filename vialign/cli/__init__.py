@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 from vialign.cli import annotate, curate, data, evaluate, model, toyworld
 from vialign.cli.common import QuietOpt, err_console, out_console
 from vialign.cli.stages import add_stage_commands
+from vialign.progress import library_bars_off_terminal
 
 
 class ClearErrors(TyperGroup):
@@ -23,6 +24,7 @@ class ClearErrors(TyperGroup):
     reported here. `VIALIGN_DEBUG=1` shows the traceback instead."""
 
     def invoke(self, ctx: click.Context):
+        library_bars_off_terminal()
         try:
             return super().invoke(ctx)
         except (ValueError, OSError) as exc:

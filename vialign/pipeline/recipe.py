@@ -147,6 +147,13 @@ def output_fingerprint(folder: Path) -> str:
     return fingerprint_dir(folder, "**/*", skip=frozenset({MANIFEST_NAME, "stage.json"}))
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """A stage's record means it finished: a kill mid-write must leave no half record."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def run_recipe(
     recipe: Recipe,
     *,
@@ -198,7 +205,8 @@ def run_recipe(
         say = lambda text: log("  " + text)  # noqa: E731
         kind.run_function()(StageContext(kind.output_in(folder), inputs, validated, show_progress, say))
         fingerprint = output_fingerprint(folder)
-        record.write_bytes(
+        write_atomically(
+            record,
             orjson.dumps(
                 {
                     "name": stage.name,
@@ -212,7 +220,7 @@ def run_recipe(
                     "duration_s": round(time.perf_counter() - t0, 2),
                 },
                 option=orjson.OPT_INDENT_2,
-            )
+            ),
         )
         log(f"[done] {stage.name} in {time.perf_counter() - t0:.1f} s → {folder}")
         folders[stage.name], fingerprints[stage.name] = folder, fingerprint

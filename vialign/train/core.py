@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 
 from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncodeReport, EncoderSettings
 from vialign.models.loading import processor_image_tokens, save_llava
+from vialign.progress import ProgressLines, on_terminal
 from vialign.records import JsonlWriter
 from vialign.train.checkpoints import SealCheckpoint, resume_target, whole_run_loss
 from vialign.train.sampling import ShuffledLengthGroupedSampler
@@ -184,9 +185,10 @@ def training_arguments(out: Path, settings: TrainerSettings) -> TrainingArgument
         fp16=compute == "float16",
         gradient_checkpointing=settings.gradient_checkpointing,
         deepspeed=str(settings.deepspeed) if settings.deepspeed else None,
-        use_cpu=settings.use_cpu,
+        use_cpu=settings.device() == "cpu",
         remove_unused_columns=False,
         logging_first_step=True,
+        disable_tqdm=not on_terminal(),
         **settings.training_args,
     )
 
@@ -206,6 +208,22 @@ class TrainResult:
         """Throughput after the first step and peak GPU memory, where known, for the manifest."""
         counts = {"steady_tokens_per_s": self.steady_tokens_per_s, "peak_gpu_mb": self.peak_gpu_mb}
         return {k: round(v, 1) for k, v in counts.items() if v is not None}
+
+
+class ProgressLinesCallback(TrainerCallback):
+    """Training progress in a log: one line per interval with the step, rate and ETA (tqdm's bar is off
+    there; transformers prints each logging step's loss as a line)."""
+
+    def __init__(self) -> None:
+        self.lines = ProgressLines()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_local_process_zero:
+            self.lines("train steps", state.global_step, state.max_steps)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_local_process_zero:
+            self.lines("train steps", 1, state.max_steps)
 
 
 class StepClock(TrainerCallback):
@@ -249,7 +267,12 @@ def run_trainer(
         projector_lr=getattr(settings, "projector_lr", None),
         group_by_length=getattr(settings, "group_by_length", False),
         group_batches=getattr(settings, "length_group_batches", 8),
-        callbacks=[*(callbacks or []), SealCheckpoint(), clock := StepClock()],
+        callbacks=[
+            *(callbacks or []),
+            SealCheckpoint(),
+            clock := StepClock(),
+            *([] if on_terminal() else [ProgressLinesCallback()]),
+        ],
     )
     resumed_at = json.loads((Path(target) / "trainer_state.json").read_text())["global_step"] if target else 0
     t0 = time.perf_counter()

@@ -370,7 +370,7 @@ def train_dpo(
         key = reference_key(pairs_path, model_path, encoder, processor, compute)
         cache_file = (settings.ref_cache_dir or out / "ref_cache") / f"{key}.jsonl"
         # The policy starts as the reference: its log-probs before any update are the reference's.
-        model.to("cpu" if settings.use_cpu else PartialState().device)
+        model.to("cpu" if settings.device() == "cpu" else PartialState().device)
         with PartialState().main_process_first():
             ref, computed = reference_logps(
                 model,

@@ -12,7 +12,7 @@ from vialign.choices import ChatFormatName, Stage
 from vialign.config import Settings
 from vialign.data.templates import DEFAULT_TEMPLATE_MIN_FRAC
 from vialign.models.encoding import CHAT_FORMATS, LabelMode
-from vialign.models.precision import ComputeDtype, Dtype, resolve_dtype
+from vialign.models.precision import ComputeDtype, Dtype, Precision, resolve_precision, training_device
 from vialign.models.tiny import TinyModelSettings
 
 # What each stage trains (vision tower, projector, language model) and how it renders turns.
@@ -78,6 +78,7 @@ NAMED_ARGS = {
     "deepspeed": "deepspeed",
     "use_cpu": "use_cpu",
     "remove_unused_columns": None,
+    "disable_tqdm": None,
     "logging_first_step": None,
 }
 
@@ -111,7 +112,10 @@ class TrainerSettings(Settings):
     )
     gradient_checkpointing: bool = False
     deepspeed: Path | None = Field(None, description="DeepSpeed JSON config (GPU)")
-    use_cpu: bool = False
+    use_cpu: bool = Field(
+        False,
+        description="train on the CPU even where a CUDA GPU is (without a CUDA GPU training is on the CPU anyway)",
+    )
     training_args: dict[str, Any] = Field(
         default_factory=dict, description="any other transformers.TrainingArguments field, passed as given"
     )
@@ -153,9 +157,16 @@ class TrainerSettings(Settings):
             )
         return self
 
+    def device(self) -> str:
+        """Where training runs, decided at run time (not at validation: a GPU recipe is checked on a laptop
+        too)."""
+        return training_device(self.use_cpu)
+
+    def precision(self) -> Precision:
+        return resolve_precision(self.dtype, self.device())
+
     def compute_dtype(self) -> ComputeDtype:
-        """Resolved where training runs (not at validation: a GPU recipe is checked on a laptop too)."""
-        return resolve_dtype(self.dtype, "cpu" if self.use_cpu else None)
+        return self.precision().dtype
 
 
 class PartsSettings(TrainerSettings):
@@ -269,12 +280,15 @@ class LMTrainSettings(TrainerSettings):
         "lora": "the inner LLM is trained from scratch, whole",
         "chat_format": "the inner LLM learns the vicuna_v1 layout its LLaVA uses",
         **dict.fromkeys(("templates", "template_min_frac"), "its text corpus has no templates"),
-        **dict.fromkeys(
-            ("packing", "pack_tokens", "group_by_length", "length_group_batches"),
-            "its text samples are padded per batch",
-        ),
+        **dict.fromkeys(("packing", "pack_tokens"), "its text samples are padded per batch"),
     }
 
     mode: LabelMode = Field("response", description="response: the answers of its text corpus only")
+    # On: text-only samples have no image to learn to read (what made SFT keep it off), and random batches
+    # of the toy world's text are 57% padding.
+    group_by_length: bool = True
+    length_group_batches: int = Field(
+        8, ge=1, description="batches per length-sorted group; fewer mixes lengths more"
+    )
     max_length: int = Field(2048, ge=8)
     model: TinyModelSettings = Field(default_factory=TinyModelSettings, description="the inner LLM's shape")
