@@ -34,8 +34,6 @@ from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
 
 SETTINGS = [
     "--set",
-    "use_cpu=true",
-    "--set",
     "batch_size=4",
     "--set",
     "max_steps=120",

@@ -183,14 +183,22 @@ def training_arguments(out: Path, settings: TrainerSettings) -> TrainingArgument
         dataloader_num_workers=settings.dataloader_workers,
         bf16=compute == "bfloat16",
         fp16=compute == "float16",
-        gradient_checkpointing=settings.gradient_checkpointing,
         deepspeed=str(settings.deepspeed) if settings.deepspeed else None,
         use_cpu=settings.device() == "cpu",
         remove_unused_columns=False,
         logging_first_step=True,
         disable_tqdm=not on_terminal(),
+        **{checkpointing_field(): settings.gradient_checkpointing},
         **settings.training_args,
     )
+
+
+def checkpointing_field() -> str:
+    """transformers 5.2x renamed `gradient_checkpointing` (and warns on every run that sets the old name)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 @dataclass

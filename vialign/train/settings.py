@@ -75,6 +75,7 @@ NAMED_ARGS = {
     "bf16": "dtype",
     "fp16": "dtype",
     "gradient_checkpointing": "gradient_checkpointing",
+    "activation_checkpointing": "gradient_checkpointing",
     "deepspeed": "deepspeed",
     "use_cpu": "use_cpu",
     "remove_unused_columns": None,
