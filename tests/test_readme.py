@@ -1,7 +1,7 @@
-"""Every `vialign …` command in README.md's code blocks runs as written, in the README's order, in one
-folder, with its defaults: exit 0 and the files it names with --out. Placeholders (CKPT, data.jsonl, …)
-are filled with small files; SCALE only shrinks sizes, steps and token counts. A command that cannot run
-here is in SKIP, with the reason."""
+"""Every `vialign …` command in README.md's code blocks runs as written, in the README's order (a folder
+per section, starting from what earlier sections made), with its defaults: exit 0 and the files it names
+with --out. Placeholders (CKPT, data.jsonl, …) are filled with small files; SCALE only shrinks sizes,
+steps and token counts. A command that cannot run here is in SKIP, with the reason."""
 
 import re
 import shlex
