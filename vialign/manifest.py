@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import platform
 import time
 from collections.abc import Iterator
@@ -125,7 +126,13 @@ def stage_manifest(
 def write_manifest(out_dir: str | Path, manifest: Manifest) -> Path:
     path = Path(out_dir) / MANIFEST_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps(manifest.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
-    tmp.replace(path)
+    write_atomically(path, orjson.dumps(manifest.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
     return path
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """A record that means "finished" (a manifest, a stage record, a probe): a kill mid-write leaves the old
+    file or none, never half of one."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from vialign.choices import ComputeDtype, Dtype
-from vialign.manifest import record_precision
+from vialign.manifest import record_precision, write_atomically
 
 
 def default_device(device: str | None = None) -> str:
@@ -60,15 +60,21 @@ class Precision:
 
 def training_device(use_cpu: bool) -> str:
     """Where a trainer runs: the CUDA GPU where there is one, unless `use_cpu` asks for the CPU."""
-    return "cpu" if use_cpu or not torch.cuda.is_available() else "cuda"
+    return default_device("cpu" if use_cpu else None)
+
+
+def forced_cpu_bf16() -> str | None:
+    """`VIALIGN_CPU_BF16` as given ("1" or "0"), or None when unset."""
+    forced = os.environ.get(CPU_BF16_ENV)
+    if forced not in (None, "0", "1"):
+        raise ValueError(f"{CPU_BF16_ENV}={forced!r}: use 1 (bf16 CPU) or 0 (float32 CPU), or unset it")
+    return forced
 
 
 def cpu_bf16() -> tuple[bool, str]:
     """Whether this CPU computes in bf16 (natively and faster than float32), and why."""
-    forced = os.environ.get(CPU_BF16_ENV)
+    forced = forced_cpu_bf16()
     if forced is not None:
-        if forced not in ("0", "1"):
-            raise ValueError(f"{CPU_BF16_ENV}={forced!r}: use 1 (bf16 CPU) or 0 (float32 CPU), or unset it")
         return forced == "1", f"{CPU_BF16_ENV}={forced} sets the CPU's bf16 answer"
     if not cpu_has_native_bf16():
         return False, "this CPU has neither AVX512-BF16 nor AMX"
@@ -100,9 +106,7 @@ def cpu_bf16_probe() -> dict[str, float | bool]:
     fp32, bf16 = matmul_seconds(torch.float32), matmul_seconds(torch.bfloat16)
     probe = {"bf16_faster": bf16 < 0.8 * fp32, "float32_s": fp32, "bfloat16_s": bf16}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(probe))
-    tmp.replace(path)
+    write_atomically(path, json.dumps(probe).encode())
     return probe
 
 
@@ -141,7 +145,7 @@ def resolve_precision(setting: Dtype, device: str | torch.device | None = None) 
     if setting == "auto":
         native, why = native_bf16(kind)
         precision = Precision(setting, kind, "bfloat16" if native else "float32", f"auto: {why}")
-    elif setting == "bfloat16" and kind == "cpu" and not cpu_has_native_bf16() and not cpu_bf16()[0]:
+    elif setting == "bfloat16" and kind == "cpu" and not cpu_has_native_bf16() and forced_cpu_bf16() != "1":
         raise ValueError(
             "dtype bfloat16: this CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated "
             "and slower than float32; use dtype float32 (or auto)"

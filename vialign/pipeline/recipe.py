@@ -37,6 +37,7 @@ from vialign.manifest import (
     fingerprint_file,
     fingerprint_listing,
     fingerprint_settings,
+    write_atomically,
 )
 
 REF = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
@@ -145,13 +146,6 @@ def check_every_stage(recipe: Recipe, root: Path) -> None:
 def output_fingerprint(folder: Path) -> str:
     """What a stage produced: its files, less the records of how it ran (manifests hold times)."""
     return fingerprint_dir(folder, "**/*", skip=frozenset({MANIFEST_NAME, "stage.json"}))
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """A stage's record means it finished: a kill mid-write must leave no half record."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def run_recipe(

@@ -22,7 +22,12 @@ from vialign.progress import ProgressLines, on_terminal
 from vialign.records import JsonlWriter
 from vialign.train.checkpoints import SealCheckpoint, resume_target, whole_run_loss
 from vialign.train.sampling import ShuffledLengthGroupedSampler
-from vialign.train.settings import ChatTrainerSettings, PartsSettings, TrainerSettings
+from vialign.train.settings import (
+    ChatTrainerSettings,
+    PartsSettings,
+    TrainerSettings,
+    training_argument_names,
+)
 
 PART_PREFIXES = {
     "vision": ("model.vision_tower.",),
@@ -195,10 +200,8 @@ def training_arguments(out: Path, settings: TrainerSettings) -> TrainingArgument
 
 def checkpointing_field() -> str:
     """transformers 5.2x renamed `gradient_checkpointing` (and warns on every run that sets the old name)."""
-    from dataclasses import fields
-
-    names = {f.name for f in fields(TrainingArguments)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    new = "activation_checkpointing"
+    return new if new in training_argument_names() else "gradient_checkpointing"
 
 
 @dataclass

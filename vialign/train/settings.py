@@ -3,6 +3,7 @@ combinations that cannot work are refused here, before any model is loaded, with
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -12,7 +13,7 @@ from vialign.choices import ChatFormatName, Stage
 from vialign.config import Settings
 from vialign.data.templates import DEFAULT_TEMPLATE_MIN_FRAC
 from vialign.models.encoding import CHAT_FORMATS, LabelMode
-from vialign.models.precision import ComputeDtype, Dtype, Precision, resolve_precision, training_device
+from vialign.models.precision import ComputeDtype, Dtype, resolve_dtype, training_device
 from vialign.models.tiny import TinyModelSettings
 
 # What each stage trains (vision tower, projector, language model) and how it renders turns.
@@ -84,6 +85,16 @@ NAMED_ARGS = {
 }
 
 
+@functools.cache
+def training_argument_names() -> frozenset[str]:
+    """The fields of the installed transformers' `TrainingArguments`."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    return frozenset(f.name for f in fields(TrainingArguments))
+
+
 class TrainerSettings(Settings):
     """What every vialign trainer hands to `transformers.TrainingArguments`; anything else of
     TrainingArguments (max_grad_norm, optim, fsdp, torch_compile, …) goes through `training_args`."""
@@ -135,11 +146,7 @@ class TrainerSettings(Settings):
     @field_validator("training_args")
     @classmethod
     def _known_training_args(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from dataclasses import fields
-
-        from transformers import TrainingArguments
-
-        known = {f.name for f in fields(TrainingArguments)}
+        known = training_argument_names()
         for name in value:
             if name in NAMED_ARGS:
                 ours = NAMED_ARGS[name]
@@ -163,11 +170,8 @@ class TrainerSettings(Settings):
         too)."""
         return training_device(self.use_cpu)
 
-    def precision(self) -> Precision:
-        return resolve_precision(self.dtype, self.device())
-
     def compute_dtype(self) -> ComputeDtype:
-        return self.precision().dtype
+        return resolve_dtype(self.dtype, self.device())
 
 
 class PartsSettings(TrainerSettings):
