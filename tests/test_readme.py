@@ -1,7 +1,8 @@
 """Every `vialign …` command in README.md's code blocks runs as written, in the README's order (a folder
 per section, starting from what earlier sections made), with its defaults: exit 0 and the files it names
 with --out. Placeholders (CKPT, data.jsonl, …) are filled with small files; SCALE only shrinks sizes,
-steps and token counts. A command that cannot run here is in SKIP, with the reason."""
+steps and token counts. It runs as a CPU with bf16 and as one without. A command that cannot run here is in
+SKIP, with the reason."""
 
 import re
 import shlex
@@ -136,7 +137,9 @@ def test_the_readme_lists_the_commands_this_test_knows():
 
 
 @pytest.mark.slow
-def test_every_readme_command_runs_as_written(tiny_model_dir, toyworld, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bf16_cpu", ["1", "0"], ids=["cpu-with-bf16", "cpu-without-bf16"])
+def test_every_readme_command_runs_as_written(bf16_cpu, tiny_model_dir, toyworld, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIALIGN_CPU_BF16", bf16_cpu)
     ran, made = [], {}
     for number, block in enumerate(readme_blocks()):
         folder = tmp_path / f"section{number}"
