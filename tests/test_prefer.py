@@ -22,7 +22,7 @@ from vialign.prefer.judge import (
 )
 from vialign.prefer.pairs import PairSettings, build_pairs, pick_pair, trl_record
 from vialign.prefer.sample import ResponseSampler, SampleSettings
-from vialign.records import read_jsonl, read_samples, write_jsonl
+from vialign.records import read_samples
 from vialign.toyworld.oracle import oracle_ratings
 from vialign.train.dpo import (
     DPOSettings,
@@ -40,26 +40,6 @@ from vialign.train.dpo import (
 
 def rating(h, c, o, x=2, v=2):
     return {"helpfulness": h, "correctness": c, "coherence": o, "complexity": x, "verbosity": v}
-
-
-@pytest.fixture(scope="module")
-def pairs_file(toyworld, tmp_path_factory):
-    """Pairs from the toy world's answer annotations: best candidate chosen, worst rejected."""
-    out = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    records = []
-    for group in list(read_jsonl(toyworld / "annotations" / "answers.jsonl"))[:16]:
-        ranked = sorted(group["candidates"], key=lambda c: -c["score"])
-        records.append(
-            {
-                "id": group["group_id"],
-                "image": group["image"],
-                "conversations": [{"from": "human", "value": f"<image>\n{group['question']}"}],
-                "chosen": ranked[0]["answer"],
-                "rejected": ranked[-1]["answer"],
-            }
-        )
-    write_jsonl(records, out)
-    return out
 
 
 # ---------------------------------------------------------------- judging

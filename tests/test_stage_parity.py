@@ -22,6 +22,7 @@ TIMING = {
     "train_runtime",
     "train_samples_per_second",
     "train_steps_per_second",
+    "free_bytes",  # the device's free memory when training began
 }
 
 

@@ -497,10 +497,15 @@ def packed_and_padded(tiny_model_dir, data, toyworld, n=6, row_tokens=None):
     )
 
 
+def model_inputs(batch):
+    """A collated batch as the model takes it (the trainer consumes `trained_positions`)."""
+    return {k: v for k, v in batch.items() if k != "trained_positions"}
+
+
 def loss_and_grads(model, batch):
     model.zero_grad()
     n_labels = int((batch["labels"][:, 1:] != -100).sum())
-    loss = model(**batch).loss
+    loss = model(**model_inputs(batch)).loss
     loss.backward()
     return (
         loss.item(),
@@ -538,19 +543,19 @@ def smollm2_tiny_dir(toyworld, tmp_path_factory):
 def test_loss_on_trained_positions_equals_the_full_vocabulary_loss(
     family, tiny_model_dir, smollm2_tiny_dir, data, toyworld
 ):
-    from vialign.train.core import labelled_token_loss, trained_positions
+    from vialign.train.core import labelled_token_loss
 
     model_dir = tiny_model_dir if family == "toy" else smollm2_tiny_dir
     model, _, padded, packed = packed_and_padded(model_dir, data, toyworld)
     for batch in (padded, packed):
         full_loss, _, full_grads = loss_and_grads(model, batch)
-        keep = trained_positions(batch["labels"])
+        keep = batch["trained_positions"]
         assert 0 < len(keep) < batch["labels"].shape[1] - 1, "some positions need no logits"
         model.zero_grad()
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
         outputs = model(**inputs, logits_to_keep=keep)
         assert outputs.logits.shape[1] == len(keep)
-        loss = labelled_token_loss(outputs, batch["labels"])
+        loss = labelled_token_loss(outputs, batch["labels"][:, 1:].index_select(1, keep))
         loss.backward()
         grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
         assert loss.item() == pytest.approx(full_loss, abs=1e-5)
@@ -570,6 +575,7 @@ def test_packed_samples_never_see_or_predict_each_other(tiny_model_dir, data, to
     starts = [i for i in range(len(positions)) if positions[i] == 0]
     assert len(starts) >= 2 and all(labels[s] == -100 for s in starts), "no label crosses a sample boundary"
     with torch.no_grad():
+        padded, packed = model_inputs(padded), model_inputs(packed)
         alone, together = model(**padded).logits, model(**packed).logits
         changed = {**packed, "input_ids": packed["input_ids"].clone()}
         first = changed["input_ids"][shared, : lengths[layout[shared][0]]]

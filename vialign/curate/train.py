@@ -348,10 +348,8 @@ def train_reward_model(
             "pairs": sum(len(e.pairs) for e in examples),
             "negatives": sum(len(e.candidates) - e.originals for e in examples),
             "trainable_parameters": trainable,
-            "steps": result.steps,
-            "train_loss": result.train_loss,
             "truncated": inputs.truncated,
-            "train_seconds": round(result.seconds, 2),
+            **result.manifest_counts(),
             **metrics,
         }
     return manifest

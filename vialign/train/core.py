@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,14 @@ from vialign.models.loading import processor_image_tokens, save_llava
 from vialign.progress import ProgressLines, on_terminal
 from vialign.records import JsonlWriter
 from vialign.train.checkpoints import SealCheckpoint, resume_target, whole_run_loss
+from vialign.train.dtypes import (
+    adapters_take_compute_dtype,
+    keep_float32_masters,
+    lower_frozen_weights,
+    restore_frozen_weights,
+)
+from vialign.train.lora import use_fused_lora
+from vialign.train.memory import CheckpointingDecision, decide_checkpointing
 from vialign.train.sampling import ShuffledLengthGroupedSampler
 from vialign.train.settings import (
     ChatTrainerSettings,
@@ -43,13 +51,19 @@ def part_of(name: str) -> str:
     raise ValueError(f"parameter {name!r} belongs to no known part of a LLaVA model")
 
 
-def set_trainable_parts(model: PreTrainedModel, settings: PartsSettings) -> dict[str, int]:
-    """Freeze by part; returns the number of trainable parameters per part."""
-    counts = dict.fromkeys(PART_PREFIXES, 0)
+def set_trainable_parts(model: PreTrainedModel, settings: PartsSettings) -> None:
     for name, param in model.named_parameters():
-        part = part_of(name)
-        param.requires_grad_(bool(settings.resolved(f"train_{part}")))
-        counts[part] += param.numel() if param.requires_grad else 0
+        param.requires_grad_(bool(settings.resolved(f"train_{part_of(name)}")))
+
+
+def trainable_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Parameters that train, per part, counted after LoRA froze the base; `lora_adapters` counts the
+    adapters (inside `llm`)."""
+    counts = dict.fromkeys([*PART_PREFIXES, "lora_adapters"], 0)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            counts[part_of(name.removeprefix("base_model.model."))] += param.numel()
+            counts["lora_adapters"] += param.numel() if ".lora_" in name else 0
     return counts
 
 
@@ -66,6 +80,7 @@ def add_lora(model: PreTrainedModel, settings: PartsSettings) -> PreTrainedModel
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, config)
+    use_fused_lora(peft_model)
     leaked = [n for n, p in peft_model.named_parameters() if p.requires_grad and "vision_tower" in n]
     if leaked:
         raise ValueError(
@@ -78,18 +93,14 @@ def is_projector(name: str) -> bool:
     return "multi_modal_projector" in name
 
 
-def trained_positions(labels: torch.Tensor) -> torch.Tensor:
-    """Positions of a batch whose next token is trained in some row: the only logits the loss needs."""
-    return torch.nonzero((labels[:, 1:] != IGNORE_INDEX).any(dim=0)).squeeze(1)
-
-
-def labelled_token_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+def labelled_token_loss(outputs: Any, targets: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
     """transformers' causal-LM loss (float32 cross-entropy summed over trained tokens, divided by the
     trained tokens of the whole accumulated batch) on the logits of `trained_positions` alone, which the
     model computed instead of full-vocabulary logits at every position (image tokens, system prompt, and
-    with VIT the whole instruction never need them)."""
+    with VIT the whole instruction never need them). `targets` are the labels of those positions'
+    next tokens."""
     logits = outputs.logits.float()
-    targets = labels[:, 1:][:, trained_positions(labels)].to(logits.device)
+    targets = targets.to(logits.device)
     loss = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
@@ -123,7 +134,10 @@ class VialignTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.compute_loss_func is labelled_token_loss and "labels" in inputs:
-            inputs = {**inputs, "logits_to_keep": trained_positions(inputs["labels"])}
+            inputs = dict(inputs)
+            positions = inputs.pop("trained_positions")
+            targets = inputs["labels"][:, 1:].index_select(1, positions)
+            inputs.update(logits_to_keep=positions, labels=targets)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset=None):
@@ -166,7 +180,9 @@ class VialignTrainer(Trainer):
         return self.optimizer
 
 
-def training_arguments(out: Path, settings: TrainerSettings) -> TrainingArguments:
+def training_arguments(
+    out: Path, settings: TrainerSettings, checkpointing: bool = False
+) -> TrainingArguments:
     compute = settings.compute_dtype()
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
@@ -193,7 +209,9 @@ def training_arguments(out: Path, settings: TrainerSettings) -> TrainingArgument
         remove_unused_columns=False,
         logging_first_step=True,
         disable_tqdm=not on_terminal(),
-        **{checkpointing_field(): settings.gradient_checkpointing},
+        # its check of every step's loss for NaN waits for the device each step; a NaN loss shows as NaN
+        logging_nan_inf_filter=False,
+        **{checkpointing_field(): checkpointing},
         **settings.training_args,
     )
 
@@ -214,11 +232,21 @@ class TrainResult:
     log_history: list[dict]
     steady_tokens_per_s: float | None = None
     peak_gpu_mb: float | None = None
+    checkpointing: CheckpointingDecision | None = None
 
-    def speed_counts(self) -> dict[str, float]:
-        """Throughput after the first step and peak GPU memory, where known, for the manifest."""
-        counts = {"steady_tokens_per_s": self.steady_tokens_per_s, "peak_gpu_mb": self.peak_gpu_mb}
-        return {k: round(v, 1) for k, v in counts.items() if v is not None}
+    def manifest_counts(self) -> dict[str, Any]:
+        """Steps, loss, throughput (also after the first step), peak GPU memory where known, and the
+        checkpointing decision, for a training stage's manifest."""
+        speed = {"steady_tokens_per_s": self.steady_tokens_per_s, "peak_gpu_mb": self.peak_gpu_mb}
+        return {
+            "steps": self.steps,
+            "train_loss": self.train_loss,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "train_seconds": round(self.seconds, 2),
+            **{k: round(v, 1) for k, v in speed.items() if v is not None},
+            "world_size": self.world_size,
+            **({"activation_checkpointing": asdict(self.checkpointing)} if self.checkpointing else {}),
+        }
 
 
 class ProgressLinesCallback(TrainerCallback):
@@ -268,7 +296,13 @@ def run_trainer(
     callbacks: list | None = None,
     trainer_cls: type[VialignTrainer] = VialignTrainer,
 ) -> TrainResult:
-    args = training_arguments(out, settings)
+    lowered = {} if settings.deepspeed else lower_frozen_weights(model, settings.compute_dtype())
+    checkpointing = decide_checkpointing(
+        settings.gradient_checkpointing, model, dataset.lengths, settings.batch_size, settings.device()
+    )
+    if checkpointing.on:
+        embedding_outputs_require_grad(model)
+    args = training_arguments(out, settings, checkpointing.on)
     target = resume_target(Path(args.output_dir), resume, main_process=PartialState().is_main_process)
     trainer = trainer_cls(
         model=model,
@@ -289,6 +323,7 @@ def run_trainer(
     t0 = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=target)
     seconds = time.perf_counter() - t0
+    restore_frozen_weights(model, lowered)
     # accelerate wraps forward in autocast for mixed precision; callers evaluate the trained model after
     # this returns and must see the same numbers as a reload of the saved weights.
     extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False)
@@ -305,7 +340,13 @@ def run_trainer(
         state.log_history,
         clock.steady_rate(tokens),
         peak_gpu_mb(),
+        checkpointing,
     )
+
+
+def embedding_outputs_require_grad(model: torch.nn.Module) -> None:
+    """Checkpointed layers need an input that requires grad, which frozen embeddings (LoRA) do not give."""
+    next(m for m in model.modules() if isinstance(m, PreTrainedModel)).enable_input_require_grads()
 
 
 def training_encoder(
@@ -328,25 +369,30 @@ def training_encoder(
 def prepare_for_training(
     model: PreTrainedModel, settings: PartsSettings
 ) -> tuple[PreTrainedModel, dict[str, int]]:
-    """Freeze by part, add LoRA if asked, ready gradient checkpointing; returns the model to train and the
-    trainable parameters per part."""
-    trainable = set_trainable_parts(model, settings)
+    """Freeze by part, add LoRA if asked, set the dtypes of what trains, compile if asked; returns the
+    model to train and the trainable parameters per part."""
+    set_trainable_parts(model, settings)
     if settings.lora.enabled:
         model = add_lora(model, settings)
-    upcast_for_training(model, settings.compute_dtype())
-    if settings.gradient_checkpointing:
-        model.enable_input_require_grads()
-    return model, trainable
+    keep_float32_masters(model, settings.compute_dtype())
+    if settings.lora.enabled:
+        adapters_take_compute_dtype(model, settings.compute_dtype())
+    if settings.compile:
+        compile_decoder_layers(model)
+    return model, trainable_parameters(model)
 
 
-def upcast_for_training(model: torch.nn.Module, compute: str) -> None:
-    """Float32 master weights for what trains: a bf16/fp16 checkpoint (llava-hf ships float16) would
-    otherwise take AdamW steps in half precision, where an lr-2e-5 update is below one ulp. Under autocast
-    frozen weights keep the checkpoint's dtype; without it (float32 compute) the whole model is float32,
-    so no layer meets an input of another dtype."""
-    for param in model.parameters():
-        if (param.requires_grad or compute == "float32") and param.dtype != torch.float32:
-            param.data = param.data.float()
+def compile_decoder_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
+    """`torch.compile` each decoder layer of the language model in place (the layers its class lists as
+    never to be split across devices); returns how many. Shapes vary with every packed batch: dynamic."""
+    language_model = next(m for name, m in model.named_modules() if name.endswith("language_model"))
+    layer_classes = set(getattr(language_model, "_no_split_modules", None) or ())
+    layers = [m for m in language_model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise ValueError(f"compile: {type(language_model).__name__} names no decoder layer class")
+    for layer in layers:
+        layer.compile(backend=backend, dynamic=True)
+    return len(layers)
 
 
 def save_run(
@@ -385,4 +431,14 @@ def export_trained(model: PreTrainedModel, processor: Any, out: Path, settings: 
             processor.save_pretrained(out / "adapter")
             return
         model = model.merge_and_unload()
-    save_llava(model, processor, out)
+    save_llava(in_checkpoint_dtype(model), processor, out)
+
+
+def in_checkpoint_dtype(model: PreTrainedModel) -> PreTrainedModel:
+    """The model in the dtype its checkpoint was loaded in (float32 masters of a float16 checkpoint are
+    saved as float16, as the checkpoint was); a model built in memory as it is."""
+    dtype = getattr(model.config, "dtype", None)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if isinstance(dtype, torch.dtype) and any(p.dtype != dtype for p in model.parameters()):
+        return model.to(dtype)
+    return model

@@ -43,7 +43,8 @@ class SFTDataset(Dataset):
 
 @dataclass
 class SFTCollator:
-    """Right-pads a batch and turns every image of it, in order, into one pixel_values tensor."""
+    """Right-pads a batch and turns every image of it, in order, into one pixel_values tensor; adds the
+    batch's `trained_positions`."""
 
     pad_token_id: int
     image_processor: Any = None
@@ -59,7 +60,7 @@ class SFTCollator:
             labels[k, :n] = torch.tensor(row["labels"])
             attention[k, :n] = 1
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
-        return self.with_images(batch, rows)
+        return self.with_images(with_trained_positions(batch), rows)
 
     def with_images(
         self, batch: dict[str, torch.Tensor], rows: list[dict[str, Any]]
@@ -106,7 +107,18 @@ class PackedSFTCollator(SFTCollator):
         # mode would otherwise build one and attend across samples)
         batch = {"input_ids": input_ids, "labels": labels, "position_ids": positions, "use_cache": False}
         # pixel_values in the order the image tokens appear: row by row, sample by sample
-        return self.with_images(batch, [sample for row in packed for sample in row])
+        return self.with_images(with_trained_positions(batch), [sample for row in packed for sample in row])
+
+
+def trained_positions_of(labels: torch.Tensor) -> torch.Tensor:
+    """Positions of a batch whose next token is trained in some row: the only logits a loss needs."""
+    return torch.nonzero((labels[:, 1:] != IGNORE_INDEX).any(dim=0)).squeeze(1)
+
+
+def with_trained_positions(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with its `trained_positions`, built here in the data loader: in the training step on a
+    GPU, `nonzero` would wait for the device."""
+    return {**batch, "trained_positions": trained_positions_of(batch["labels"])}
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -71,11 +71,18 @@ def sequence_logps(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
+    trained_positions: torch.Tensor,
     pixel_values: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of the labelled tokens of each row, and how many there are."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values).logits
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    """Summed log-probs of the labelled tokens of each row, and how many there are; logits are computed
+    at the batch's `trained_positions` only (the responses)."""
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        pixel_values=pixel_values,
+        logits_to_keep=trained_positions,
+    ).logits.float()
+    targets = labels[:, 1:].index_select(1, trained_positions)
     mask = targets != IGNORE_INDEX
     picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     token_logps = (picked - torch.logsumexp(logits, dim=-1)) * mask
@@ -275,7 +282,7 @@ class PreferenceTrainer(VialignTrainer):
         super().__init__(*args, **kwargs)
         self.dpo = dpo
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean
-        self._stats: dict[str, list[float]] = {}
+        self._stats: dict[str, list[torch.Tensor]] = {}  # read (a device sync) only when logged
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ref_chosen, ref_rejected = inputs.pop("ref_chosen"), inputs.pop("ref_rejected")
@@ -297,13 +304,13 @@ class PreferenceTrainer(VialignTrainer):
             loss = loss + self.dpo.sft_weight * (-chosen.sum() / chosen_tokens.sum().clamp(min=1))
         with torch.no_grad():
             margin = self.dpo.beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
-            self._stats.setdefault("rewards/margin", []).append(margin.mean().item())
-            self._stats.setdefault("rewards/accuracy", []).append((margin > 0).float().mean().item())
+            self._stats.setdefault("rewards/margin", []).append(margin.mean())
+            self._stats.setdefault("rewards/accuracy", []).append((margin > 0).float().mean())
         return (loss, logps) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._stats:
-            logs.update({k: round(sum(v) / len(v), 4) for k, v in self._stats.items()})
+            logs.update({k: round(torch.stack(v).mean().item(), 4) for k, v in self._stats.items()})
             self._stats = {}
         super().log(logs, start_time)
 
@@ -343,6 +350,7 @@ def train_dpo(
     image_root: str | Path | None = None,
     resume: str | bool | None = None,
     show_progress: bool = True,
+    callbacks: list | None = None,
 ) -> Manifest | None:
     """DPO from the SFT checkpoint `model_path` (also the frozen reference); returns the manifest on the
     main process."""
@@ -391,6 +399,7 @@ def train_dpo(
             out,
             settings,
             resume,
+            callbacks,
             trainer_cls=functools.partial(PreferenceTrainer, dpo=settings),
         )
         save_run(model, processor, out, settings, result)
@@ -405,9 +414,8 @@ def train_dpo(
             "reference_computed": computed,
             "reference_reused": len(pairs) - computed,
             "trainable_parameters": trainable,
-            "steps": result.steps,
-            "train_loss": result.train_loss,
-            "train_seconds": round(result.seconds, 2),
+            # tokens/s: chosen and rejected tokens of every pair, each one policy forward and backward
+            **result.manifest_counts(),
         }
     return manifest
 

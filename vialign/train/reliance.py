@@ -19,7 +19,7 @@ from vialign.models.loading import load_llava
 from vialign.models.precision import autocast, default_device, resolve_dtype
 from vialign.records import read_samples
 from vialign.stage import StageContext
-from vialign.train.core import labelled_token_loss, trained_positions, training_encoder
+from vialign.train.core import labelled_token_loss, training_encoder
 from vialign.train.data import SFTCollator, SFTDataset
 from vialign.train.settings import SFTSettings
 
@@ -38,10 +38,11 @@ def answer_nll(model, collator: SFTCollator, rows: list[dict], batch_size: int, 
     total, tokens = 0.0, 0
     for start in range(0, len(rows), batch_size):
         batch = {k: v.to(model.device) for k, v in collator(rows[start : start + batch_size]).items()}
-        labels = batch.pop("labels")
+        labels, positions = batch.pop("labels"), batch.pop("trained_positions")
         with autocast(compute, model.device):
-            outputs = model(**batch, logits_to_keep=trained_positions(labels))
-        total += float(labelled_token_loss(outputs, labels, num_items_in_batch=1))
+            outputs = model(**batch, logits_to_keep=positions)
+        targets = labels[:, 1:].index_select(1, positions)
+        total += float(labelled_token_loss(outputs, targets, num_items_in_batch=1))
         tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())
     return total / max(tokens, 1)
 

@@ -82,6 +82,7 @@ NAMED_ARGS = {
     "remove_unused_columns": None,
     "disable_tqdm": None,
     "logging_first_step": None,
+    "logging_nan_inf_filter": None,
 }
 
 
@@ -122,7 +123,11 @@ class TrainerSettings(Settings):
         description="compute dtype (autocast, float32 master weights); auto: bfloat16 "
         "where the GPU or CPU does it natively, else float32",
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="recompute activations in the backward pass; auto: only when the largest batch would "
+        "not fit in the device's free memory (vialign/train/memory.py has the estimate)",
+    )
     deepspeed: Path | None = Field(None, description="DeepSpeed JSON config (GPU)")
     use_cpu: bool = Field(
         False,
@@ -183,6 +188,11 @@ class PartsSettings(TrainerSettings):
     train_llm: bool | None = None
     projector_lr: float | None = Field(None, gt=0, description="default: same as lr")
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    compile: bool = Field(
+        False,
+        description="torch.compile each decoder layer of the language model (off: on this CPU it "
+        "did not pay for its compile time; see BENCHMARKS.md `compile cpu`)",
+    )
 
     def resolved(self, name: str):
         value = getattr(self, name)

@@ -106,12 +106,7 @@ def train_sft(
             "truncated": report.truncated,
             "quarantined": len(report.quarantined),
             "trainable_parameters": trainable,
-            "steps": result.steps,
-            "train_loss": result.train_loss,
-            "tokens_per_s": round(result.tokens_per_s, 1),
-            "train_seconds": round(result.seconds, 2),
-            **result.speed_counts(),
-            "world_size": result.world_size,
+            **result.manifest_counts(),
         }
     return manifest
 
