@@ -28,25 +28,10 @@ from PIL import Image
 
 from vialign.models.loading import load_llava
 from vialign.prefer.pairs import trl_record
-from vialign.records import read_jsonl, write_jsonl
+from vialign.records import write_jsonl
+from vialign.toyworld.annotations import best_and_worst_pairs
 from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
 from vialign.train.dpo import DPOSettings, train_dpo
-
-
-def make_pairs(world: Path, n: int) -> list[dict]:
-    pairs = []
-    for group in read_jsonl(world / "annotations" / "answers.jsonl"):
-        ranked = sorted(group["candidates"], key=lambda c: -c["score"])
-        pairs.append(
-            {
-                "id": group["group_id"],
-                "image": group["image"],
-                "conversations": [{"from": "human", "value": f"<image>\n{group['question']}"}],
-                "chosen": ranked[0]["answer"],
-                "rejected": ranked[-1]["answer"],
-            }
-        )
-    return pairs[:n]
 
 
 def vialign_epoch(root: Path, settings: DPOSettings, run: int) -> float:
@@ -114,7 +99,7 @@ def main() -> None:
             root / "world", ToyWorldSettings(size=600, annotation_images=args.pairs, eval_scenes=1)
         )
         build_bench_model(args.model, root / "world", root / "tiny")
-        pairs = make_pairs(root / "world", args.pairs)
+        pairs = best_and_worst_pairs(root / "world", args.pairs)
         write_jsonl(pairs, root / "pairs.jsonl")
         settings = DPOSettings(
             use_cpu=True,

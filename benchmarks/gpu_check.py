@@ -133,7 +133,8 @@ def install_offline() -> dict[str, str]:
 
 def build_world(root: Path, samples: int, pairs: int) -> tuple[Path, Path, Path]:
     """(toy world, SFT data, DPO pairs: each annotated question's best and worst rated answer)."""
-    from vialign.records import read_jsonl, read_samples, write_jsonl
+    from vialign.records import read_samples, write_jsonl
+    from vialign.toyworld.annotations import best_and_worst_pairs
     from vialign.toyworld.generate import ToyWorldSettings, generate_toyworld
 
     world = root / "world"
@@ -142,19 +143,7 @@ def build_world(root: Path, samples: int, pairs: int) -> tuple[Path, Path, Path]
     )
     data = root / "train.jsonl"
     write_jsonl(list(read_samples(world / "corpus.jsonl"))[:samples], data)
-    records = []
-    for group in list(read_jsonl(world / "annotations" / "answers.jsonl"))[:pairs]:
-        ranked = sorted(group["candidates"], key=lambda c: -c["score"])
-        records.append(
-            {
-                "id": group["group_id"],
-                "image": group["image"],
-                "conversations": [{"from": "human", "value": f"<image>\n{group['question']}"}],
-                "chosen": ranked[0]["answer"],
-                "rejected": ranked[-1]["answer"],
-            }
-        )
-    write_jsonl(records, root / "pairs.jsonl")
+    write_jsonl(best_and_worst_pairs(world, pairs), root / "pairs.jsonl")
     return world, data, root / "pairs.jsonl"
 
 

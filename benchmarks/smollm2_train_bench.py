@@ -2,12 +2,15 @@
 vision tower, a fresh projector), LoRA r16 on the language model, toy-world samples, CPU.
 
 - `bf16 cpu`: real (non-pad) training tokens/s of `train sft` with bf16 autocast ÷ the same run in float32.
-- `trainer vs loop`: `train sft` real tokens/s ÷ a plain PyTorch loop (same model, LoRA, batches in the
-  same order, AdamW, same dtype), with the peak RSS of each.
+- `trainer vs loop`: `train sft` real tokens/s ÷ a plain PyTorch loop (same model, LoRA, weights stored
+  as the trainer stores them, batches in the same order, AdamW, same dtype), with the peak RSS of each.
+- `compile cpu` (with --compile): `train sft` bf16 with `compile: true` ÷ without, tokens/s after the
+  first step (which holds the compilation), one run each.
 
-Every run is its own subprocess, so each peak RSS is its own.
+Every run is its own subprocess, so each peak RSS is its own; runs are interleaved over the repeats
+and each figure is the ratio of medians.
 
-    .venv/bin/python benchmarks/smollm2_train_bench.py [--steps 16] [--batch 8]
+    .venv/bin/python benchmarks/smollm2_train_bench.py [--steps 16] [--batch 8] [--repeats 3] [--compile]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,8 +48,9 @@ def build_inputs(root: Path, samples: int) -> tuple[Path, Path, Path]:
     return build_bench_model("smollm2", world, root / "llava"), data, world
 
 
-def settings(steps: int, batch: int, dtype: str) -> SFTSettings:
+def settings(steps: int, batch: int, dtype: str, compile_layers: bool = False) -> SFTSettings:
     return SFTSettings(
+        **({"compile": True} if compile_layers else {}),
         use_cpu=True,
         max_steps=steps,
         batch_size=batch,
@@ -63,7 +68,11 @@ def run_trainer(model: Path, data: Path, world: Path, out: Path, s: SFTSettings)
     from vialign.train.sft import train_sft
 
     manifest = train_sft(model, data, out, s, image_root=world)
-    return {"tokens_per_s": manifest.counts["tokens_per_s"], "seconds": manifest.counts["train_seconds"]}
+    return {
+        "tokens_per_s": manifest.counts["tokens_per_s"],
+        "steady_tokens_per_s": manifest.counts["steady_tokens_per_s"],
+        "seconds": manifest.counts["train_seconds"],
+    }
 
 
 def run_loop(model_dir: Path, data: Path, world: Path, s: SFTSettings) -> dict:
@@ -75,11 +84,13 @@ def run_loop(model_dir: Path, data: Path, world: Path, s: SFTSettings) -> dict:
     from vialign.models.precision import autocast
     from vialign.train.core import prepare_for_training, training_encoder
     from vialign.train.data import SFTDataset
+    from vialign.train.dtypes import lower_frozen_weights
     from vialign.train.sft import sft_collator
 
     model, processor = load_llava(model_dir)
     items, _ = encode_all(training_encoder(processor, s, s.resolved("mode")), read_samples(data))
     model, _ = prepare_for_training(model, s)
+    lower_frozen_weights(model, s.compute_dtype())
     model.train()
     dataset, collate = SFTDataset(items, world), sft_collator(processor, s)
     order = list(RandomSampler(dataset, generator=torch.Generator().manual_seed(0)))
@@ -89,6 +100,7 @@ def run_loop(model_dir: Path, data: Path, world: Path, s: SFTSettings) -> dict:
     for step in range(s.max_steps):
         rows = [dataset[order[(step * s.batch_size + i) % len(order)]] for i in range(s.batch_size)]
         batch = collate(rows)
+        batch.pop("trained_positions")
         with autocast(compute, "cpu"):
             loss = model(**batch).loss
         loss.backward()
@@ -102,10 +114,10 @@ def run_loop(model_dir: Path, data: Path, world: Path, s: SFTSettings) -> dict:
 def one(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     root = Path(args.root)
-    s = settings(args.steps, args.batch, args.dtype)
+    s = settings(args.steps, args.batch, args.dtype, args.one == "compiled")
     model, data, world = root / "llava", root / "train.jsonl", root / "world"
-    if args.one == "trainer":
-        result = run_trainer(model, data, world, root / f"out-{args.dtype}", s)
+    if args.one in ("trainer", "compiled"):
+        result = run_trainer(model, data, world, root / f"out-{args.one}-{args.dtype}", s)
     else:
         result = run_loop(model, data, world, s)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -136,32 +148,46 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--samples", type=int, default=400)
-    parser.add_argument("--one", choices=["trainer", "loop"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--one", choices=["trainer", "loop", "compiled"])
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--root")
     args = parser.parse_args()
     if args.one:
         return one(args)
+    kinds = [("trainer", "float32"), ("trainer", "bfloat16"), ("loop", "float32"), ("loop", "bfloat16")]
+    runs: dict = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build_inputs(root, args.samples)
-        runs = {
-            (kind, dtype): measure(root, kind, dtype, args.steps, args.batch)
-            for dtype in ("float32", "bfloat16")
-            for kind in ("loop", "trainer")
-        }
-    for (kind, dtype), r in runs.items():
+        for _ in range(args.repeats):
+            for kind, dtype in kinds:
+                runs[(kind, dtype)].append(measure(root, kind, dtype, args.steps, args.batch))
+        compiled = measure(root, "compiled", "bfloat16", args.steps, args.batch) if args.compile else None
+    median = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
+    rss = {k: max(r["peak_rss_mb"] for r in v) for k, v in runs.items()}
+    for (kind, dtype), values in runs.items():
+        each = ", ".join(f"{r['tokens_per_s']:.1f}" for r in values)
         print(
-            f"{kind:8s} {dtype:9s} {r['tokens_per_s']:8.1f} real tokens/s  {r['seconds']:6.1f} s  "
-            f"peak RSS {r['peak_rss_mb']:.0f} MB"
+            f"{kind:8s} {dtype:9s} median {median[(kind, dtype)]:8.1f} real tokens/s ({each})  "
+            f"peak RSS {rss[(kind, dtype)]:.0f} MB"
         )
-    bf16 = runs[("trainer", "bfloat16")]["tokens_per_s"] / runs[("trainer", "float32")]["tokens_per_s"]
-    print(f"bf16 cpu: ratio {bf16:.2f} (train sft tokens/s, bf16 autocast ÷ float32)")
+    bf16 = median[("trainer", "bfloat16")] / median[("trainer", "float32")]
+    print(
+        f"bf16 cpu: ratio {bf16:.2f} (train sft tokens/s, bf16 autocast ÷ float32, medians of {args.repeats})"
+    )
     for dtype in ("bfloat16", "float32"):
-        t, loop = runs[("trainer", dtype)], runs[("loop", dtype)]
+        ratio = median[("trainer", dtype)] / median[("loop", dtype)]
         print(
-            f"trainer vs loop ({dtype}): ratio {t['tokens_per_s'] / loop['tokens_per_s']:.2f} "
-            f"(peak RSS {t['peak_rss_mb']:.0f} MB vs {loop['peak_rss_mb']:.0f} MB)"
+            f"trainer vs loop ({dtype}): ratio {ratio:.2f} "
+            f"(peak RSS {rss[('trainer', dtype)]:.0f} MB vs {rss[('loop', dtype)]:.0f} MB)"
+        )
+    if compiled:
+        plain = statistics.median(r["steady_tokens_per_s"] for r in runs[("trainer", "bfloat16")])
+        print(
+            f"compile cpu: ratio {compiled['steady_tokens_per_s'] / plain:.2f} (tokens/s after the first step, "
+            f"{compiled['steady_tokens_per_s']:.1f} compiled vs {plain:.1f}; whole run {compiled['tokens_per_s']:.1f})"
         )
 
 

@@ -46,22 +46,11 @@ def tiny_model_dir(toyworld, tmp_path_factory):
 @pytest.fixture(scope="session")
 def pairs_file(toyworld, tmp_path_factory):
     """Pairs from the toy world's answer annotations: best candidate chosen, worst rejected."""
-    from vialign.records import read_jsonl, write_jsonl
+    from vialign.records import write_jsonl
+    from vialign.toyworld.annotations import best_and_worst_pairs
 
     out = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    records = []
-    for group in list(read_jsonl(toyworld / "annotations" / "answers.jsonl"))[:16]:
-        ranked = sorted(group["candidates"], key=lambda c: -c["score"])
-        records.append(
-            {
-                "id": group["group_id"],
-                "image": group["image"],
-                "conversations": [{"from": "human", "value": f"<image>\n{group['question']}"}],
-                "chosen": ranked[0]["answer"],
-                "rejected": ranked[-1]["answer"],
-            }
-        )
-    write_jsonl(records, out)
+    write_jsonl(best_and_worst_pairs(toyworld, 16), out)
     return out
 
 

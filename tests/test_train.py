@@ -124,6 +124,7 @@ def test_projector_gets_its_own_learning_rate(tiny_model_dir, data, toyworld, tm
         projector_lr=settings.projector_lr,
     )
     optimizer = trainer.create_optimizer()
+    assert optimizer.defaults["fused"], "the fused AdamW kernel, parameter groups or not"
     projector_ids = {id(p) for n, p in model.named_parameters() if "multi_modal_projector" in n}
     for group in optimizer.param_groups:
         ids = {id(p) for p in group["params"]}

@@ -8,6 +8,7 @@ simulation put in, so a reward model's ranking can be checked.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 from vialign.toyworld.instructions import (
@@ -161,3 +162,25 @@ def annotation_groups(
             }
         )
     return question_group, answer_groups
+
+
+def best_and_worst_pairs(world: str | Path, limit: int) -> list[dict[str, Any]]:
+    """Preference records from a toy world's answer annotations: each question's best rated answer
+    chosen, its worst rejected (at most `limit`)."""
+    from vialign.records import read_jsonl
+
+    pairs = []
+    for group in read_jsonl(Path(world) / "annotations" / "answers.jsonl"):
+        ranked = sorted(group["candidates"], key=lambda c: -c["score"])
+        pairs.append(
+            {
+                "id": group["group_id"],
+                "image": group["image"],
+                "conversations": [{"from": "human", "value": f"<image>\n{group['question']}"}],
+                "chosen": ranked[0]["answer"],
+                "rejected": ranked[-1]["answer"],
+            }
+        )
+        if len(pairs) == limit:
+            break
+    return pairs

@@ -431,7 +431,8 @@ def export_trained(model: PreTrainedModel, processor: Any, out: Path, settings: 
             processor.save_pretrained(out / "adapter")
             return
         model = model.merge_and_unload()
-    save_llava(in_checkpoint_dtype(model), processor, out)
+    # DeepSpeed holds the model in its own dtype, and gathered ZeRO-3 shards are not to be recast
+    save_llava(model if settings.deepspeed else in_checkpoint_dtype(model), processor, out)
 
 
 def in_checkpoint_dtype(model: PreTrainedModel) -> PreTrainedModel:

@@ -190,8 +190,8 @@ class PartsSettings(TrainerSettings):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     compile: bool = Field(
         False,
-        description="torch.compile each decoder layer of the language model (off: on this CPU it "
-        "did not pay for its compile time; see BENCHMARKS.md `compile cpu`)",
+        description="torch.compile each decoder layer of the language model; pays for its compile time "
+        "on long runs only (BENCHMARKS.md `compile cpu`)",
     )
 
     def resolved(self, name: str):
