@@ -21,12 +21,7 @@ from vialign.models.loading import processor_image_tokens, save_llava
 from vialign.progress import ProgressLines, on_terminal
 from vialign.records import JsonlWriter
 from vialign.train.checkpoints import SealCheckpoint, resume_target, whole_run_loss
-from vialign.train.dtypes import (
-    adapters_take_compute_dtype,
-    keep_float32_masters,
-    lower_frozen_weights,
-    restore_frozen_weights,
-)
+from vialign.train.dtypes import adapters_take_compute_dtype, frozen_weights_in, keep_float32_masters
 from vialign.train.lora import use_fused_lora
 from vialign.train.memory import CheckpointingDecision, decide_checkpointing
 from vialign.train.sampling import ShuffledLengthGroupedSampler
@@ -296,34 +291,35 @@ def run_trainer(
     callbacks: list | None = None,
     trainer_cls: type[VialignTrainer] = VialignTrainer,
 ) -> TrainResult:
-    lowered = {} if settings.deepspeed else lower_frozen_weights(model, settings.compute_dtype())
-    checkpointing = decide_checkpointing(
-        settings.gradient_checkpointing, model, dataset.lengths, settings.batch_size, settings.device()
-    )
-    if checkpointing.on:
-        embedding_outputs_require_grad(model)
-    args = training_arguments(out, settings, checkpointing.on)
-    target = resume_target(Path(args.output_dir), resume, main_process=PartialState().is_main_process)
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=collator,
-        projector_lr=getattr(settings, "projector_lr", None),
-        group_by_length=getattr(settings, "group_by_length", False),
-        group_batches=getattr(settings, "length_group_batches", 8),
-        callbacks=[
-            *(callbacks or []),
-            SealCheckpoint(),
-            clock := StepClock(),
-            *([] if on_terminal() else [ProgressLinesCallback()]),
-        ],
-    )
-    resumed_at = json.loads((Path(target) / "trainer_state.json").read_text())["global_step"] if target else 0
-    t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=target)
-    seconds = time.perf_counter() - t0
-    restore_frozen_weights(model, lowered)
+    with frozen_weights_in(model, settings.compute_dtype(), active=not settings.deepspeed):
+        checkpointing = decide_checkpointing(
+            settings.gradient_checkpointing, model, dataset.lengths, settings.batch_size, settings.device()
+        )
+        if checkpointing.on:
+            embedding_outputs_require_grad(model)
+        args = training_arguments(out, settings, checkpointing.on)
+        target = resume_target(Path(args.output_dir), resume, main_process=PartialState().is_main_process)
+        trainer = trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collator,
+            projector_lr=getattr(settings, "projector_lr", None),
+            group_by_length=getattr(settings, "group_by_length", False),
+            group_batches=getattr(settings, "length_group_batches", 8),
+            callbacks=[
+                *(callbacks or []),
+                SealCheckpoint(),
+                clock := StepClock(),
+                *([] if on_terminal() else [ProgressLinesCallback()]),
+            ],
+        )
+        resumed_at = (
+            json.loads((Path(target) / "trainer_state.json").read_text())["global_step"] if target else 0
+        )
+        t0 = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=target)
+        seconds = time.perf_counter() - t0
     # accelerate wraps forward in autocast for mixed precision; callers evaluate the trained model after
     # this returns and must see the same numbers as a reload of the saved weights.
     extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False)

@@ -33,6 +33,7 @@ from vialign.records import JsonlWriter, Sample, confined_image_path, read_sampl
 from vialign.stage import StageContext
 from vialign.train.core import VialignTrainer, prepare_for_training, run_trainer, save_run, training_encoder
 from vialign.train.data import SFTCollator
+from vialign.train.dtypes import frozen_weights_in
 from vialign.train.settings import ChatTrainerSettings
 
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]
@@ -206,6 +207,7 @@ def reference_key(
     s = encoder.settings
     parts = {
         "compute_dtype": compute,
+        "frozen_weights": "stored in the compute dtype",  # as the policy holds them (vialign/train/dtypes.py)
         "pairs": fingerprint_file(pairs_path),
         "reference": model_fingerprint(ref_model),
         "encoding": {
@@ -377,31 +379,32 @@ def train_dpo(
         compute = settings.compute_dtype()
         key = reference_key(pairs_path, model_path, encoder, processor, compute)
         cache_file = (settings.ref_cache_dir or out / "ref_cache") / f"{key}.jsonl"
-        # The policy starts as the reference: its log-probs before any update are the reference's.
-        model.to("cpu" if settings.device() == "cpu" else PartialState().device)
-        with PartialState().main_process_first():
-            ref, computed = reference_logps(
-                model,
-                PairDataset(pairs, image_root),
-                collator,
-                cache_file,
-                settings.ref_batch_size,
-                show_progress,
-                compute,
-            )
-        model.train()
+        # The policy starts as the reference: its log-probs before any update are the reference's, from
+        # the same model (LoRA adds exactly zero before its first step) with weights in the same dtypes.
         model, trainable = prepare_for_training(model, settings)
-        dataset = PairDataset(pairs, image_root, ref)
-        result = run_trainer(
-            model,
-            dataset,
-            collator,
-            out,
-            settings,
-            resume,
-            callbacks,
-            trainer_cls=functools.partial(PreferenceTrainer, dpo=settings),
-        )
+        model.to("cpu" if settings.device() == "cpu" else PartialState().device)
+        with frozen_weights_in(model, compute, active=not settings.deepspeed):
+            with PartialState().main_process_first():
+                ref, computed = reference_logps(
+                    model,
+                    PairDataset(pairs, image_root),
+                    collator,
+                    cache_file,
+                    settings.ref_batch_size,
+                    show_progress,
+                    compute,
+                )
+            model.train()
+            result = run_trainer(
+                model,
+                PairDataset(pairs, image_root, ref),
+                collator,
+                out,
+                settings,
+                resume,
+                callbacks,
+                trainer_cls=functools.partial(PreferenceTrainer, dpo=settings),
+            )
         save_run(model, processor, out, settings, result)
         if not main_process:
             return None

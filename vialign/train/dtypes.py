@@ -21,8 +21,10 @@ masters in its optimizer."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -57,7 +59,7 @@ def pretrained_source(model: torch.nn.Module) -> PreTrainedModel | None:
         (
             m
             for m in model.modules()
-            if isinstance(m, PreTrainedModel) and Path(str(m.name_or_path or "")).is_dir()
+            if isinstance(m, PreTrainedModel) and m.name_or_path and Path(m.name_or_path).is_dir()
         ),
         None,
     )
@@ -65,7 +67,7 @@ def pretrained_source(model: torch.nn.Module) -> PreTrainedModel | None:
 
 def lower_frozen_weights(model: torch.nn.Module, compute: ComputeDtype) -> dict[str, torch.dtype]:
     """Store every frozen floating-point weight of the checkpoint-loaded model in the compute dtype;
-    returns their checkpoint names and original dtypes."""
+    returns the checkpoint names and original dtypes of those it changed."""
     source = pretrained_source(model)
     if compute == "float32" or source is None:
         return {}
@@ -95,6 +97,15 @@ def restore_frozen_weights(model: torch.nn.Module, lowered: dict[str, torch.dtyp
     if restored != len(lowered):
         raise ValueError(f"{len(lowered) - restored} lowered frozen weights were not found to restore")
     log.debug("restored %d frozen weights from %s", restored, source.name_or_path)
+
+
+@contextlib.contextmanager
+def frozen_weights_in(model: torch.nn.Module, compute: ComputeDtype, active: bool = True) -> Iterator[None]:
+    """Frozen weights in the compute dtype inside the block, the checkpoint's back when it ends without
+    an error; inside an enclosing block, nothing more (they are lowered already)."""
+    lowered = lower_frozen_weights(model, compute) if active else {}
+    yield
+    restore_frozen_weights(model, lowered)
 
 
 def adapters_take_compute_dtype(model: torch.nn.Module, compute: ComputeDtype) -> None:
