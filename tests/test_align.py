@@ -56,6 +56,60 @@ def test_gap_cli_compares_two_datasets(toyworld, tiny_model_dir, tmp_path):
         summary["vs"]["mean_nll"] - summary["input"]["mean_nll"], abs=1e-3
     )
     assert (tmp_path / "gap" / "gap.png").stat().st_size > 1000
+    from vialign.report.html import ReportSettings, write_report
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text(json.dumps({"benchmarks": {}}))
+    page = write_report(
+        tmp_path / "report", ReportSettings(runs={"m": [str(tmp_path / "eval")]}, gap=str(tmp_path / "gap"))
+    ).read_text()
+    assert "id=gap-histograms" in page and "<table id=gap>" in page and "id=gap-note" not in page
+
+
+def with_rewrite_run(sample, kept):
+    """The sample as `align rewrite` leaves it: every answer rewritten, the rewrite kept or refused."""
+    out = sample.model_copy(deep=True)
+    turns = []
+    for k, turn in enumerate(out.conversations):
+        if turn.role == "gpt":
+            rewrite = f"I would say: {turn.value}"
+            turns.append({"turn": k, "original": turn.value, "rewrite": rewrite, "kept": kept})
+            turn.value = rewrite if kept == "rewrite" else turn.value
+    out.meta.provenance.append({"stage": "align.rewrite", "turns": turns})
+    return out
+
+
+def test_gap_rewritten_only_scores_the_samples_with_an_answer_replaced(toyworld, tiny_model_dir, tmp_path):
+    short = (
+        s for s in read_samples(toyworld / "corpus.jsonl") if sum(len(t.value) for t in s.conversations) < 300
+    )
+    replaced, refused, untouched = next(short), next(short), next(short)
+    vs = [
+        with_rewrite_run(replaced, "rewrite"),
+        with_rewrite_run(refused, "original"),
+        untouched,
+    ]
+    write_jsonl([replaced, refused, untouched], tmp_path / "input.jsonl")
+    write_jsonl(vs, tmp_path / "vs.jsonl")
+    args = [
+        "align",
+        "gap",
+        str(tmp_path / "input.jsonl"),
+        "--llm",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "gap"),
+    ]
+    result = CliRunner().invoke(app, [*args, "--vs", str(tmp_path / "vs.jsonl"), "--rewritten-only"])
+    assert result.exit_code == 0, result.output
+    for name in ("input", "vs"):
+        ids = [
+            json.loads(line)["id"]
+            for line in (tmp_path / "gap" / f"{name}.nll.jsonl").read_text().splitlines()
+        ]
+        assert ids == [replaced.id], f"{name}: a sample whose every rewrite was refused is not rewritten"
+    summary = json.loads((tmp_path / "gap" / "gap.json").read_text())
+    assert summary["delta_mean_nll"] != 0, "the replaced answer is scored in its rewritten form"
 
 
 def test_facts_report_counts_preserved_and_accepted_bad_rewrites():
@@ -85,3 +139,30 @@ def test_facts_report_counts_preserved_and_accepted_bad_rewrites():
         c["raw_preserved"],
         c["accepted_with_changed_facts"],
     ) == (3, 2, 2, 1, 1)
+
+
+def test_gap_rewritten_only_with_no_answer_replaced_measures_nothing_and_says_so(
+    toyworld, tiny_model_dir, tmp_path
+):
+    from vialign.report.html import ReportSettings, claim_delta
+
+    sample = next(s for s in read_samples(toyworld / "corpus.jsonl") if len(s.conversations) == 2)
+    write_jsonl([sample], tmp_path / "input.jsonl")
+    write_jsonl([with_rewrite_run(sample, "original")], tmp_path / "vs.jsonl")
+    args = [
+        "align",
+        "gap",
+        str(tmp_path / "input.jsonl"),
+        "--llm",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "gap"),
+    ]
+    result = CliRunner().invoke(app, [*args, "--vs", str(tmp_path / "vs.jsonl"), "--rewritten-only"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "gap" / "gap.json").read_text())
+    assert (
+        summary["delta_mean_nll"] is None and summary["vs"]["samples"] == 0 and "no sample" in summary["note"]
+    )
+    settings = ReportSettings(runs={}, claims=[{"claim": "g", "paper": "p", "gap": [str(tmp_path / "gap")]}])
+    assert claim_delta(settings, settings.claims[0]) == ([], None), "no delta, so the claim is inconclusive"

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from vialign.align.gap import answer_nll
 from vialign.evaluate.ifeval import KINDS, check_response, ifeval_metrics, ifeval_prompts
+from vialign.records import Sample, read_jsonl
 
 LONG = " ".join(["word"] * 70)
 CASES = {
@@ -80,9 +82,9 @@ def test_a_following_response_passes_and_another_fails(kind):
 
 def test_loose_mode_forgives_what_ifeval_forgives():
     # IFEval's loose mode also tries the response without its first line and without markdown stars
-    rec = record("detectable_format:title", {})
-    result = check_response(rec, "Sure! Here it is:\n<<Shapes>>\nA circle.")
-    assert result["strict"] == [True] and result["loose"] == [True]
+    rec = record("detectable_format:json_format", {})
+    result = check_response(rec, 'Sure! Here it is:\n{"answer": "a red circle"}')
+    assert result["strict"] == [False] and result["loose"] == [True]
     lower = record("change_case:english_lowercase", {})
     result = check_response(lower, "Sure:\nthe sky is blue and the grass is green today.")
     assert result == {"instructions": [lower["instruction_id_list"][0]], "strict": [False], "loose": [True]}
@@ -141,10 +143,25 @@ def test_ifeval_and_drift_benchmarks_end_to_end(tiny_model_dir, toyworld, tmp_pa
     results = run_eval(str(tiny_model_dir), toyworld / "eval", tmp_path / "out", settings, toyworld, False)
     ifeval = results["benchmarks"]["ifeval"]
     assert ifeval["n"] == 6 and ifeval["parser"] == "if_verifiable_ifeval_checkers"
-    assert set(ifeval["metrics"]) >= {"prompt_level_strict", "instruction_level_loose"}
-    assert all(len(s["strict"]) == len(s["instructions"]) for s in ifeval["samples"])
+    prompts = {str(r["key"]): r for r in read_jsonl(toyworld / "eval" / "ifeval" / "prompts.jsonl")}
+    said = {r["id"]: r["prediction"] for r in read_jsonl(tmp_path / "out" / "predictions" / "ifeval.jsonl")}
+    for sample in ifeval["samples"]:  # each answer checked against its own prompt's instructions
+        checked = check_response(prompts[sample["id"]], said[sample["id"]])
+        assert (sample["strict"], sample["loose"]) == (checked["strict"], checked["loose"])
+    strict = [s["strict"] for s in ifeval["samples"]]
+    assert ifeval["metrics"]["prompt_level_strict"] == pytest.approx(sum(map(all, strict)) / 6)
+    assert ifeval["metrics"]["instruction_level_strict"] == pytest.approx(
+        sum(map(sum, strict)) / sum(map(len, strict))
+    )
     drift_entry = results["benchmarks"]["drift"]
     assert drift_entry["metrics"]["scored"] == 1.0
-    nll = [s["nll"] for s in drift_entry["samples"]]
-    assert all(v > 0 for v in nll) and len(set(nll)) == 4
+    asked = [
+        Sample(
+            id=r["question_id"],
+            conversations=[{"from": "human", "value": r["text"]}, {"from": "gpt", "value": r["answer"]}],
+        )
+        for r in rows
+    ]
+    expected = {r["id"]: r["nll"] for r in answer_nll(tiny_model_dir, asked).per_sample}
+    assert {s["id"]: s["nll"] for s in drift_entry["samples"]} == pytest.approx(expected, abs=1e-4)
     assert not (tmp_path / "out" / "predictions" / "drift.jsonl").exists(), "drift generates nothing"

@@ -93,15 +93,42 @@ def test_yes_no_judge_rates_every_response_and_pairs_take_the_lowest(tiny_model_
         assert pair["meta"]["preference"]["rejected_index"] == scores.index(min(scores))
 
 
-def test_image_reliance_compares_own_and_other_images(tiny_model_dir, toyworld):
-    from vialign.train.reliance import RelianceSettings, image_reliance
+def test_image_reliance_reads_the_answers_nll_and_is_zero_for_a_model_blind_to_images(
+    tiny_model_dir, toyworld, tmp_path
+):
+    import torch
 
-    result = image_reliance(
-        str(tiny_model_dir), toyworld / "pretrain.jsonl", toyworld, RelianceSettings(limit=8)
-    )
-    assert result["samples"] == 8
-    assert result["gap"] == pytest.approx(result["other_images_nll"] - result["own_images_nll"], abs=1e-3)
-    assert result["own_images_nll"] != result["other_images_nll"], "the images reach the answers"
+    from vialign.models.loading import load_llava, save_llava
+    from vialign.records import read_samples
+    from vialign.train.core import training_encoder
+    from vialign.train.reliance import RelianceSettings, image_reliance
+    from vialign.train.settings import SFTSettings
+
+    data, settings = toyworld / "pretrain.jsonl", RelianceSettings(limit=8, dtype="float32")
+    result = image_reliance(str(tiny_model_dir), data, toyworld, settings)
+    model, processor = load_llava(tiny_model_dir)
+    encoder = training_encoder(processor, SFTSettings(chat_format="plain", mode="response"), "response")
+    total, tokens = 0.0, 0
+    for sample in [s for s in read_samples(data) if len(s.images) == 1][:8]:
+        e = encoder.encode(sample)
+        pixels = processor.image_processor(
+            images=[__import__("PIL.Image").Image.open(toyworld / sample.image).convert("RGB")],
+            return_tensors="pt",
+        )["pixel_values"]
+        labels = torch.tensor([e.labels])
+        with torch.no_grad():
+            loss = model(input_ids=torch.tensor([e.input_ids]), pixel_values=pixels, labels=labels).loss
+        n = int((labels[:, 1:] != -100).sum())
+        total, tokens = total + loss.item() * n, tokens + n
+    assert result["own_images_nll"] == pytest.approx(total / tokens, abs=1e-3)
+    assert result["other_images_nll"] != result["own_images_nll"], "the images reach the answers"
+
+    with torch.no_grad():
+        for p in model.model.multi_modal_projector.parameters():
+            p.zero_()  # every image becomes the same image tokens
+    save_llava(model, processor, tmp_path / "blind")
+    blind = image_reliance(str(tmp_path / "blind"), data, toyworld, settings)
+    assert blind["gap"] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_dpo_without_pairs_stops_unless_asked_to_keep_the_sft_model(tiny_model_dir, toyworld, tmp_path):
@@ -164,9 +191,35 @@ def test_the_quick_lab_runs_every_arm_and_writes_the_claims_table(tmp_path):
     )
     assert reliance["samples"] > 1
     page = (tmp_path / "lab" / "report.html").read_text()
-    claims = re.search(r"<table id=claims>.*?</table>", page, re.S).group(0)
-    verdicts = re.findall(r"class='verdict [^']*'>([^<]*)<", claims)
-    assert len(verdicts) == 15 and set(verdicts) <= {"reproduced", "not reproduced", "inconclusive"}
+    table = re.search(r"<table id=claims>.*?</table>", page, re.S).group(0)
+    claims = json.loads((tmp_path / "lab" / "claims.json").read_text())
+    assert re.findall(r"class='verdict [^']*'>([^<]*)<", table) == [c["verdict"] for c in claims]
+    assert len(claims) == 15 and all(
+        c["verdict"] == verdict(c["expect"], c["deltas"], c["interval"]) for c in claims
+    )
+    # each measured delta, recomputed from the two eval folders the recipe names
+    from importlib import resources
+
+    import yaml
+
+    recipe = yaml.safe_load(
+        resources.files("vialign.pipeline").joinpath("recipes", "lab_smollm2.yaml").read_text()
+    )
+    report = next(st for st in recipe["stages"] if st["name"] == "report")["with"]
+    stage_of = {label: folders[0].strip("${}") for label, folders in report["runs"].items()}
+    for claim in (c for c in claims if not c["measure"].startswith("writing-manner gap")):
+        bench_metric, pair = claim["measure"].split(": ")
+        bench, name = bench_metric.split(" ")
+        variant, baseline = pair.split(" − ")
+        values = [
+            json.loads(
+                (
+                    tmp_path / "lab" / "stages" / run[stage_of[label]].split("/stages/")[1] / "results.json"
+                ).read_text()
+            )["benchmarks"][bench]["metrics"][name]
+            for label in (variant, baseline)
+        ]
+        assert claim["deltas"] == pytest.approx([values[0] - values[1]]), claim["claim"]
     assert "<table id=facts>" in page and "Dataset viewer" in page
 
 
@@ -219,3 +272,65 @@ def test_seed_independent_folders_count_once_over_seeds():
     merged = merged_over_seeds(resolved)
     assert merged["runs"]["vit"] == ["eval-0", "eval-1", "eval-2"]
     assert merged["claims"][0]["gap"] == ["gap-shared"] and merged["rewrite_facts"] == ["oracle-shared"]
+
+
+def vqa_results(folder, scores):
+    """An eval folder whose VQA accuracy is the mean of `scores` (one per item, paired by id)."""
+    folder.mkdir(parents=True)
+    samples = [{"id": f"q{i}", "score": s, "category": "count"} for i, s in enumerate(scores)]
+    accuracy = sum(scores) / len(scores)
+    (folder / "results.json").write_text(
+        json.dumps({"benchmarks": {"vqa": {"metrics": {"accuracy": accuracy}, "samples": samples}}})
+    )
+    return str(folder)
+
+
+@pytest.mark.parametrize("expect, outcome", [("higher", "reproduced"), ("lower", "not reproduced")])
+def test_claim_delta_is_variant_minus_baseline_per_seed_with_the_first_seeds_interval(
+    expect, outcome, tmp_path
+):
+    from vialign.report.html import ReportSettings, claim_delta
+
+    base = [0, 0, 1, 0, 1, 0, 0, 1, 0, 0] * 4  # accuracy 0.3
+    better = [1, 0, 1, 1, 1, 0, 1, 1, 0, 1] * 4  # 0.7: every item the base got right, and more
+    runs = {
+        "base": [vqa_results(tmp_path / "b0", base), vqa_results(tmp_path / "b1", base)],
+        "tuned": [vqa_results(tmp_path / "t0", better), vqa_results(tmp_path / "t1", base[:-4] + [1] * 4)],
+    }
+    claim = {
+        "claim": "c",
+        "paper": "p",
+        "bench": "vqa",
+        "metric": "accuracy",
+        "baseline": "base",
+        "variant": "tuned",
+    }
+    settings = ReportSettings(runs=runs, claims=[{**claim, "expect": expect}], resamples=200)
+    deltas, interval = claim_delta(settings, settings.claims[0])
+    assert deltas == pytest.approx([0.4, 0.075])
+    assert 0 < interval[0] < 0.4 < interval[1] <= 0.6, "seed 0's paired interval, around its own delta"
+    assert verdict(expect, deltas, interval) == outcome
+
+
+def test_a_gap_claim_reads_each_seeds_gap_and_pairs_the_first_seeds_answers(tmp_path):
+    from vialign.report.html import ReportSettings, claim_delta
+
+    folders = []
+    for seed, shift in enumerate((-0.2, -0.05)):
+        folder = tmp_path / f"gap{seed}"
+        folder.mkdir()
+        teacher = [{"id": f"s{i}", "nll": 1.0 + 0.1 * (i % 5)} for i in range(30)]
+        rewritten = [
+            {"id": r["id"], "nll": r["nll"] + shift + 0.02 * (i % 3 - 1)} for i, r in enumerate(teacher)
+        ]
+        write_jsonl(teacher, folder / "input.nll.jsonl")
+        write_jsonl(rewritten[::-1], folder / "vs.nll.jsonl")  # paired by id, not by position
+        (folder / "gap.json").write_text(json.dumps({"delta_mean_nll": shift}))
+        folders.append(str(folder))
+    settings = ReportSettings(
+        runs={}, claims=[{"claim": "g", "paper": "p", "gap": folders, "expect": "lower"}]
+    )
+    deltas, interval = claim_delta(settings, settings.claims[0])
+    assert deltas == [-0.2, -0.05]
+    assert -0.21 < interval[0] < -0.2 < interval[1] < -0.19, "the interval of seed 0's paired mean difference"
+    assert verdict("lower", deltas, interval) == "reproduced"

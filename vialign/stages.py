@@ -255,7 +255,12 @@ STAGES: dict[str, Stage] = registry(
         options=(
             Option("chat_format", ChatFormatName, "chat format", "--format"),
             Option("subsets", list[str], "comma-separated subsets to score (default all)", csv=True),
-            Option("rewritten_only", bool, "only the samples `align rewrite` processed in --vs", value=True),
+            Option(
+                "rewritten_only",
+                bool,
+                "only the samples of --vs with an answer replaced by `align rewrite`",
+                value=True,
+            ),
         ),
         out_help="folder for per-sample NLL, summary and histogram",
     ),

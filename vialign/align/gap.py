@@ -47,16 +47,18 @@ class GapSettings(Settings):
     chat_format: ChatFormatName = "vicuna_v1"
     subsets: list[str] | None = Field(None, description="score only these subsets (default all)")
     rewritten_only: bool = Field(
-        False, description="score only the samples that `align rewrite` processed in the vs dataset, in both"
+        False,
+        description="score only the samples of which `align rewrite` replaced some answer in the vs "
+        "dataset, in both (a sample whose every rewrite was refused is its original)",
     )
 
 
 def rewritten_ids(path: Path) -> set[str]:
+    """Samples of `path` with at least one answer replaced by a rewrite."""
+    from vialign.align.rewrite import replaced_some_answer
     from vialign.records import read_samples
 
-    return {
-        s.id for s in read_samples(path) if any(p.get("stage") == "align.rewrite" for p in s.meta.provenance)
-    }
+    return {s.id for s in read_samples(path) if replaced_some_answer(s)}
 
 
 def answer_nll(
@@ -72,6 +74,22 @@ def answer_nll(
         else TransformersBackend.load(llm, chat_format=chat_format)
     )
     return GapReport(answer_nll_rows(backend, samples, chat_format=chat_format, batch_size=batch_size))
+
+
+def nothing_replaced(datasets: dict[str, Path], out: Path) -> tuple[dict[str, GapReport], dict[str, Any]]:
+    """`rewritten_only` where no answer was replaced: no gap to measure, said in `gap.json`."""
+    import orjson
+
+    summary: dict[str, Any] = {
+        name: {"path": str(path), "samples": 0, "mean_nll": None, "token_mean_nll": None, "median_nll": None}
+        for name, path in datasets.items()
+    }
+    summary["delta_mean_nll"] = None
+    summary["note"] = "no sample of vs has an answer replaced by a rewrite"
+    for name in datasets:
+        (out / f"{name}.nll.jsonl").write_bytes(b"")
+    (out / "gap.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    return {name: GapReport([]) for name in datasets}, summary
 
 
 def gap_files(
@@ -91,6 +109,8 @@ def gap_files(
 
     wanted = set(subsets) if subsets is not None else None
     out.mkdir(parents=True, exist_ok=True)
+    if ids is not None and not ids:
+        return nothing_replaced(datasets, out)
     backend = TransformersBackend.load(llm, chat_format=chat_format)
     reports = {}
     for name, path in datasets.items():
@@ -151,6 +171,9 @@ def run_stage(ctx: StageContext) -> None:
     reports, summary = gap_files(
         llm, datasets, ctx.out, subsets=s.subsets, chat_format=s.chat_format, ids=ids
     )
+    if summary.get("note"):
+        ctx.say(f"no gap: {summary['note']}")
+        return
     view = Table(title=f"writing-manner gap under {llm}")
     for column in ("dataset", "samples", "mean NLL", "token-weighted", "median"):
         view.add_column(column, justify="left" if column == "dataset" else "right")

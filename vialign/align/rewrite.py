@@ -333,18 +333,28 @@ def rewriter_factory(target: str, settings: RewriteSettings):
     return partial(make_rewriter, target, settings)
 
 
+def rewrite_runs(sample: Sample) -> list[dict[str, Any]]:
+    return [p for p in sample.meta.provenance if p.get("stage") == "align.rewrite"]
+
+
+def replaced_some_answer(sample: Sample) -> bool:
+    """Whether the latest `align rewrite` run put a rewrite in place of at least one answer."""
+    runs = rewrite_runs(sample)
+    return bool(runs) and any(t["kept"] == "rewrite" for t in runs[-1].get("turns", []))
+
+
 def summarize(samples: list[dict[str, Any]], formats: FormatSettings) -> dict[str, Counter]:
     """Per subset: rewritten (some answer replaced), kept (every rewrite refused), failed, hard (untouched)."""
     table: dict[str, Counter] = {}
     for data in samples:
         sample = Sample.model_validate(data)
         counts = table.setdefault(sample.meta.subset or "(none)", Counter())
-        runs = [p for p in sample.meta.provenance if p.get("stage") == "align.rewrite"]
+        runs = rewrite_runs(sample)
         if not runs:
             counts["hard"] += 1
         elif "error" in runs[-1]:
             counts["failed"] += 1
-        elif any(t["kept"] == "rewrite" for t in runs[-1]["turns"]):
+        elif replaced_some_answer(sample):
             counts["rewritten"] += 1
         else:
             counts["kept"] += 1

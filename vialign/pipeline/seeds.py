@@ -61,7 +61,7 @@ def run_seeds(
         per_seed.append((recipe, folders))
     report_stage = next(st for st in per_seed[0][0].stages if st.name == "report")
     resolved = [substitute(report_stage.settings, folders, recipe.vars) for recipe, folders in per_seed]
-    settings = ReportSettings(**merged_over_seeds(resolved))
+    settings = ReportSettings(**{**merged_over_seeds(resolved), "first_seed": seed})
     notes = [note, f"{seeds} seed(s) from {seed}; elapsed {time.perf_counter() - t0:.0f} s"]
     report = write_report(out, settings.model_copy(update={"notes": notes}))
     console.print(f"finished in {time.perf_counter() - t0:.1f} s; report: {report}")

@@ -91,6 +91,7 @@ class ReportSettings(Settings):
     rewrite_facts: list[str] = Field(
         default_factory=list, description="oracle-review folders (*.facts.json), per seed"
     )
+    first_seed: int = Field(0, description="the seed of each label's first run folder (the others follow)")
 
     @model_validator(mode="after")
     def compared_runs_exist(self) -> ReportSettings:
@@ -194,7 +195,7 @@ def comparison_table(settings: ReportSettings, comparison: Comparison, loaded: d
     return (
         f"<h3>{html.escape(comparison.title)}</h3><table class=cmp><thead><tr><th>benchmark</th><th>metric</th>"
         f"<th>{html.escape(comparison.baseline)}</th><th>{html.escape(comparison.variant)}</th><th>Δ (mean over seeds)</th>"
-        f"<th>Δ 95% paired bootstrap (seed 1)</th><th>Δ per seed</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f"<th>Δ 95% paired bootstrap (seed {settings.first_seed})</th><th>Δ per seed</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
     )
 
 
@@ -206,6 +207,8 @@ def claim_delta(settings: ReportSettings, claim: Claim) -> tuple[list[float], tu
         deltas, interval = [], None
         for k, folder in enumerate(claim.gap):
             summary = orjson.loads((Path(folder) / "gap.json").read_bytes())
+            if summary["delta_mean_nll"] is None:  # no answer replaced in this seed: nothing measured
+                continue
             deltas.append(summary["delta_mean_nll"])
             if k == 0:
                 base, other = (
@@ -247,38 +250,64 @@ def verdict(expect: str, deltas: list[float], interval: tuple[float, float] | No
     return "inconclusive"
 
 
-def claims_table(settings: ReportSettings) -> str:
-    body = []
+def claim_results(settings: ReportSettings) -> list[dict[str, Any]]:
+    """Each claim with its measure, the delta per seed, the first seed's interval and the verdict: what
+    the claims table shows, and `claims.json` beside the report holds."""
+    rows = []
     for claim in settings.claims:
         deltas, interval = claim_delta(settings, claim)
-        outcome = verdict(claim.expect, deltas, interval)
         measure = (
             "writing-manner gap (rewritten − teacher), nats/token"
             if claim.gap
             else f"{claim.bench} {claim.metric}: {claim.variant} − {claim.baseline}"
         )
+        rows.append(
+            {
+                "claim": claim.claim,
+                "paper": claim.paper,
+                "measure": measure,
+                "expect": claim.expect,
+                "deltas": deltas,
+                "interval": list(interval) if interval else None,
+                "verdict": verdict(claim.expect, deltas, interval),
+            }
+        )
+    return rows
+
+
+def claims_table(settings: ReportSettings, rows: list[dict[str, Any]]) -> str:
+    body = []
+    for row in rows:
+        deltas, interval, outcome = row["deltas"], row["interval"], row["verdict"]
         mean = f"{statistics.fmean(deltas):+.3f}" if deltas else "–"
         ci = f"[{fmt(interval[0])}, {fmt(interval[1])}]" if interval else "–"
         body.append(
-            f"<tr><td>{html.escape(claim.claim)}</td><td>{html.escape(claim.paper)}</td><td>{html.escape(measure)}</td>"
+            f"<tr><td>{html.escape(row['claim'])}</td><td>{html.escape(row['paper'])}</td><td>{html.escape(row['measure'])}</td>"
             f"<td>{mean}</td><td>{ci}</td><td>{' '.join(f'{d:+.3f}' for d in deltas)}</td>"
             f"<td class='verdict {outcome.replace(' ', '-')}'>{outcome}</td></tr>"
         )
     return (
         "<table id=claims><thead><tr><th>claim</th><th>paper</th><th>our measure</th><th>Δ (mean over seeds)</th>"
-        "<th>Δ 95% paired bootstrap (seed 1)</th><th>Δ per seed</th><th>verdict</th></tr></thead>"
+        f"<th>Δ 95% paired bootstrap (seed {settings.first_seed})</th><th>Δ per seed</th><th>verdict</th></tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
     )
 
 
-def facts_table(folders: list[str]) -> str:
+def seed_count(settings: ReportSettings) -> int:
+    return max((len(folders) for folders in settings.runs.values()), default=1)
+
+
+def facts_table(folders: list[str], first_seed: int, seeds: int) -> str:
+    """One row per facts file; a folder per seed is labelled with its seed, one shared by every seed (a
+    seed-independent rewrite) says so."""
     rows = []
     for k, folder in enumerate(folders):
+        seed = str(first_seed + k) if len(folders) == seeds else "every seed"
         for path in sorted(Path(folder).glob("*.facts.json")):
             f = orjson.loads(path.read_bytes())
             llm, n = f["llm_review"], max(f["answers"], 1)
             rows.append(
-                f"<tr><td>{k + 1}</td><td>{f['answers']}</td><td>{f['raw_preserved'] / n:.1%}</td><td>{llm['kept_rewrite']}</td>"
+                f"<tr><td>{seed}</td><td>{f['answers']}</td><td>{f['raw_preserved'] / n:.1%}</td><td>{llm['kept_rewrite']}</td>"
                 f"<td>{fmt(llm.get('review_precision'))}</td><td>{fmt(llm.get('review_recall'))}</td>"
                 f"<td>{llm['final_preserved'] / n:.1%}</td><td>{f['oracle_review']['kept_rewrite']}</td></tr>"
             )
@@ -452,14 +481,18 @@ def write_report(out: Path, settings: ReportSettings) -> Path:
         "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
         for row in summary_rows(settings, loaded, intervals)
     )
-    seeds = max(len(v) for v in settings.runs.values())
+    seeds = seed_count(settings)
+    claims = claim_results(settings)
     parts = [
         f"<h1>{html.escape(settings.title)}</h1>",
         f"<p class=notes>{seeds} seed(s); values are means over seeds, (min–max over seeds), [bootstrap 95% interval of the first seed].</p>",
         *[f"<p class=notes>{html.escape(n)}</p>" for n in settings.notes],
-        *(["<h2>Claims</h2>", claims_table(settings)] if settings.claims else []),
+        *(["<h2>Claims</h2>", claims_table(settings, claims)] if claims else []),
         *(
-            ["<h2>Rewrites and their review</h2>", facts_table(settings.rewrite_facts)]
+            [
+                "<h2>Rewrites and their review</h2>",
+                facts_table(settings.rewrite_facts, settings.first_seed, seed_count(settings)),
+            ]
             if settings.rewrite_facts
             else []
         ),
@@ -481,6 +514,7 @@ def write_report(out: Path, settings: ReportSettings) -> Path:
             "<table id=gap><thead><tr><th>data</th><th>samples</th><th>mean NLL</th>"
             f"<th>token-weighted</th></tr></thead><tbody>{rows}</tbody></table>",
             f"<p>delta (rewritten − teacher): {fmt(gap.get('delta_mean_nll'))} nats/token</p>",
+            *([f"<p class=notes id=gap-note>{html.escape(gap['note'])}</p>"] if gap.get("note") else []),
         ]
     parts.append("<h2>Plots</h2>")
     bars = metric_bars(settings, loaded, intervals)
@@ -499,6 +533,8 @@ def write_report(out: Path, settings: ReportSettings) -> Path:
     parts += ["<h2>Dataset viewer</h2>", viewer(settings)]
     page = f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(settings.title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
     out.mkdir(parents=True, exist_ok=True)
+    if claims:
+        (out / "claims.json").write_bytes(orjson.dumps(claims, option=orjson.OPT_INDENT_2))
     path = out / "report.html"
     path.write_text(page)
     return path
