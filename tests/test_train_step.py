@@ -8,6 +8,7 @@ import traceback
 
 import pytest
 import torch
+from peft.tuners.lora import Linear as LoraLinear
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlavaForConditionalGeneration, TrainerCallback
@@ -25,7 +26,7 @@ from vialign.train.core import (
 )
 from vialign.train.data import SFTDataset
 from vialign.train.dpo import DPOSettings, train_dpo
-from vialign.train.dtypes import lower_frozen_weights, restore_frozen_weights
+from vialign.train.dtypes import frozen_weights_in, lower_frozen_weights
 from vialign.train.lora import use_fused_lora
 from vialign.train.settings import SFTSettings
 from vialign.train.sft import sft_collator, train_sft
@@ -109,15 +110,17 @@ def test_frozen_weights_in_bf16_train_within_the_error_of_bf16_autocast_and_come
     loss_32, grads_32 = loss_and_grads(model, batch, "float32")
     loss_autocast, grads_autocast = loss_and_grads(model, batch, "bfloat16")  # the path before
 
-    lowered = lower_frozen_weights(model, "bfloat16")
-    assert lowered and set(lowered.values()) == {torch.float32}
-    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
-    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
-    loss_lowered, grads_lowered = loss_and_grads(model, batch, "bfloat16")
+    adapters = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    with frozen_weights_in(model, settings):
+        assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+        assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+        assert not any(m.cast_input_dtype_enabled for m in adapters), "no float32 copy of adapter inputs"
+        loss_lowered, grads_lowered = loss_and_grads(model, batch, "bfloat16")
     assert loss_lowered == pytest.approx(loss_32, rel=5e-3)
     assert gradient_error(grads_lowered, grads_32) < 2 * gradient_error(grads_autocast, grads_32) + 1e-3
-
-    restore_frozen_weights(model, lowered)
+    assert all(m.cast_input_dtype_enabled for m in adapters), (
+        "PEFT's casts back for forwards outside autocast"
+    )
     original = LlavaForConditionalGeneration.from_pretrained(model_dir).state_dict()
     frozen = {n: p for n, p in model.get_base_model().named_parameters() if not p.requires_grad}
     for name, param in frozen.items():
@@ -126,19 +129,22 @@ def test_frozen_weights_in_bf16_train_within_the_error_of_bf16_autocast_and_come
     assert loss_and_grads(model, batch, "bfloat16")[0] == loss_autocast, "the same weights, the same loss"
 
 
-def test_a_float16_checkpoint_trained_in_bf16_saves_merged_float16_weights_with_its_frozen_tower_intact(
-    tiny_model_dir, data, toyworld, tmp_path
+@pytest.mark.parametrize("lora", [True, False])
+def test_a_float16_checkpoint_trained_in_bf16_saves_float16_weights_with_its_frozen_tower_intact(
+    lora, tiny_model_dir, data, toyworld, tmp_path
 ):
     model, processor = load_llava(tiny_model_dir, dtype=torch.float16)
     save_llava(model, processor, tmp_path / "fp16")
-    settings = SFTSettings(**QUICK, dtype="bfloat16", max_steps=2, batch_size=4, lora=LORA)
+    # a checkpoint saved mid-run rewrites the in-memory config's dtype from the (bf16) tower's
+    parts = {"lora": LORA} if lora else {"save_steps": 1}
+    settings = SFTSettings(**QUICK, dtype="bfloat16", max_steps=2, batch_size=4, **parts)
     train_sft(tmp_path / "fp16", data, tmp_path / "out", settings, image_root=toyworld)
     before, after = (load_file(str(p / "model.safetensors")) for p in (tmp_path / "fp16", tmp_path / "out"))
     assert before.keys() == after.keys()
     assert {t.dtype for t in after.values()} == {torch.float16}
     tower = [k for k in before if k.startswith("vision_tower.")]
     assert tower and all(torch.equal(before[k], after[k]) for k in tower)
-    assert not all(torch.equal(before[k], after[k]) for k in before), "the merged adapters changed the LLM"
+    assert not all(torch.equal(before[k], after[k]) for k in before), "training changed the LLM"
 
 
 # ---------------------------------------------------------------- host synchronisation
@@ -209,8 +215,6 @@ def test_no_training_step_waits_for_the_device_outside_the_model_forward(
 
 
 def test_the_fused_lora_forward_computes_what_peft_does(tiny_model_dir, data, toyworld):
-    from peft.tuners.lora import Linear as LoraLinear
-
     settings = SFTSettings(**QUICK, dtype="float32", lora=LORA)
     batch = packed_batch(tiny_model_dir, data, toyworld, settings)
     model = lora_model(tiny_model_dir, settings)
@@ -268,6 +272,16 @@ def test_the_activation_estimate_is_near_what_autograd_keeps(tiny_model_dir, dat
     estimate = memory.activation_bytes(model, tokens, checkpointing=False)
     assert 0.8 * measured < estimate < 1.5 * measured, (estimate, measured)
     assert memory.activation_bytes(model, tokens, checkpointing=True) < estimate / 1.5
+
+
+def test_the_largest_batch_counts_pads_unless_packed_and_the_residual_stream_is_the_llms(tiny_model_dir):
+    assert memory.largest_batch_tokens([5, 100, 20, 30], 2, packed=True) == 130
+    assert memory.largest_batch_tokens([5, 100, 20, 30], 2, packed=False) == 200
+    full = SFTSettings(**QUICK, dtype="bfloat16")  # the LLM trains whole: float32 embeddings
+    model, _ = prepare_for_training(load_llava(tiny_model_dir)[0], full)
+    lower_frozen_weights(model, "bfloat16")  # the vision tower, its embeddings included, in bf16
+    assert model.model.vision_tower.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert memory.residual_bytes(model) == 4
 
 
 @pytest.mark.parametrize("free_gib", [0.001, 64.0])

@@ -88,6 +88,7 @@ def nothing_replaced(datasets: dict[str, Path], out: Path) -> tuple[dict[str, Ga
     summary["note"] = "no sample of vs has an answer replaced by a rewrite"
     for name in datasets:
         (out / f"{name}.nll.jsonl").write_bytes(b"")
+    (out / "gap.png").unlink(missing_ok=True)
     (out / "gap.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return {name: GapReport([]) for name in datasets}, summary
 

@@ -200,15 +200,16 @@ def comparison_table(settings: ReportSettings, comparison: Comparison, loaded: d
 
 
 def claim_delta(settings: ReportSettings, claim: Claim) -> tuple[list[float], tuple[float, float] | None]:
-    """The claim's delta per seed and the paired-bootstrap 95% interval over items of the first seed."""
+    """The claim's delta per seed and the paired-bootstrap 95% interval over items of the first seed;
+    none at all for a gap claim where some seed replaced no answer (the claim is then inconclusive)."""
     from vialign.evaluate.compare import paired_delta
 
     if claim.gap:
         deltas, interval = [], None
         for k, folder in enumerate(claim.gap):
             summary = orjson.loads((Path(folder) / "gap.json").read_bytes())
-            if summary["delta_mean_nll"] is None:  # no answer replaced in this seed: nothing measured
-                continue
+            if summary["delta_mean_nll"] is None:  # a seed with no answer replaced measured nothing
+                return [], None
             deltas.append(summary["delta_mean_nll"])
             if k == 0:
                 base, other = (
@@ -299,10 +300,16 @@ def seed_count(settings: ReportSettings) -> int:
 
 def facts_table(folders: list[str], first_seed: int, seeds: int) -> str:
     """One row per facts file; a folder per seed is labelled with its seed, one shared by every seed (a
-    seed-independent rewrite) says so."""
+    seed-independent rewrite) says so, and any other layout numbers its folders."""
     rows = []
     for k, folder in enumerate(folders):
-        seed = str(first_seed + k) if len(folders) == seeds else "every seed"
+        seed = (
+            str(first_seed + k)
+            if len(folders) == seeds
+            else "every seed"
+            if len(folders) == 1
+            else f"run {k}"
+        )
         for path in sorted(Path(folder).glob("*.facts.json")):
             f = orjson.loads(path.read_bytes())
             llm, n = f["llm_review"], max(f["answers"], 1)

@@ -21,7 +21,8 @@ from vialign.models.loading import processor_image_tokens, save_llava
 from vialign.progress import ProgressLines, on_terminal
 from vialign.records import JsonlWriter
 from vialign.train.checkpoints import SealCheckpoint, resume_target, whole_run_loss
-from vialign.train.dtypes import adapters_take_compute_dtype, frozen_weights_in, keep_float32_masters
+from vialign.train.data import trained_positions_of
+from vialign.train.dtypes import frozen_weights_in, holds_its_own_dtypes, keep_float32_masters
 from vialign.train.lora import use_fused_lora
 from vialign.train.memory import CheckpointingDecision, decide_checkpointing
 from vialign.train.sampling import ShuffledLengthGroupedSampler
@@ -130,7 +131,9 @@ class VialignTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.compute_loss_func is labelled_token_loss and "labels" in inputs:
             inputs = dict(inputs)
-            positions = inputs.pop("trained_positions")
+            positions = inputs.pop("trained_positions", None)
+            if positions is None:  # a collator of the caller's that does not build them
+                positions = trained_positions_of(inputs["labels"])
             targets = inputs["labels"][:, 1:].index_select(1, positions)
             inputs.update(logits_to_keep=positions, labels=targets)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -150,7 +153,11 @@ class VialignTrainer(Trainer):
         target = self.accelerator.unwrap_model(model or self.model)
         if not isinstance(target, PreTrainedModel) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        saved = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype, use_safetensors=True)
+        # float32: load_state_dict then casts each tensor to its parameter's dtype (float32 masters, frozen
+        # weights in the compute dtype), so no master is rounded on the way
+        saved = type(target).from_pretrained(
+            resume_from_checkpoint, dtype=torch.float32, use_safetensors=True
+        )
         target.load_state_dict(saved.state_dict(), strict=True)
 
     def create_optimizer(self, model=None):
@@ -291,9 +298,14 @@ def run_trainer(
     callbacks: list | None = None,
     trainer_cls: type[VialignTrainer] = VialignTrainer,
 ) -> TrainResult:
-    with frozen_weights_in(model, settings.compute_dtype(), active=not settings.deepspeed):
+    with frozen_weights_in(model, settings):
         checkpointing = decide_checkpointing(
-            settings.gradient_checkpointing, model, dataset.lengths, settings.batch_size, settings.device()
+            settings.gradient_checkpointing,
+            model,
+            dataset.lengths,
+            settings.batch_size,
+            settings.device(),
+            packed=getattr(settings, "packing", False),
         )
         if checkpointing.on:
             embedding_outputs_require_grad(model)
@@ -371,8 +383,6 @@ def prepare_for_training(
     if settings.lora.enabled:
         model = add_lora(model, settings)
     keep_float32_masters(model, settings.compute_dtype())
-    if settings.lora.enabled:
-        adapters_take_compute_dtype(model, settings.compute_dtype())
     if settings.compile:
         compile_decoder_layers(model)
     return model, trainable_parameters(model)
@@ -427,15 +437,29 @@ def export_trained(model: PreTrainedModel, processor: Any, out: Path, settings: 
             processor.save_pretrained(out / "adapter")
             return
         model = model.merge_and_unload()
-    # DeepSpeed holds the model in its own dtype, and gathered ZeRO-3 shards are not to be recast
-    save_llava(model if settings.deepspeed else in_checkpoint_dtype(model), processor, out)
+    # DeepSpeed and FSDP hold the model in their own dtype, and gathered shards are not to be recast
+    if not holds_its_own_dtypes(settings):
+        cast_to_checkpoint_dtype(model)
+    save_llava(model, processor, out)
 
 
-def in_checkpoint_dtype(model: PreTrainedModel) -> PreTrainedModel:
-    """The model in the dtype its checkpoint was loaded in (float32 masters of a float16 checkpoint are
-    saved as float16, as the checkpoint was); a model built in memory as it is."""
-    dtype = getattr(model.config, "dtype", None)
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if isinstance(dtype, torch.dtype) and any(p.dtype != dtype for p in model.parameters()):
-        return model.to(dtype)
-    return model
+def checkpoint_dtype(model: PreTrainedModel) -> torch.dtype | None:
+    """The dtype the model's checkpoint folder holds (its config.json, not the in-memory config, which
+    every intermediate save rewrites from the first parameter's dtype); None for a model built here."""
+    path = Path(model.name_or_path) / "config.json" if model.name_or_path else None
+    if path is None or not path.is_file():
+        return None
+    config = json.loads(path.read_text())
+    value = config.get("dtype") or config.get("torch_dtype") or config.get("text_config", {}).get("dtype")
+    return getattr(torch, value, None) if isinstance(value, str) else None
+
+
+def cast_to_checkpoint_dtype(model: PreTrainedModel) -> None:
+    """Parameters in the dtype of the checkpoint training started from (float32 masters of a float16
+    checkpoint are saved as float16, as the checkpoint was); buffers (rotary frequencies) stay as they are."""
+    dtype = checkpoint_dtype(model)
+    if dtype is None:
+        return
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)

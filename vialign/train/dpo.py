@@ -33,7 +33,7 @@ from vialign.records import JsonlWriter, Sample, confined_image_path, read_sampl
 from vialign.stage import StageContext
 from vialign.train.core import VialignTrainer, prepare_for_training, run_trainer, save_run, training_encoder
 from vialign.train.data import SFTCollator
-from vialign.train.dtypes import frozen_weights_in
+from vialign.train.dtypes import frozen_weights_in, holds_its_own_dtypes
 from vialign.train.settings import ChatTrainerSettings
 
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]
@@ -201,13 +201,29 @@ class PairCollator:
 # ---------------------------------------------------------------- the reference cache
 
 
+def frozen_storage(settings: DPOSettings) -> str:
+    """How the reference pass stores the frozen weights (as the policy does; vialign/train/dtypes.py):
+    its log-probs depend on it as well as on the model."""
+    if settings.compute_dtype() == "float32" or holds_its_own_dtypes(settings):
+        return "as loaded"
+    trained = [p for p in ("vision", "projector", "llm") if settings.resolved(f"train_{p}")]
+    return f"compute dtype, but for {'+'.join(trained)}" + (
+        " (LoRA on the llm)" if settings.lora.enabled else ""
+    )
+
+
 def reference_key(
-    pairs_path: Path, ref_model: str | Path, encoder: ChatEncoder, processor: Any, compute: ComputeDtype
+    pairs_path: Path,
+    ref_model: str | Path,
+    encoder: ChatEncoder,
+    processor: Any,
+    compute: ComputeDtype,
+    frozen: str = "as loaded",
 ) -> str:
     s = encoder.settings
     parts = {
         "compute_dtype": compute,
-        "frozen_weights": "stored in the compute dtype",  # as the policy holds them (vialign/train/dtypes.py)
+        "frozen_weights": frozen,
         "pairs": fingerprint_file(pairs_path),
         "reference": model_fingerprint(ref_model),
         "encoding": {
@@ -377,13 +393,13 @@ def train_dpo(
                     writer.write({"id": pair_id, "reason": reason})
         collator = PairCollator(processor.tokenizer.pad_token_id, processor.image_processor)
         compute = settings.compute_dtype()
-        key = reference_key(pairs_path, model_path, encoder, processor, compute)
+        key = reference_key(pairs_path, model_path, encoder, processor, compute, frozen_storage(settings))
         cache_file = (settings.ref_cache_dir or out / "ref_cache") / f"{key}.jsonl"
         # The policy starts as the reference: its log-probs before any update are the reference's, from
         # the same model (LoRA adds exactly zero before its first step) with weights in the same dtypes.
         model, trainable = prepare_for_training(model, settings)
         model.to("cpu" if settings.device() == "cpu" else PartialState().device)
-        with frozen_weights_in(model, compute, active=not settings.deepspeed):
+        with frozen_weights_in(model, settings):
             with PartialState().main_process_first():
                 ref, computed = reference_logps(
                     model,

@@ -16,8 +16,8 @@
 - LoRA adapters take the compute-dtype activations as they come (autocast runs their matmuls in the
   compute dtype): PEFT's cast of each adapter's input to float32 would copy every activation twice.
 
-Under DeepSpeed none of this applies: DeepSpeed holds the module in its own dtype and keeps float32
-masters in its optimizer."""
+Under DeepSpeed or FSDP none of this applies: they hold the module in their own dtype, sharded, and keep
+float32 masters in their optimizer."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -81,12 +82,23 @@ def lower_frozen_weights(model: torch.nn.Module, compute: ComputeDtype) -> dict[
 
 
 def restore_frozen_weights(model: torch.nn.Module, lowered: dict[str, torch.dtype]) -> None:
-    """Put back the exact checkpoint values (and dtypes) of the weights `lower_frozen_weights` lowered."""
-    if not lowered:
+    """Put back the exact checkpoint values (and dtypes) of the weights `lower_frozen_weights` lowered.
+    On the main process only: the other ranks of a distributed run save nothing and would each hold a
+    second copy of the model in memory to do it."""
+    from accelerate import PartialState
+
+    if not lowered or not PartialState().is_main_process:
         return
     source = pretrained_source(model)
     assert source is not None, "frozen weights were lowered on a model with a checkpoint"
-    original = type(source).from_pretrained(source.name_or_path, dtype="auto", use_safetensors=True)
+    original, loading = type(source).from_pretrained(
+        source.name_or_path, dtype="auto", use_safetensors=True, output_loading_info=True
+    )
+    missing = set(loading["missing_keys"]) & set(lowered)
+    if missing:
+        raise ValueError(
+            f"{source.name_or_path} lacks {len(missing)} frozen weights to restore, e.g. {min(missing)}"
+        )
     state = original.state_dict()
     restored = 0
     for name, param in source.named_parameters():
@@ -99,21 +111,38 @@ def restore_frozen_weights(model: torch.nn.Module, lowered: dict[str, torch.dtyp
     log.debug("restored %d frozen weights from %s", restored, source.name_or_path)
 
 
+def holds_its_own_dtypes(settings: Any) -> bool:
+    """DeepSpeed and FSDP keep the module in their own dtype and shard it: vialign does not lower it."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    fsdp = PartialState().distributed_type == DistributedType.FSDP or bool(settings.training_args.get("fsdp"))
+    return settings.deepspeed is not None or fsdp
+
+
 @contextlib.contextmanager
-def frozen_weights_in(model: torch.nn.Module, compute: ComputeDtype, active: bool = True) -> Iterator[None]:
-    """Frozen weights in the compute dtype inside the block, the checkpoint's back when it ends without
-    an error; inside an enclosing block, nothing more (they are lowered already)."""
+def frozen_weights_in(model: torch.nn.Module, settings: Any) -> Iterator[None]:
+    """Inside the block: frozen weights in the compute dtype and LoRA adapters taking its activations
+    as they come; when it ends without an error, the checkpoint's weights and PEFT's casts back (a
+    forward outside autocast needs them). Inside an enclosing block, nothing more happens."""
+    compute = settings.compute_dtype()
+    active = compute != "float32" and not holds_its_own_dtypes(settings)
     lowered = lower_frozen_weights(model, compute) if active else {}
+    casting = adapter_input_casting(model, enabled=not active) if active else {}
     yield
     restore_frozen_weights(model, lowered)
+    for module, was in casting.items():
+        module.cast_input_dtype_enabled = was
 
 
-def adapters_take_compute_dtype(model: torch.nn.Module, compute: ComputeDtype) -> None:
-    """Under autocast PEFT's float32 cast of each LoRA input only adds two copies per adapter."""
-    if compute == "float32":
-        return
+def adapter_input_casting(model: torch.nn.Module, enabled: bool) -> dict[Any, bool]:
+    """Turn PEFT's cast of each LoRA layer's input to its weights' dtype on or off; returns what each
+    layer had. Under autocast the cast only adds two copies of every activation per adapter."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    before = {}
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
+            before[module] = getattr(module, "cast_input_dtype_enabled", True)
+            module.cast_input_dtype_enabled = enabled
+    return before

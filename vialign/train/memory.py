@@ -1,9 +1,9 @@
 """`gradient_checkpointing: auto`: recompute activations only when the largest batch would not fit.
 
 The estimate, for the device training runs on:
-- training state: every parameter in the dtype it is stored in while training (on a CUDA GPU: the model
-  is not there yet; on the CPU it is already resident, so only what training adds counts), plus 12
-  bytes per trainable parameter (a float32 gradient and AdamW's two moments);
+- training state: every parameter not yet on the device, in the dtype it is stored in while training
+  (on the CPU the model is already resident, so only what training adds counts), plus 12 bytes per
+  trainable parameter (a float32 gradient and AdamW's two moments);
 - activations per token and decoder layer, without checkpointing: 40·h + 9·i bytes with the residual
   stream in bf16 (frozen embeddings: LoRA), 52·h + 9·i in float32 (embeddings trained), h the hidden
   and i the MLP size. Measured: 36.2 KB per token and layer on a SmolLM2-135M LLaVA with LoRA (the
@@ -12,7 +12,8 @@ The estimate, for the device training runs on:
   activations live at a time;
 - logits: 6 bytes per vocabulary entry per token (bf16 logits, float32 log-softmax), every token
   counted though the loss keeps only trained positions (an upper bound);
-- tokens per step: the `batch_size` longest samples together (the largest batch any order can draw).
+- tokens per step: the `batch_size` longest samples side by side when packed, else that many rows as
+  wide as the longest (the largest batch any order can draw, pads included).
 
 Checkpointing goes on when state + activations exceed 90% of the free device memory (CUDA: free memory
 before training; CPU: MemAvailable)."""
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 HEADROOM = 0.9
 OPTIMIZER_BYTES_PER_TRAINED = 12
@@ -43,16 +45,18 @@ def text_config(model: torch.nn.Module) -> Any:
 
 
 def residual_bytes(model: torch.nn.Module) -> int:
-    """Bytes per element of the residual stream: the dtype the input embeddings are stored in."""
-    source = model.get_base_model() if hasattr(model, "get_base_model") else model
-    embeddings = next(m for m in source.modules() if isinstance(m, torch.nn.Embedding))
-    return embeddings.weight.element_size()
+    """Bytes per element of the residual stream: the dtype the language model's input embeddings are
+    stored in (not the vision tower's position embeddings, which come first in a LLaVA)."""
+    pretrained = next(m for m in model.modules() if isinstance(m, PreTrainedModel))
+    return pretrained.get_input_embeddings().weight.element_size()
 
 
 def state_bytes(model: torch.nn.Module, device: str) -> int:
-    stored = 0 if device == "cpu" else sum(p.numel() * p.element_size() for p in model.parameters())
+    """Parameters not yet on the device (a CPU run's model is already resident; DPO's is on the GPU for
+    its reference pass), and a float32 gradient and AdamW's moments per trainable one."""
+    arriving = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type != device)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return stored + OPTIMIZER_BYTES_PER_TRAINED * trained
+    return arriving + OPTIMIZER_BYTES_PER_TRAINED * trained
 
 
 def activation_bytes(model: torch.nn.Module, tokens: int, checkpointing: bool) -> int:
@@ -63,12 +67,16 @@ def activation_bytes(model: torch.nn.Module, tokens: int, checkpointing: bool) -
     return tokens * (kept + 6 * vocab)
 
 
-def largest_batch_tokens(lengths: list[int], batch_size: int) -> int:
-    return sum(sorted(lengths, reverse=True)[:batch_size])
+def largest_batch_tokens(lengths: list[int], batch_size: int, packed: bool) -> int:
+    """Token positions of the largest batch: the `batch_size` longest samples side by side when packed,
+    else that many rows as wide as the longest (pads take activation memory too)."""
+    longest = sorted(lengths, reverse=True)[:batch_size]
+    return sum(longest) if packed else len(longest) * (longest[0] if longest else 0)
 
 
 def free_bytes(device: str) -> int | None:
     if device == "cuda":
+        torch.cuda.empty_cache()  # blocks the allocator caches (a reference pass's) are free to training
         return torch.cuda.mem_get_info()[0]
     meminfo = Path("/proc/meminfo")
     if not meminfo.is_file():
@@ -82,14 +90,19 @@ def gib(n: float) -> str:
 
 
 def decide_checkpointing(
-    setting: bool | str, model: torch.nn.Module, lengths: list[int], batch_size: int, device: str
+    setting: bool | str,
+    model: torch.nn.Module,
+    lengths: list[int],
+    batch_size: int,
+    device: str,
+    packed: bool = False,
 ) -> CheckpointingDecision:
     if setting != "auto":
         return CheckpointingDecision(str(setting).lower(), bool(setting), "set explicitly")
     free = free_bytes(device)
     if free is None:
         return CheckpointingDecision("auto", False, "auto: off, free memory unknown on this system")
-    tokens = largest_batch_tokens(lengths, batch_size)
+    tokens = largest_batch_tokens(lengths, batch_size, packed)
     need = state_bytes(model, device) + activation_bytes(model, tokens, checkpointing=False)
     on = need > HEADROOM * free
     verdict = f"on, over {HEADROOM:.0%} of the free memory" if on else "off, it fits"
