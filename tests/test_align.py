@@ -79,6 +79,13 @@ def with_rewrite_run(sample, kept):
     return out
 
 
+def gap_rewritten_only(folder, llm):
+    """`align gap input.jsonl --vs vs.jsonl --rewritten-only` in `folder`, into folder/gap."""
+    args = ["align", "gap", str(folder / "input.jsonl"), "--llm", str(llm), "--out", str(folder / "gap")]
+    result = CliRunner().invoke(app, [*args, "--vs", str(folder / "vs.jsonl"), "--rewritten-only"])
+    assert result.exit_code == 0, result.output
+
+
 def test_gap_rewritten_only_scores_the_samples_with_an_answer_replaced(toyworld, tiny_model_dir, tmp_path):
     short = (
         s for s in read_samples(toyworld / "corpus.jsonl") if sum(len(t.value) for t in s.conversations) < 300
@@ -91,17 +98,7 @@ def test_gap_rewritten_only_scores_the_samples_with_an_answer_replaced(toyworld,
     ]
     write_jsonl([replaced, refused, untouched], tmp_path / "input.jsonl")
     write_jsonl(vs, tmp_path / "vs.jsonl")
-    args = [
-        "align",
-        "gap",
-        str(tmp_path / "input.jsonl"),
-        "--llm",
-        str(tiny_model_dir),
-        "--out",
-        str(tmp_path / "gap"),
-    ]
-    result = CliRunner().invoke(app, [*args, "--vs", str(tmp_path / "vs.jsonl"), "--rewritten-only"])
-    assert result.exit_code == 0, result.output
+    gap_rewritten_only(tmp_path, tiny_model_dir)
     for name in ("input", "vs"):
         ids = [
             json.loads(line)["id"]
@@ -149,17 +146,7 @@ def test_gap_rewritten_only_with_no_answer_replaced_measures_nothing_and_says_so
     sample = next(s for s in read_samples(toyworld / "corpus.jsonl") if len(s.conversations) == 2)
     write_jsonl([sample], tmp_path / "input.jsonl")
     write_jsonl([with_rewrite_run(sample, "original")], tmp_path / "vs.jsonl")
-    args = [
-        "align",
-        "gap",
-        str(tmp_path / "input.jsonl"),
-        "--llm",
-        str(tiny_model_dir),
-        "--out",
-        str(tmp_path / "gap"),
-    ]
-    result = CliRunner().invoke(app, [*args, "--vs", str(tmp_path / "vs.jsonl"), "--rewritten-only"])
-    assert result.exit_code == 0, result.output
+    gap_rewritten_only(tmp_path, tiny_model_dir)
     summary = json.loads((tmp_path / "gap" / "gap.json").read_text())
     assert (
         summary["delta_mean_nll"] is None and summary["vs"]["samples"] == 0 and "no sample" in summary["note"]
