@@ -52,6 +52,12 @@ class Claim(Settings):
     variant: str | None = None
     gap: list[str] = Field(default_factory=list)
     expect: Literal["higher", "lower"] = Field("higher", description="the direction the paper reports")
+    margin: float = Field(
+        0.0,
+        ge=0,
+        description="non-inferiority margin, fixed before the run: the claim holds when the delta, in the "
+        "paper's direction, stays above −margin (0: the variant must do better)",
+    )
 
     @model_validator(mode="after")
     def gap_or_comparison(self) -> Claim:
@@ -236,17 +242,19 @@ def claim_delta(settings: ReportSettings, claim: Claim) -> tuple[list[float], tu
     return deltas, (row["delta_intervals"][0] if row else None)
 
 
-def verdict(expect: str, deltas: list[float], interval: tuple[float, float] | None) -> str:
-    """Reproduced when the interval lies on the paper's side of 0 and every seed's delta does; not
-    reproduced when both lie on the other side; inconclusive when the interval holds 0 or the seeds
-    disagree."""
+def verdict(
+    expect: str, deltas: list[float], interval: tuple[float, float] | None, margin: float = 0.0
+) -> str:
+    """Reproduced when the interval lies on the paper's side of −margin (of 0 for a claim of
+    superiority) and every seed's delta does; not reproduced when both lie on the other side;
+    inconclusive when the interval holds −margin or the seeds disagree."""
     if not deltas or interval is None or any(v != v for v in interval):
         return "inconclusive"
     sign = 1 if expect == "higher" else -1
     low, high = sorted((sign * interval[0], sign * interval[1]))
-    if low > 0 and all(sign * d > 0 for d in deltas):
+    if low > -margin and all(sign * d > -margin for d in deltas):
         return "reproduced"
-    if high < 0 and all(sign * d < 0 for d in deltas):
+    if high < -margin and all(sign * d < -margin for d in deltas):
         return "not reproduced"
     return "inconclusive"
 
@@ -262,15 +270,23 @@ def claim_results(settings: ReportSettings) -> list[dict[str, Any]]:
             if claim.gap
             else f"{claim.bench} {claim.metric}: {claim.variant} − {claim.baseline}"
         )
+        if claim.margin:
+            measure += f" (no worse than {-claim.margin if claim.expect == 'higher' else claim.margin:+g})"
         rows.append(
             {
                 "claim": claim.claim,
                 "paper": claim.paper,
                 "measure": measure,
+                **(
+                    {}
+                    if claim.gap
+                    else {k: getattr(claim, k) for k in ("bench", "metric", "baseline", "variant")}
+                ),
                 "expect": claim.expect,
+                "margin": claim.margin,
                 "deltas": deltas,
                 "interval": list(interval) if interval else None,
-                "verdict": verdict(claim.expect, deltas, interval),
+                "verdict": verdict(claim.expect, deltas, interval, claim.margin),
             }
         )
     return rows
