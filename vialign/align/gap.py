@@ -33,7 +33,9 @@ class GapReport:
             r["tokens"] for r in self.per_sample
         )
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | None]:
+        if not self.per_sample:
+            return {"samples": 0, "mean_nll": None, "token_mean_nll": None, "median_nll": None}
         values = sorted(r["nll"] for r in self.per_sample)
         return {
             "samples": len(values),
@@ -76,21 +78,32 @@ def answer_nll(
     return GapReport(answer_nll_rows(backend, samples, chat_format=chat_format, batch_size=batch_size))
 
 
-def nothing_replaced(datasets: dict[str, Path], out: Path) -> tuple[dict[str, GapReport], dict[str, Any]]:
-    """`rewritten_only` where no answer was replaced: no gap to measure, said in `gap.json`."""
-    import orjson
+def scored_reports(
+    llm: str | Path,
+    datasets: dict[str, Path],
+    subsets: Iterable[str] | None,
+    chat_format: str,
+    ids: set[str] | None,
+) -> dict[str, GapReport]:
+    """Each dataset's answers (of `subsets`, of `ids`) scored under one load of the inner LLM."""
+    from vialign.records import read_samples
 
-    summary: dict[str, Any] = {
-        name: {"path": str(path), "samples": 0, "mean_nll": None, "token_mean_nll": None, "median_nll": None}
-        for name, path in datasets.items()
-    }
-    summary["delta_mean_nll"] = None
-    summary["note"] = "no sample of vs has an answer replaced by a rewrite"
-    for name in datasets:
-        (out / f"{name}.nll.jsonl").write_bytes(b"")
-    (out / "gap.png").unlink(missing_ok=True)
-    (out / "gap.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    return {name: GapReport([]) for name in datasets}, summary
+    wanted = set(subsets) if subsets is not None else None
+    backend = TransformersBackend.load(llm, chat_format=chat_format)
+    reports = {}
+    for name, path in datasets.items():
+        chosen = (
+            s
+            for s in read_samples(path)
+            if (wanted is None or s.meta.subset in wanted) and (ids is None or s.id in ids)
+        )
+        reports[name] = answer_nll(backend, chosen, chat_format=chat_format)
+        if not reports[name].per_sample:
+            which = f" of subsets {sorted(wanted)}" if wanted is not None else ""
+            raise ValueError(
+                f"{path}: no answer{which} could be scored (empty file, or no sample with an answer)"
+            )
+    return reports
 
 
 def gap_files(
@@ -106,34 +119,29 @@ def gap_files(
     (with the delta `vs − input` when both are given) and `gap.png` in `out`."""
     import orjson
 
-    from vialign.records import read_samples, write_jsonl
+    from vialign.records import write_jsonl
 
-    wanted = set(subsets) if subsets is not None else None
     out.mkdir(parents=True, exist_ok=True)
-    if ids is not None and not ids:
-        return nothing_replaced(datasets, out)
-    backend = TransformersBackend.load(llm, chat_format=chat_format)
-    reports = {}
-    for name, path in datasets.items():
-        chosen = (
-            s
-            for s in read_samples(path)
-            if (wanted is None or s.meta.subset in wanted) and (ids is None or s.id in ids)
-        )
-        reports[name] = answer_nll(backend, chosen, chat_format=chat_format)
-        if not reports[name].per_sample:
-            which = f" of subsets {sorted(wanted)}" if wanted is not None else ""
-            raise ValueError(
-                f"{path}: no answer{which} could be scored (empty file, or no sample with an answer)"
-            )
-        write_jsonl(reports[name].per_sample, out / f"{name}.nll.jsonl")
+    replaced_none = ids is not None and not ids  # `rewritten_only` with no answer replaced: nothing to score
+    reports = (
+        {name: GapReport([]) for name in datasets}
+        if replaced_none
+        else scored_reports(llm, datasets, subsets, chat_format, ids)
+    )
+    for name, report in reports.items():
+        write_jsonl(report.per_sample, out / f"{name}.nll.jsonl")
     summary: dict[str, Any] = {
         name: {"path": str(datasets[name]), **r.summary()} for name, r in reports.items()
     }
-    if "input" in reports and "vs" in reports:
+    if replaced_none:
+        summary.update(delta_mean_nll=None, note="no sample of vs has an answer replaced by a rewrite")
+    elif "input" in reports and "vs" in reports:
         summary["delta_mean_nll"] = round(reports["vs"].sample_mean - reports["input"].sample_mean, 4)
     (out / "gap.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    plot_histograms({str(datasets[n]): r for n, r in reports.items()}, out / "gap.png")
+    if replaced_none:
+        (out / "gap.png").unlink(missing_ok=True)
+    else:
+        plot_histograms({str(datasets[n]): r for n, r in reports.items()}, out / "gap.png")
     return reports, summary
 
 

@@ -22,7 +22,13 @@ from vialign.progress import ProgressLines, on_terminal
 from vialign.records import JsonlWriter
 from vialign.train.checkpoints import SealCheckpoint, resume_target, whole_run_loss
 from vialign.train.data import trained_positions_of
-from vialign.train.dtypes import frozen_weights_in, holds_its_own_dtypes, keep_float32_masters
+from vialign.train.dtypes import (
+    checkpoint_name,
+    first_pretrained,
+    frozen_weights_in,
+    holds_its_own_dtypes,
+    keep_float32_masters,
+)
 from vialign.train.lora import use_fused_lora
 from vialign.train.memory import CheckpointingDecision, decide_checkpointing
 from vialign.train.sampling import ShuffledLengthGroupedSampler
@@ -58,7 +64,7 @@ def trainable_parameters(model: torch.nn.Module) -> dict[str, int]:
     counts = dict.fromkeys([*PART_PREFIXES, "lora_adapters"], 0)
     for name, param in model.named_parameters():
         if param.requires_grad:
-            counts[part_of(name.removeprefix("base_model.model."))] += param.numel()
+            counts[part_of(checkpoint_name(name))] += param.numel()
             counts["lora_adapters"] += param.numel() if ".lora_" in name else 0
     return counts
 
@@ -354,7 +360,7 @@ def run_trainer(
 
 def embedding_outputs_require_grad(model: torch.nn.Module) -> None:
     """Checkpointed layers need an input that requires grad, which frozen embeddings (LoRA) do not give."""
-    next(m for m in model.modules() if isinstance(m, PreTrainedModel)).enable_input_require_grads()
+    first_pretrained(model).enable_input_require_grads()
 
 
 def training_encoder(

@@ -33,7 +33,7 @@ from vialign.records import JsonlWriter, Sample, confined_image_path, read_sampl
 from vialign.stage import StageContext
 from vialign.train.core import VialignTrainer, prepare_for_training, run_trainer, save_run, training_encoder
 from vialign.train.data import SFTCollator
-from vialign.train.dtypes import frozen_weights_in, holds_its_own_dtypes
+from vialign.train.dtypes import frozen_weights_in, lowers_frozen_weights
 from vialign.train.settings import ChatTrainerSettings
 
 PreferenceLoss = Literal["sigmoid", "ipo", "hinge"]
@@ -204,7 +204,7 @@ class PairCollator:
 def frozen_storage(settings: DPOSettings) -> str:
     """How the reference pass stores the frozen weights (as the policy does; vialign/train/dtypes.py):
     its log-probs depend on it as well as on the model."""
-    if settings.compute_dtype() == "float32" or holds_its_own_dtypes(settings):
+    if not lowers_frozen_weights(settings):
         return "as loaded"
     trained = [p for p in ("vision", "projector", "llm") if settings.resolved(f"train_{p}")]
     return f"compute dtype, but for {'+'.join(trained)}" + (

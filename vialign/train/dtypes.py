@@ -35,9 +35,9 @@ from vialign.choices import ComputeDtype
 
 log = logging.getLogger(__name__)
 
-# What PEFT inserts into a parameter's name inside the model it wraps: a LoRA layer's wrapped original,
-# and the frozen original of a module it also trains whole (modules_to_save).
-PEFT_NAME_PARTS = re.compile(r"\.base_layer(?=\.)|\.original_module(?=\.)")
+# What PEFT adds to a parameter's name: its wrapper's prefix, a LoRA layer's wrapped original, and the
+# frozen original of a module it also trains whole (modules_to_save).
+PEFT_NAME_PARTS = re.compile(r"^base_model\.model\.|\.base_layer(?=\.)|\.original_module(?=\.)")
 
 
 def checkpoint_name(name: str) -> str:
@@ -53,17 +53,16 @@ def keep_float32_masters(model: torch.nn.Module, compute: ComputeDtype) -> None:
             param.data = param.data.float()
 
 
+def first_pretrained(model: torch.nn.Module) -> PreTrainedModel:
+    """The transformers model inside what trains (the LLaVA inside a PEFT or reward-model wrapper)."""
+    return next(m for m in model.modules() if isinstance(m, PreTrainedModel))
+
+
 def pretrained_source(model: torch.nn.Module) -> PreTrainedModel | None:
-    """The checkpoint-loaded model inside what trains (the LLaVA inside a PEFT or reward-model wrapper),
-    or None when it was built in memory (nothing to read its weights back from)."""
-    return next(
-        (
-            m
-            for m in model.modules()
-            if isinstance(m, PreTrainedModel) and m.name_or_path and Path(m.name_or_path).is_dir()
-        ),
-        None,
-    )
+    """That model when it was loaded from a checkpoint folder; None when it was built in memory (nothing
+    to read its weights back from)."""
+    inner = first_pretrained(model)
+    return inner if inner.name_or_path and Path(inner.name_or_path).is_dir() else None
 
 
 def lower_frozen_weights(model: torch.nn.Module, compute: ComputeDtype) -> dict[str, torch.dtype]:
@@ -120,14 +119,19 @@ def holds_its_own_dtypes(settings: Any) -> bool:
     return settings.deepspeed is not None or fsdp
 
 
+def lowers_frozen_weights(settings: Any) -> bool:
+    """Whether training stores frozen weights in the compute dtype: not in float32, nor where DeepSpeed or
+    FSDP keeps its own dtypes."""
+    return settings.compute_dtype() != "float32" and not holds_its_own_dtypes(settings)
+
+
 @contextlib.contextmanager
 def frozen_weights_in(model: torch.nn.Module, settings: Any) -> Iterator[None]:
     """Inside the block: frozen weights in the compute dtype and LoRA adapters taking its activations
     as they come; when it ends without an error, the checkpoint's weights and PEFT's casts back (a
     forward outside autocast needs them). Inside an enclosing block, nothing more happens."""
-    compute = settings.compute_dtype()
-    active = compute != "float32" and not holds_its_own_dtypes(settings)
-    lowered = lower_frozen_weights(model, compute) if active else {}
+    active = lowers_frozen_weights(settings)
+    lowered = lower_frozen_weights(model, settings.compute_dtype()) if active else {}
     casting = adapter_input_casting(model, enabled=not active) if active else {}
     yield
     restore_frozen_weights(model, lowered)

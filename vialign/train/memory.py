@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+
+from vialign.train.dtypes import first_pretrained
 
 HEADROOM = 0.9
 OPTIMIZER_BYTES_PER_TRAINED = 12
@@ -39,7 +40,7 @@ class CheckpointingDecision:
     free_bytes: int | None = None
 
 
-def text_config(model: torch.nn.Module) -> Any:
+def language_config(model: torch.nn.Module) -> Any:
     config = model.config
     return getattr(config, "text_config", None) or config
 
@@ -47,8 +48,7 @@ def text_config(model: torch.nn.Module) -> Any:
 def residual_bytes(model: torch.nn.Module) -> int:
     """Bytes per element of the residual stream: the dtype the language model's input embeddings are
     stored in (not the vision tower's position embeddings, which come first in a LLaVA)."""
-    pretrained = next(m for m in model.modules() if isinstance(m, PreTrainedModel))
-    return pretrained.get_input_embeddings().weight.element_size()
+    return first_pretrained(model).get_input_embeddings().weight.element_size()
 
 
 def state_bytes(model: torch.nn.Module, device: str) -> int:
@@ -60,7 +60,7 @@ def state_bytes(model: torch.nn.Module, device: str) -> int:
 
 
 def activation_bytes(model: torch.nn.Module, tokens: int, checkpointing: bool) -> int:
-    text = text_config(model)
+    text = language_config(model)
     h, i, layers, vocab = text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size
     per_layer = (40 * h if residual_bytes(model) == 2 else 52 * h) + 9 * i
     kept = residual_bytes(model) * h * layers + per_layer if checkpointing else per_layer * layers
