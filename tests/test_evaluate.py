@@ -238,7 +238,8 @@ def test_missing_benchmark_files_are_named(tmp_path, tiny_model_dir):
             False,
         )
     with pytest.raises(
-        ValueError, match=r"(?s)benches.*'pope', 'caption', 'vqa', 'mc', 'text', 'judge', 'ifeval' or 'drift'"
+        ValueError,
+        match=r"(?s)benches.*'pope', 'caption', 'vqa', 'mc', 'text', 'judge', 'ifeval', 'drift' or 'facts'",
     ):
         EvalSettings(benches=["mmmu"])
 

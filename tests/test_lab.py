@@ -183,6 +183,7 @@ def test_the_quick_lab_runs_every_arm_and_writes_the_claims_table(tmp_path):
         "vit_rewritten",
         "vit_oracle",
         "vit_curated",
+        "vit_own",
         "dpo_oracle",
         "dpo_model",
     ]
@@ -192,7 +193,16 @@ def test_the_quick_lab_runs_every_arm_and_writes_the_claims_table(tmp_path):
                 tmp_path / "lab" / "stages" / run[f"eval_{arm}"].split("/stages/")[1] / "results.json"
             ).read_text()
         )
-        assert set(results["benchmarks"]) == {"pope", "caption", "vqa", "mc", "text", "ifeval", "drift"}, arm
+        assert set(results["benchmarks"]) == {
+            "pope",
+            "caption",
+            "vqa",
+            "mc",
+            "facts",
+            "text",
+            "ifeval",
+            "drift",
+        }, arm
     base = json.loads(
         (tmp_path / "lab" / "stages" / run["eval_base"].split("/stages/")[1] / "results.json").read_text()
     )
@@ -231,8 +241,40 @@ def test_the_quick_lab_runs_every_arm_and_writes_the_claims_table(tmp_path):
             )["benchmarks"][bench]["metrics"][name]
             for label in (variant, baseline)
         ]
-        assert claim["deltas"] == pytest.approx([values[0] - values[1]]), claim["claim"]
+        # a metric with nothing to measure (no claim read from a random LM's answers) is null: no delta
+        expected = [] if None in values else [values[0] - values[1]]
+        assert claim["deltas"] == pytest.approx(expected), claim["claim"]
     assert "<table id=facts>" in page and "Dataset viewer" in page
+    # lab-results.json: every arm's metrics read from its eval folder, the claims as claims.json has them
+    lab = json.loads((tmp_path / "lab" / "lab-results.json").read_text())
+    arms = report["lab_results"]["arms"]
+    assert lab["seeds"] == [0] and set(lab["arms"]) == set(arms)
+    for arm, label in arms.items():
+        results = json.loads(
+            (
+                tmp_path / "lab" / "stages" / run[stage_of[label]].split("/stages/")[1] / "results.json"
+            ).read_text()
+        )["benchmarks"]
+        for bench, name in report["metrics"]:
+            assert lab["arms"][arm][f"{bench}_{name}"] == [
+                results.get(bench, {}).get("metrics", {}).get(name)
+            ]
+    assert {"pope_accuracy", "pope_yes_ratio", "vqa_accuracy"} <= set(lab["arms"]["vit"])
+    assert [{k: c[k] for k in ("claim", "deltas", "interval", "verdict")} for c in lab["claims"]] == [
+        {k: c[k] for k in ("claim", "deltas", "interval", "verdict")} for c in claims
+    ]
+    reliance_vit = json.loads(
+        (tmp_path / "lab" / "stages" / run["reliance_vit"].split("/stages/")[1] / "reliance.json").read_text()
+    )
+    assert lab["image_reliance"] == [reliance_vit["gap"]]
+    facts = json.loads(next((tmp_path / "lab" / "stages").glob("oracle-*/rewritten.facts.json")).read_text())
+    kept = facts["llm_review"]["kept_rewrite"]
+    assert lab["rewrite"]["replaced_share"] == pytest.approx(kept / facts["answers"], abs=1e-4)
+    gap_claim = next(c for c in claims if "bench" not in c)
+    assert (
+        lab["rewrite"]["gap"] == gap_claim["deltas"]
+        and lab["rewrite"]["gap_interval"] == gap_claim["interval"]
+    )
 
 
 def test_yes_no_judge_refuses_questions_that_leave_a_scored_aspect_unasked(tiny_model_dir):

@@ -352,3 +352,108 @@ def test_review_threshold_needs_a_scoring_backend():
             make_rewriter(server.url, RewriteSettings(model_name="m", review_min_yes=0.8))
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def smollm2_tiny_lm(tmp_path_factory):
+    from vialign.models.importing import import_model
+
+    out = tmp_path_factory.mktemp("smollm2-tiny")
+    import_model("tiny:smollm2", out)
+    return out
+
+
+@pytest.mark.parametrize("family", ["toy", "smollm2"])
+def test_own_answers_replace_soft_answers_each_asked_after_the_llms_earlier_answers(
+    family, tiny_model_dir, smollm2_tiny_lm
+):
+    from vialign.align.own_answers import OwnAnswerSettings, make_answerer
+    from vialign.generation.base import ChatRequest
+
+    lm = str(tiny_model_dir if family == "toy" else smollm2_tiny_lm)
+    two_turns = Sample.model_validate(
+        {
+            "id": "two",
+            "image": "a.png",
+            "meta": {"subset": "conversation"},
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is shown?"},
+                {"from": "gpt", "value": "A red circle is shown in the top left corner of the picture."},
+                {"from": "human", "value": "Where is it?"},
+                {"from": "gpt", "value": "It sits in the top left corner, near the edge."},
+            ],
+        }
+    )
+    hard = conv("hard", "Red", "<image>\nWhat color?\nAnswer the question using a single word or phrase.")
+    settings = OwnAnswerSettings(
+        chat_format="vicuna_v1" if family == "toy" else "tokenizer", answer_params={"max_new_tokens": 5}
+    )
+    answerer = make_answerer(lm, settings)
+    rows = {r.id: r.value for r in answerer([two_turns, hard])}
+    assert rows["hard"] == hard.to_json()
+    turns = rows["two"]["conversations"]
+    backend, params = answerer.backend, settings.answer_params
+    (first,) = backend.generate([ChatRequest("q1", [{"role": "user", "content": "What is shown?"}])], params)
+    history = [
+        {"role": "user", "content": "What is shown?"},
+        {"role": "assistant", "content": first.texts[0].strip()},
+        {"role": "user", "content": "Where is it?"},
+    ]
+    (second,) = backend.generate([ChatRequest("q2", history)], params)
+    assert [t["value"] for t in turns] == [
+        "<image>\nWhat is shown?",
+        first.texts[0].strip(),
+        "Where is it?",
+        second.texts[0].strip(),
+    ]
+    record = rows["two"]["meta"]["provenance"][-1]
+    assert record["stage"] == "align.own_answers" and [t["turn"] for t in record["turns"]] == [1, 3]
+    assert record["turns"][0]["original"] == two_turns.conversations[1].value
+
+
+def test_best_of_n_keeps_the_best_reviewed_rewrite_that_changes_the_answer():
+    from vialign.align.rewrite import Rewriter
+
+    candidates = {
+        "a~0": ("A red circle.", "A red circle."),
+        "a~1": ("A red circle.", "There is a red circle."),
+        "a~2": ("A red circle.", "A circle, red."),
+        "b~0": ("A square.", "A square."),
+        "b~1": ("A square.", " A square. "),
+    }
+    scores = {"a~0": 1.0, "a~1": 0.6, "a~2": 0.8, "b~0": 1.0, "b~1": 1.0}
+    assert Rewriter.best_candidate("a", 3, candidates, scores) == 2, (
+        "unchanged wins nothing, the best score does"
+    )
+    assert Rewriter.best_candidate("b", 2, candidates, scores) == 0, "nothing changes: the first"
+    with pytest.raises(ValueError, match="review_min_yes"):
+        RewriteSettings(rewrite_params={"n": 4, "temperature": 0.7})
+
+
+def test_best_of_n_on_the_smollm2_tokenizer_records_every_candidate_and_never_counts_unchanged_as_replaced(
+    smollm2_tiny_lm,
+):
+    from vialign.align.rewrite import replaced_some_answer
+
+    settings = RewriteSettings(
+        chat_format="tokenizer",
+        review="claims",
+        review_min_yes=0.01,
+        rewrite_params={"max_new_tokens": 6, "n": 3, "temperature": 1.0, "seed": 1},
+    )
+    rewriter = make_rewriter(str(smollm2_tiny_lm), settings)
+    (row,) = rewriter([conv("s1", "A red circle is at top left. A blue square is in the middle.")])
+    (turn,) = row.value["meta"]["provenance"][-1]["turns"]
+    assert len(turn["candidates"]) == len(turn["candidate_p_yes"]) == 3
+    changing = [
+        p
+        for text, p in zip(turn["candidates"], turn["candidate_p_yes"], strict=True)
+        if text.strip() != turn["original"]
+    ]
+    if changing:
+        assert turn["p_yes"] == max(changing) and turn["rewrite"].strip() != turn["original"]
+    sample = Sample.model_validate(row.value)
+    assert replaced_some_answer(sample) == (turn["kept"] == "rewrite")
+    assert (turn["kept"] == "rewrite") == (
+        turn["verdict"] == "same" and turn["rewrite"].strip() not in ("", turn["original"])
+    )

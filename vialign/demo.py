@@ -13,6 +13,7 @@ QUICK = {
     "annotation_images": 60,
     "eval_scenes": 30,
     "lm_steps": 30,
+    "vision_steps": 10,
     "stage1_steps": 20,
     "sft_steps": 16,
     "rm_steps": 10,

@@ -9,6 +9,8 @@ from vialign.pipeline.seeds import SeededRun
 QUICK = {
     "llm": "tiny:smollm2",
     "size": 120,
+    "pretrain_images": 60,
+    "vision_steps": 10,
     "annotation_images": 24,
     "eval_scenes": 6,
     "ifeval_prompts": 8,

@@ -21,6 +21,12 @@ from vialign.choices import Stage as StagePreset
 from vialign.stage import RUNNER_OPTIONS, Input, Option, Stage
 
 IMAGE_ROOT = Input("image_root", "folder image paths are relative to", "--image-root", "dir", required=False)
+# the stages that ask the inner LLM about a corpus's soft samples (rewrite, own answers)
+INNER_LLM_INPUTS = (
+    Input("data", "validated JSONL"),
+    Input("llm", "inner LLM: checkpoint folder, or an OpenAI-compatible URL", "--llm", "target"),
+)
+INNER_LLM_OPTIONS = (Option("backend", BackendName, "default: from --llm"), *RUNNER_OPTIONS)
 
 
 def registry(*stages: Stage) -> dict[str, Stage]:
@@ -46,6 +52,19 @@ STAGES: dict[str, Stage] = registry(
             Option("corrupt_share", float, "share of soft samples corrupted"),
         ),
         out_help="output folder (also the image root)",
+    ),
+    Stage(
+        "toyworld_vision",
+        "vialign.toyworld.vision:run_stage",
+        "Pretrain a tiny CLIP vision tower on toy-world scenes (what is in each grid cell), before stage 1.",
+        "vialign.toyworld.vision:VisionPretrainSettings",
+        command="toyworld vision",
+        inputs=(Input("toyworld", "toy world folder (its seed and image size)", "--toyworld", "dir"),),
+        options=(
+            Option("images", int, "training scenes rendered from the world's 'vision' stream"),
+            Option("max_steps", int, "training steps"),
+        ),
+        out_help="vision tower checkpoint folder to write (model assemble --vision takes it)",
     ),
     Stage(
         "validate",
@@ -223,13 +242,21 @@ STAGES: dict[str, Stage] = registry(
         "Rewrite soft-format answers in the inner LLM's own manner, then review each for unchanged meaning.",
         "vialign.align.rewrite:RewriteSettings",
         command="align rewrite",
-        inputs=(
-            Input("data", "validated JSONL"),
-            Input("llm", "inner LLM: checkpoint folder, or an OpenAI-compatible URL", "--llm", "target"),
-        ),
-        options=(Option("backend", BackendName, "default: from --llm"), *RUNNER_OPTIONS),
+        inputs=INNER_LLM_INPUTS,
+        options=INNER_LLM_OPTIONS,
         out_help="output JSONL: every record, soft ones rewritten (resumable through OUT.partial.jsonl)",
         out_file="rewritten.jsonl",
+    ),
+    Stage(
+        "own_answers",
+        "vialign.align.own_answers:run_stage",
+        "The inner LLM's own answers to the soft-format questions, text only (the own-manner control arm).",
+        "vialign.align.own_answers:OwnAnswerSettings",
+        command="align own-answers",
+        inputs=INNER_LLM_INPUTS,
+        options=INNER_LLM_OPTIONS,
+        out_help="output JSONL: every record, soft ones answered by the LLM (resumable)",
+        out_file="own.jsonl",
     ),
     Stage(
         "oracle_review",

@@ -41,7 +41,22 @@ class ReviewExample(Settings):
     same: bool
 
 
-class RewriteSettings(Settings):
+class InnerLLMSettings(Settings):
+    """How a stage asks the inner LLM (text only) about the soft-format samples of a corpus."""
+
+    backend: BackendName | None = Field(None, description="default: from --llm")
+    chat_format: ChatFormatName = "vicuna_v1"
+    model_name: str | None = Field(None, description="model name for the openai backend")
+    api_key_env: str = "OPENAI_API_KEY"
+    dtype: Dtype = Field("auto", description="local checkpoints: compute dtype (auto: bfloat16 where native)")
+    formats: FormatSettings = Field(default_factory=FormatSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+
+    def soft_samples(self, samples: list[Sample]) -> list[Sample]:
+        return [s for s in samples if is_soft(classify_sample(s, self.formats), self.formats)]
+
+
+class RewriteSettings(InnerLLMSettings):
     rewrite_prompt: str = DEFAULT_REWRITE_PROMPT
     review_prompt: str = DEFAULT_REVIEW_PROMPT
     rewrite_examples: list[RewriteExample] = Field(
@@ -70,13 +85,6 @@ class RewriteSettings(Settings):
         "(needs review_min_yes and a backend that scores options)",
     )
     claim_prompt: str = DEFAULT_CLAIM_PROMPT
-    backend: BackendName | None = Field(None, description="default: from --llm")
-    chat_format: ChatFormatName = "vicuna_v1"
-    model_name: str | None = Field(None, description="model name for the openai backend")
-    api_key_env: str = "OPENAI_API_KEY"
-    dtype: Dtype = Field("auto", description="local checkpoints: compute dtype (auto: bfloat16 where native)")
-    formats: FormatSettings = Field(default_factory=FormatSettings)
-    runner: RunnerSettings = Field(default_factory=RunnerSettings)
 
     @field_validator("rewrite_prompt")
     @classmethod
@@ -98,6 +106,14 @@ class RewriteSettings(Settings):
         if "{text}" not in value or "{claim}" not in value:
             raise ValueError("claim_prompt must contain {text} and {claim}")
         return value
+
+    @model_validator(mode="after")
+    def _candidates_need_a_score(self) -> RewriteSettings:
+        if self.rewrite_params.n > 1 and self.review_min_yes is None:
+            raise ValueError(
+                "rewrite_params.n > 1 keeps the best-reviewed of n rewrites, ranked by P(Yes): set review_min_yes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _claims_need_a_threshold(self) -> RewriteSettings:
@@ -123,7 +139,7 @@ def parse_verdict(text: str) -> Verdict:
     return {"yes": "same", "no": "different"}.get(words[0], "unparsable")
 
 
-def open_rewriter(target: str, settings: RewriteSettings) -> Backend:
+def open_rewriter(target: str, settings: InnerLLMSettings) -> Backend:
     return ModelSettings(
         backend=settings.backend,
         chat_format=settings.chat_format,
@@ -148,14 +164,21 @@ def ask(
     shots: list[tuple[str, str]] = (),
     limits: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """{key: text or Exception-message} for one batch of prompts (after the same few-shot turns)."""
+    """{key: its `params.n` texts, or an Exception} for one batch of prompts (after the same few-shot
+    turns)."""
     requests = [
         ChatRequest(key, conversation(list(shots), prompt), max_new_tokens=(limits or {}).get(key))
         for key, prompt in prompts.items()
     ]
-    return {
-        r.id: (r.texts[0] if r.texts else RuntimeError(r.error)) for r in backend.generate(requests, params)
-    }
+    return {r.id: (r.texts if r.texts else RuntimeError(r.error)) for r in backend.generate(requests, params)}
+
+
+def first_texts(answers: dict[str, Any]) -> dict[str, Any]:
+    return {key: texts[0] if isinstance(texts, list) else texts for key, texts in answers.items()}
+
+
+def changed(original: str, rewrite: str) -> bool:
+    return rewrite.strip() not in ("", original.strip())
 
 
 def token_count(backend: Backend, text: str) -> int:
@@ -207,7 +230,7 @@ class Rewriter:
         }
 
     def __call__(self, batch: list[Sample]) -> list[Row]:
-        soft = [s for s in batch if is_soft(classify_sample(s, self.settings.formats), self.settings.formats)]
+        soft = self.settings.soft_samples(batch)
         answers = {
             f"{s.id}#{k}": t.value for s in soft for k, t in enumerate(s.conversations) if t.role == GPT
         }
@@ -215,39 +238,61 @@ class Rewriter:
         limits = (
             {k: int(ratio * token_count(self.backend, t)) + 8 for k, t in answers.items()} if ratio else None
         )
-        rewrites = ask(
+        generated = ask(
             self.backend,
             {key: self.settings.rewrite_prompt.format(text=text) for key, text in answers.items()},
             self.settings.rewrite_params,
             self.rewrite_shots,
             limits,
         )
-        reviewable = {key: text for key, text in rewrites.items() if isinstance(text, str)}
-        review_prompts = {
-            key: self.settings.review_prompt.format(original=answers[key], rewrite=text)
-            for key, text in reviewable.items()
+        failed = {key: texts for key, texts in generated.items() if not isinstance(texts, list)}
+        candidates = {
+            f"{key}~{c}": (answers[key], text)
+            for key, texts in generated.items()
+            if key not in failed
+            for c, text in enumerate(texts)
         }
-        if self.settings.review == "claims":
-            yes = self.weakest_claims({key: (answers[key], text) for key, text in reviewable.items()})
-            reviews = {key: f"weakest claim P(Yes) {p:.3f}" for key, p in yes.items()}
-        else:
-            reviews = ask(self.backend, review_prompts, self.settings.review_params, self.review_shots)
-            yes = self.yes_probabilities(review_prompts) if self.settings.review_min_yes is not None else {}
+        reviews, scores = self.review(candidates)
+        chosen = {
+            key: self.best_candidate(key, len(texts), candidates, scores)
+            for key, texts in generated.items()
+            if key not in failed
+        }
         rows = []
         for sample in batch:
             if sample not in soft:
                 rows.append(Row(sample.id, sample.to_json()))
                 continue
             errors = [
-                f"{k}: {v}"
-                for k, v in {**rewrites, **reviews}.items()
+                f"{k.split('~')[0]}: {v}"
+                for k, v in {**failed, **reviews}.items()
                 if k.startswith(f"{sample.id}#") and not isinstance(v, str)
             ]
             if errors:
                 rows.append(Row(sample.id, error="; ".join(errors)))
                 continue
-            rows.append(Row(sample.id, self.rewritten(sample, rewrites, reviews, yes).to_json()))
+            rows.append(Row(sample.id, self.rewritten(sample, chosen, candidates, reviews, scores).to_json()))
         return rows
+
+    def review(self, candidates: dict[str, tuple[str, str]]) -> tuple[dict[str, Any], dict[str, float]]:
+        """Each (original, rewrite) pair's review text and, where the review scores, its P(Yes)."""
+        if self.settings.review == "claims":
+            scores = self.weakest_claims(candidates)
+            return {key: f"weakest claim P(Yes) {p:.3f}" for key, p in scores.items()}, scores
+        prompts = {
+            key: self.settings.review_prompt.format(original=original, rewrite=text)
+            for key, (original, text) in candidates.items()
+        }
+        reviews = first_texts(ask(self.backend, prompts, self.settings.review_params, self.review_shots))
+        return reviews, self.yes_probabilities(prompts) if self.settings.review_min_yes is not None else {}
+
+    @staticmethod
+    def best_candidate(
+        key: str, n: int, candidates: dict[str, tuple[str, str]], scores: dict[str, float]
+    ) -> int:
+        """Of an answer's n rewrites, the best-reviewed one that changes it (the first when none does)."""
+        changing = [c for c in range(n) if changed(*candidates[f"{key}~{c}"])]
+        return max(changing, key=lambda c: scores.get(f"{key}~{c}", 0.0), default=0)
 
     def yes_probabilities(self, prompts: dict[str, str], shots: bool = True) -> dict[str, float]:
         requests = [
@@ -288,40 +333,60 @@ class Rewriter:
         return "same" if p_yes >= self.settings.review_min_yes else "different"
 
     def rewritten(
-        self, sample: Sample, rewrites: dict[str, str], reviews: dict[str, str], yes: dict[str, float]
+        self,
+        sample: Sample,
+        chosen: dict[str, int],
+        candidates: dict[str, tuple[str, str]],
+        reviews: dict[str, str],
+        scores: dict[str, float],
     ) -> Sample:
+        """The sample with each answer replaced by its chosen rewrite when the review accepts it and it
+        changes the answer (an unchanged "rewrite" keeps the original: nothing was replaced)."""
         out = sample.model_copy(deep=True)
+        n = self.settings.rewrite_params.n
         turns = []
         for k, turn in enumerate(out.conversations):
             if turn.role != GPT:
                 continue
             key = f"{sample.id}#{k}"
-            verdict = self.verdict(reviews[key], yes.get(key))
-            keep_rewrite = verdict == "same" and rewrites[key].strip() != ""
+            best = f"{key}~{chosen[key]}"
+            rewrite = candidates[best][1]
+            verdict = self.verdict(reviews[best], scores.get(best))
+            keep_rewrite = verdict == "same" and changed(turn.value, rewrite)
             turns.append(
                 {
                     "turn": k,
                     "original": turn.value,
-                    "rewrite": rewrites[key],
-                    "review": reviews[key],
+                    "rewrite": rewrite,
+                    "review": reviews[best],
                     "verdict": verdict,
                     "kept": "rewrite" if keep_rewrite else "original",
-                    **({"p_yes": round(yes[key], 4)} if key in yes else {}),
+                    **({"p_yes": round(scores[best], 4)} if best in scores else {}),
+                    **(
+                        {
+                            "candidates": [candidates[f"{key}~{c}"][1] for c in range(n)],
+                            "candidate_p_yes": [round(scores[f"{key}~{c}"], 4) for c in range(n)],
+                        }
+                        if n > 1
+                        else {}
+                    ),
                 }
             )
             if keep_rewrite:
-                turn.value = rewrites[key].strip()
+                turn.value = rewrite.strip()
         out.meta.format_class = classify_sample(sample, self.settings.formats)
         out.meta.provenance.append({"stage": "align.rewrite", **self.identity, "turns": turns})
         return out
 
 
-def keep_original_on_failure(sample: Sample, row: dict[str, Any]) -> dict[str, Any]:
-    """Finish step: a sample whose rewrite failed stays as it was, with the error recorded."""
+def keep_original_on_failure(
+    sample: Sample, row: dict[str, Any], stage: str = "align.rewrite"
+) -> dict[str, Any]:
+    """Finish step: a sample the stage failed on stays as it was, with the error recorded."""
     if row["ok"]:
         return row["value"]
     out = sample.model_copy(deep=True)
-    out.meta.provenance.append({"stage": "align.rewrite", "error": row["error"], "turns": []})
+    out.meta.provenance.append({"stage": stage, "error": row["error"], "turns": []})
     return out.to_json()
 
 
@@ -379,7 +444,7 @@ def rewrite_file(input: Path, llm: str, out: Path, settings: RewriteSettings, sh
     with stage_manifest(out.parent / f"{out.stem}.manifest", "align.rewrite") as manifest:
         runner = settings.runner
         corpus = list(read_samples(input))
-        soft = [s for s in corpus if is_soft(classify_sample(s, settings.formats), settings.formats)]
+        soft = settings.soft_samples(corpus)
         local = runner.engine == "local"
         report = run_resumable(
             soft,

@@ -366,6 +366,49 @@ class Drift:
         }
 
 
+class Facts:
+    """Open questions about toy-world scenes `{question_id, image, text, scene}`: each answer's claims
+    read by the toy world's claim reader and checked against the scene (what CIDEr against one-sentence
+    references cannot tell: whether a long answer is right, and which objects it invents)."""
+
+    name = "facts"
+    default_prompt = "{question}"
+    max_new_tokens = 96
+
+    def files(self, data: Path) -> list[Path]:
+        return [data / "facts" / "questions.jsonl"]
+
+    def items(self, data: Path, prompt: str) -> list[EvalItem]:
+        return [
+            EvalItem(
+                str(r["question_id"]), prompt.format(question=r["text"]), [r["image"]], {"scene": r["scene"]}
+            )
+            for r in read_jsonl(self.files(data)[0])
+        ]
+
+    def score(
+        self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
+    ) -> tuple[list[dict], dict]:
+        from vialign.toyworld.language import answer_facts
+
+        return [
+            {"id": i.id, "prediction": predictions[i.id], **answer_facts(predictions[i.id], i.truth["scene"])}
+            for i in items
+        ], {}
+
+    def aggregate(self, records: Sequence[dict]) -> dict[str, float]:
+        claims = sum(r["claims"] for r in records)
+        return {
+            # of every claim made, the share the scene bears out
+            "fact_precision": sum(r["true_claims"] for r in records) / claims if claims else float("nan"),
+            # answers that state at least one fact and no false one
+            "correct_answers": mean(r["claims"] > 0 and r["true_claims"] == r["claims"] for r in records),
+            "hallucinated_objects": mean(r["hallucinated_objects"] for r in records),
+            "object_recall": mean(r["object_recall"] for r in records),
+        }
+
+
 BENCHES: dict[str, Any] = {
-    b.name: b for b in (Pope(), Caption(), Vqa(), MultipleChoice(), TextTasks(), Judge(), IFEval(), Drift())
+    b.name: b
+    for b in (Pope(), Caption(), Vqa(), MultipleChoice(), TextTasks(), Judge(), IFEval(), Drift(), Facts())
 }

@@ -31,6 +31,7 @@ PARSERS = {
     "judge": "rating_in_double_brackets",
     "ifeval": "if_verifiable_ifeval_checkers",
     "drift": "teacher_forced_nll",
+    "facts": "toyworld_claim_reader",
 }
 PACKAGES = ("vialign", "torch", "transformers", "tokenizers", "pycocoevalcap", "openai")
 

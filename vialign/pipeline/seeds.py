@@ -32,6 +32,13 @@ def merged_over_seeds(resolved: list[dict[str, Any]]) -> dict[str, Any]:
         for k, claim in enumerate(first.get("claims", []))
     ]
     merged["rewrite_facts"] = distinct(r["rewrite_facts"][0] for r in resolved if r.get("rewrite_facts"))
+    if first.get("lab_results"):  # a value per seed, even where seeds share the folder
+        merged["lab_results"] = {
+            **first["lab_results"],
+            "reliance": [
+                r["lab_results"]["reliance"][0] for r in resolved if r["lab_results"].get("reliance")
+            ],
+        }
     return merged
 
 

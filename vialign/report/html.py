@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from vialign.config import Settings
 from vialign.evaluate.compare import compare_results
 from vialign.records import confined_image_path, read_jsonl
+from vialign.report.lab_results import LabResultsSettings, lab_results
 from vialign.stage import StageContext
 
 DEFAULT_METRICS = [
@@ -98,6 +99,9 @@ class ReportSettings(Settings):
         default_factory=list, description="oracle-review folders (*.facts.json), per seed"
     )
     first_seed: int = Field(0, description="the seed of each label's first run folder (the others follow)")
+    lab_results: LabResultsSettings | None = Field(
+        None, description="write lab-results.json: short arm names and the image-reliance folders per seed"
+    )
 
     @model_validator(mode="after")
     def compared_runs_exist(self) -> ReportSettings:
@@ -558,6 +562,17 @@ def write_report(out: Path, settings: ReportSettings) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if claims:
         (out / "claims.json").write_bytes(orjson.dumps(claims, option=orjson.OPT_INDENT_2))
+    if settings.lab_results:
+        data = lab_results(
+            settings.lab_results,
+            settings.runs,
+            settings.metrics,
+            claims,
+            settings.rewrite_facts[0] if settings.rewrite_facts else None,
+            settings.first_seed,
+            lambda folder, bench, name: metric(results(folder), bench, name),
+        )
+        (out / "lab-results.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     path = out / "report.html"
     path.write_text(page)
     return path

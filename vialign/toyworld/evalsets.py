@@ -6,7 +6,8 @@
 - VQA: LLaVA-eval question JSONL plus VQAv2-style annotations (10 answers per question);
 - multiple choice: question, options A–D and the answer letter;
 - text: own-manner text-only tasks with exact answers (the retention measure);
-- judge: open questions with a reference answer, for single-answer grading by a judge model.
+- judge: open questions with a reference answer, for single-answer grading by a judge model;
+- facts: open questions with the scene itself, so that each answer's facts are checked claim by claim.
 """
 
 from __future__ import annotations
@@ -148,4 +149,14 @@ def judge_rows(scenes: list[tuple[Scene, str]], seed: int, limit: int = 50) -> l
             "reference": neutral_caption(scene, 0),
         }
         for k, (scene, image) in enumerate(scenes[:limit], start=1)
+    ]
+
+
+def facts_rows(scenes: list[tuple[Scene, str]], seed: int) -> list[dict[str, Any]]:
+    """Open questions about every held-out scene, the scene beside each (the `facts` bench reads its
+    answers' claims against it)."""
+    rng = random.Random(f"vialign-toyworld:{seed}:facts")
+    return [
+        {"question_id": k, "image": image, "text": rng.choice(JUDGE_QUESTIONS), "scene": scene.to_json()}
+        for k, (scene, image) in enumerate(scenes, start=1)
     ]

@@ -62,6 +62,11 @@ class ToyWorldSettings(Settings):
         0.3, ge=0.0, le=1.0, description="share of samples with <image> after the question"
     )
     text_size: int | None = Field(None, description="own-manner text examples; default max(1000, size // 2)")
+    pretrain_images: int | None = Field(
+        None,
+        ge=1,
+        description="caption samples in pretrain.jsonl (LLaVA's stage 1); default one per corpus image",
+    )
     annotation_images: int = Field(300, ge=0)
     eval_scenes: int = Field(200, ge=1)
     eval_text_per_task: int = Field(50, ge=1)
@@ -79,6 +84,9 @@ class ToyWorldSettings(Settings):
         if bad:
             raise ValueError(f"unknown corruptions {sorted(bad)}; known: {list(CORRUPTIONS)}")
         return self
+
+    def n_pretrain(self, n_scenes: int) -> int:
+        return self.pretrain_images if self.pretrain_images is not None else n_scenes
 
     @property
     def n_text(self) -> int:
@@ -288,6 +296,9 @@ def write_eval_sets(out: Path, settings: ToyWorldSettings) -> dict[str, int]:
     counts["judge"] = write_jsonl(
         evalsets.judge_rows(scenes, settings.seed), out / "eval" / "judge" / "questions.jsonl"
     )
+    counts["facts"] = write_jsonl(
+        evalsets.facts_rows(scenes, settings.seed), out / "eval" / "facts" / "questions.jsonl"
+    )
     counts["ifeval"] = write_jsonl(
         ifeval_prompts(settings.eval_ifeval, settings.seed), out / "eval" / "ifeval" / "prompts.jsonl"
     )
@@ -310,7 +321,9 @@ def generate_toyworld(
         def step(task: str, total: int) -> Callable[[int], None] | None:
             return (lambda n=1: progress(task, n, total)) if progress else None
 
-        render_images(out, settings, "train", n_scenes, step("render training images", n_scenes))
+        # the corpus's images first; more training scenes when stage 1 has more captions than that
+        n_images = max(n_scenes, settings.n_pretrain(n_scenes))
+        render_images(out, settings, "train", n_images, step("render training images", n_images))
         counts: Counter[str] = Counter()
         tick = step("write corpus", settings.size)
         plan = corruption_plan(settings)
@@ -325,10 +338,11 @@ def generate_toyworld(
                 if tick:
                     tick(1)
         write_jsonl(
-            (sample_scene(settings.seed, "train", j).to_json() for j in range(n_scenes)), out / "scenes.jsonl"
+            (sample_scene(settings.seed, "train", j).to_json() for j in range(n_images)), out / "scenes.jsonl"
         )
         counts["pretrain"] = write_jsonl(
-            (caption_sample(j, settings) for j in range(n_scenes)), out / "pretrain.jsonl"
+            (caption_sample(j, settings) for j in range(settings.n_pretrain(n_scenes))),
+            out / "pretrain.jsonl",
         )
 
         subsets, weights = list(CORPUS_SHARES), list(CORPUS_SHARES.values())
@@ -368,7 +382,7 @@ def generate_toyworld(
         )
         counts.update({f"eval.{k}": v for k, v in write_eval_sets(out, settings).items()})
 
-        counts["images"] = n_scenes + settings.annotation_images + settings.eval_scenes
+        counts["images"] = n_images + settings.annotation_images + settings.eval_scenes
         counts["samples"] = settings.size
         manifest.settings = settings.model_dump(mode="json", exclude={"workers"})
         manifest.counts = dict(sorted(counts.items()))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from vialign.toyworld.scene import CELL_NAMES, COLOURS, SHAPES, SIZES, Obj, Scene, plural
 
@@ -176,6 +177,29 @@ def claim_holds(claim: tuple, scene: Scene) -> bool:
     if kind == "colour_of":
         return any(o.shape == claim[1] and o.colour == claim[2] for o in scene.objects)
     raise ValueError(f"unknown claim kind {kind!r}")
+
+
+def named_objects(claims: set[tuple]) -> set[tuple[str, str]]:
+    """(colour, shape) of every object the claims say is there."""
+    return {
+        (c[2], c[3])
+        for c in claims
+        if c[2] and c[3] and (c[0] in ("exists", "at") or (c[0] == "count" and c[4] > 0))
+    }
+
+
+def answer_facts(text: str, scene_json: dict) -> dict[str, Any]:
+    """An answer's claims checked against its scene: how many it makes, how many hold, how many objects
+    it names that the scene lacks (hallucinated), and the share of the scene's objects it names."""
+    scene = Scene.from_json(scene_json)
+    claims = extract_claims(text)
+    named = named_objects(claims)
+    return {
+        "claims": len(claims),
+        "true_claims": sum(claim_holds(c, scene) for c in claims),
+        "hallucinated_objects": len(named - scene.pairs),
+        "object_recall": len(named & scene.pairs) / len(scene.pairs),
+    }
 
 
 def false_claims(text: str, scene: Scene) -> list[tuple]:
