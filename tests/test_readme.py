@@ -159,3 +159,24 @@ def test_every_readme_command_runs_as_written(bf16_cpu, tiny_model_dir, toyworld
             ran.append(command)
         made.update({p.name: p.resolve() for p in folder.iterdir()})
     assert len(ran) == len(readme_commands()) - len(SKIP), ran
+
+
+def test_the_lab_table_is_generated_from_the_reported_run_and_its_verdicts_follow_the_rule():
+    import json
+
+    from vialign.report.html import verdict
+    from vialign.report.lab_results import README_END, README_START, lab_markdown
+
+    data = json.loads((README.parent / "docs" / "lab-results.json").read_text())
+    text = README.read_text()
+    assert text.count(README_START) == 1 and text.count(README_END) == 1
+    table = text.split(README_START, 1)[1].split(README_END, 1)[0].strip()
+    assert table == lab_markdown(data), (
+        "regenerate: python -m vialign.report.lab_results docs/lab-results.json"
+    )
+    assert {"pope_accuracy", "pope_yes_ratio", "vqa_accuracy"} <= set(data["arms"]["vit"])
+    assert all(len(values) == len(data["seeds"]) for arm in data["arms"].values() for values in arm.values())
+    for claim in data["claims"]:
+        assert claim["verdict"] == verdict(
+            claim["expect"], claim["deltas"], claim["interval"], claim["margin"]
+        )
