@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from vialign.config import Settings
 from vialign.evaluate.compare import compare_results
 from vialign.records import confined_image_path, read_jsonl
-from vialign.report.lab_results import LabResultsSettings, lab_results
+from vialign.report.lab_results import LabResultsSettings, fmt, lab_results
 from vialign.stage import StageContext
 
 DEFAULT_METRICS = [
@@ -134,10 +134,6 @@ def png(fig: Any) -> str:
 def file_uri(path: Path) -> str:
     kind = "png" if path.suffix == ".png" else "jpeg"
     return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 # ---------------------------------------------------------------- tables

@@ -43,13 +43,13 @@ def rewrite_figures(facts_folder: str | None, gap: dict[str, Any] | None) -> dic
     and the gap over samples with an answer replaced, from the rewrite's first oracle-review folder and the
     gap claim's result."""
     figures: dict[str, Any] = {"replaced_share": None, "facts_preserved": None}
-    for path in sorted(Path(facts_folder).glob("*.facts.json")) if facts_folder else []:
-        review = orjson.loads(path.read_bytes())["llm_review"]
-        kept = review["kept_rewrite"]
-        figures["replaced_share"] = round(kept / review["answers"], 4) if review["answers"] else None
-        figures["facts_preserved"] = (
-            round((kept - review["accepted_with_changed_facts"]) / kept, 4) if kept else None
-        )
+    facts = next(iter(sorted(Path(facts_folder).glob("*.facts.json"))), None) if facts_folder else None
+    if facts:
+        review = orjson.loads(facts.read_bytes())["llm_review"]
+        if review["answers"]:
+            figures["replaced_share"] = round(review["kept_rewrite"] / review["answers"], 4)
+        # kept rewrites with every fact preserved ÷ kept rewrites: the review's precision
+        figures["facts_preserved"] = review["review_precision"]
     figures["gap"] = gap["deltas"] if gap else None
     figures["gap_interval"] = gap["interval"] if gap else None
     return figures
@@ -84,8 +84,9 @@ def lab_results(
     }
 
 
-def fmt(value: float | None) -> str:
-    return "–" if value is None or value != value else f"{value:.3f}"
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A number for a table; none as a dash."""
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def mean_and_range(values: list[float | None]) -> str:
