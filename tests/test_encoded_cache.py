@@ -11,7 +11,7 @@ import pytest
 import vialign.models.encoded_cache as cache
 from tests.test_families import RECORDS, TEMPLATES
 from vialign.models.encoding import ChatEncoder, EncoderSettings, EncodingError, encode_all
-from vialign.models.families import llava15_tokenizer, smollm2_tokenizer
+from vialign.models.families.tokenizers import llava15_tokenizer, smollm2_tokenizer
 from vialign.models.tokenizer import texts_of, train_tokenizer
 from vialign.records import IMAGE_TAG, Sample, read_samples, write_jsonl
 

@@ -19,7 +19,7 @@ from vialign.models.encoding import (
     Kind,
     encode_prompt,
 )
-from vialign.models.families import add_image_token, llava15_tokenizer, smollm2_tokenizer
+from vialign.models.families.tokenizers import add_image_token, llava15_tokenizer, smollm2_tokenizer
 from vialign.models.tokenizer import VICUNA_SYSTEM
 from vialign.records import IMAGE_TAG, Sample
 
@@ -374,7 +374,7 @@ def test_preview_labels_json_on_real_records(tmp_path, family):
 
 
 def test_smollm2_tokenizer_is_cached_after_the_first_conversion(tmp_path, monkeypatch):
-    from vialign.models import families
+    from vialign.models.families import tokenizers as families
 
     monkeypatch.setenv("VIALIGN_CACHE", str(tmp_path))
     first = families.smollm2_tokenizer()
@@ -395,7 +395,7 @@ def test_imported_smollm2_computes_what_the_gguf_does(smollm2_checkpoint):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from vialign.models.families import smollm2_gguf
+    from vialign.models.families.tokenizers import smollm2_gguf
 
     gguf = smollm2_gguf()
     reference = AutoModelForCausalLM.from_pretrained(
@@ -455,7 +455,7 @@ def test_lit_sft_trains_on_llava15_family_without_quarantine(real_world, tmp_pat
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    from vialign.train.core import PART_PREFIXES
+    from vialign.models.families.llava import LLAVA
     from vialign.train.settings import SFTSettings
     from vialign.train.sft import train_sft
 
@@ -480,7 +480,7 @@ def test_lit_sft_trains_on_llava15_family_without_quarantine(real_world, tmp_pat
     before = LlavaForConditionalGeneration.from_pretrained(real_world / "llava15").state_dict()
     after = LlavaForConditionalGeneration.from_pretrained(tmp_path / "sft").state_dict()
     for name, tensor in before.items():
-        assert torch.equal(tensor, after[name]) == name.startswith(PART_PREFIXES["vision"]), name
+        assert torch.equal(tensor, after[name]) == name.startswith(LLAVA.parts["vision"]), name
 
 
 def test_dpo_trains_on_llava15_family(real_world, tmp_path):

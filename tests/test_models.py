@@ -5,8 +5,9 @@ import torch
 from PIL import Image
 from transformers import LlavaForConditionalGeneration
 
+from vialign.models.families.llava import build_tiny_llava
 from vialign.models.loading import load_llava, save_llava
-from vialign.models.tiny import TinyModelSettings, build_tiny_llava
+from vialign.models.tiny import TinyModelSettings
 from vialign.models.tokenizer import VICUNA_SYSTEM, texts_of, train_tokenizer
 from vialign.records import read_samples
 

@@ -8,10 +8,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration, TrainerCallback
 
+from vialign.models.families.llava import LLAVA
 from vialign.models.loading import load_llava
 from vialign.models.precision import cpu_has_native_bf16
 from vialign.records import read_samples, write_jsonl
-from vialign.train.core import PART_PREFIXES, add_lora, export_trained, set_trainable_parts
+from vialign.train.core import add_lora, export_trained, set_trainable_parts
 from vialign.train.settings import SFTSettings
 from vialign.train.sft import train_sft
 
@@ -73,7 +74,7 @@ def test_finetune_freezes_vision_and_trains_every_other_parameter(tiny_model_dir
     )
     assert "Answer the question using a single word or phrase." in templates["sentences"]
     for name, tensor in before.items():
-        if name.startswith(PART_PREFIXES["vision"]):
+        if name.startswith(LLAVA.parts["vision"]):
             assert torch.equal(tensor, after[name]), f"frozen {name} changed"
         else:
             assert not torch.equal(tensor, after[name]), f"trainable {name} did not change"
@@ -84,8 +85,8 @@ def test_pretrain_stage_trains_only_the_projector(tiny_model_dir, data, toyworld
     run(tiny_model_dir, data, toyworld, tmp_path / "pt", stage="pretrain", batch_size=8, max_steps=2)
     after = weights(tmp_path / "pt")
     changed = {name for name in before if not torch.equal(before[name], after[name])}
-    assert changed and all(name.startswith(PART_PREFIXES["projector"]) for name in changed)
-    assert changed == {name for name in before if name.startswith(PART_PREFIXES["projector"])}
+    assert changed and all(name.startswith(LLAVA.parts["projector"]) for name in changed)
+    assert changed == {name for name in before if name.startswith(LLAVA.parts["projector"])}
 
 
 class StopAt(TrainerCallback):
@@ -266,7 +267,7 @@ def test_accelerate_launch_two_cpu_processes_ddp(tiny_model_dir, data, toyworld,
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["world_size"] == 2 and manifest["counts"]["steps"] == 3
     before, after = weights(tiny_model_dir), weights(out)
-    assert all(torch.equal(before[k], after[k]) == k.startswith(PART_PREFIXES["vision"]) for k in before)
+    assert all(torch.equal(before[k], after[k]) == k.startswith(LLAVA.parts["vision"]) for k in before)
 
 
 def test_train_lm_then_assemble_keeps_the_language_model_exact(toyworld, tmp_path):
@@ -494,7 +495,7 @@ def packed_and_padded(tiny_model_dir, data, toyworld, n=6, row_tokens=None):
         model,
         rows,
         SFTCollator(pad, processor.image_processor)(rows),
-        PackedSFTCollator(pad, processor.image_processor, width)(rows),
+        PackedSFTCollator(pad, processor.image_processor, row_tokens=width)(rows),
     )
 
 

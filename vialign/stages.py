@@ -97,8 +97,9 @@ STAGES: dict[str, Stage] = registry(
     Stage(
         "tiny_model",
         "vialign.models.loading:run_stage",
-        "A tiny random LLaVA (a plain transformers checkpoint): the toy tokenizer trained on a toy world, "
-        "or a real family's tokenizer and chat template (dry-run any recipe on CPU with one).",
+        "A tiny random model of a family (a plain transformers checkpoint): a LLaVA-1.5 around the toy "
+        "tokenizer trained on a toy world or a real family's tokenizer and chat template, or a LLaVA-NeXT "
+        "(dry-run any recipe on CPU with one).",
         "vialign.models.tiny:TinyModelSettings",
         section="model",
         command="model tiny",
@@ -106,7 +107,7 @@ STAGES: dict[str, Stage] = registry(
             Input("toyworld", "toy world whose corpora train the toy tokenizer", "--toyworld", "dir", False),
         ),
         options=(
-            Option("family", Family, "whose tokenizer and chat template"),
+            Option("family", Family, "model family and tokenizer (see the README's table of families)"),
             Option("vision", Vision, "vision tower kind"),
         ),
         out_help="checkpoint folder to write",

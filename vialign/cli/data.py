@@ -72,6 +72,14 @@ def data_preview_labels(
     as_json: Annotated[
         bool, typer.Option("--json", help="one JSON object per sample: every token, its role and label")
     ] = False,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--image-root",
+            help="folder image paths are relative to, for families whose image tokens depend on the "
+            "image's size (LLaVA-NeXT); default: INPUT's folder",
+        ),
+    ] = None,
 ) -> None:
     """Show decoded tokens with what is trained, so you see exactly what is learned."""
     import json
@@ -81,7 +89,9 @@ def data_preview_labels(
     from vialign.records import read_samples
     from vialign.train.sft import preview_encoder
 
-    processor, encoder, used = preview_encoder(model, input, mode, templates, chat_format, max_length)
+    processor, encoder, used = preview_encoder(
+        model, input, mode, templates, chat_format, max_length, image_root or input.parent
+    )
     if used and not as_json:
         err_console.print(f"templates excluded (min share {used['min_frac']}): {used['sentences']}")
     for sample in islice(read_samples(input), n):

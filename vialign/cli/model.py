@@ -19,9 +19,11 @@ def model_info(
     path: Annotated[str, typer.Argument(help="checkpoint folder (tiny or a real HF LLaVA)")],
 ) -> None:
     """Load a checkpoint through the common loader and describe it."""
-    from vialign.models.loading import load_llava
+    from vialign.models.families import family_of
+    from vialign.models.loading import load_llava, processor_image_tokens
 
     model, processor = load_llava(path)
+    family = family_of(model)
     table = Table(title=f"{path}: {type(model).__name__}")
     table.add_column("part")
     table.add_column("parameters", justify="right")
@@ -29,7 +31,8 @@ def model_info(
         table.add_row(name, f"{sum(p.numel() for p in module.parameters()):,}")
     table.add_row("lm_head", f"{sum(p.numel() for p in model.lm_head.parameters()):,}")
     out_console.print(table)
+    tokens = processor_image_tokens(processor) if family.fixed_image_tokens else "by the image's size"
     out_console.print(
-        f"image tokens per image: {getattr(processor, 'num_image_tokens', None) or 'dynamic'}; "
+        f"family {family.name}; image tokens per image: {tokens}; "
         f"vocabulary {len(processor.tokenizer)}; dtype {model.dtype}"
     )

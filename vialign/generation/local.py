@@ -17,6 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vialign.generation.base import ChatRequest, ChatResult, GenerationParams
 from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_prompt
+from vialign.models.families import family_of
+from vialign.models.families.base import ImageTokenCounts
 from vialign.models.loading import load_llava, model_fingerprint, processor_image_tokens
 from vialign.models.precision import (
     ComputeDtype,
@@ -59,7 +61,11 @@ class TransformersBackend:
         encoder: ChatEncoder,
         path: str = "(in memory)",
         compute: ComputeDtype = "float32",
+        image_inputs: Sequence[str] = ("pixel_values",),
+        image_counts: ImageTokenCounts | None = None,
     ):
+        """`image_inputs`, `image_counts`: the model family's (`ModelFamily.image_inputs`, and the
+        image-dependent token counts of a family like LLaVA-NeXT)."""
         self.model, self.tokenizer, self.image_processor, self.encoder, self.path = (
             model,
             tokenizer,
@@ -67,7 +73,7 @@ class TransformersBackend:
             encoder,
             path,
         )
-        self.compute = compute
+        self.compute, self.image_inputs, self.image_counts = compute, tuple(image_inputs), image_counts
         self._fingerprint: str | None = None
         self._option_ids: dict[str, list[int]] = {}
 
@@ -85,20 +91,45 @@ class TransformersBackend:
         weights = weight_dtype(compute, device)
         if is_multimodal_checkpoint(path):
             model, processor = load_llava(path, device=device, dtype=weights)
-            tokenizer, image_processor, image_tokens = (
-                processor.tokenizer,
-                processor.image_processor,
-                processor_image_tokens(processor),
-            )
+            return cls.of_model(model, processor, chat_format, str(path), compute)
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             model = AutoModelForCausalLM.from_pretrained(
                 str(path), use_safetensors=True, dtype=weights
             ).eval()
             model = model.to(device)
-            image_processor, image_tokens = None, 0
-        encoder = ChatEncoder(tokenizer, EncoderSettings(chat_format=chat_format, image_tokens=image_tokens))
-        return cls(model, tokenizer, image_processor, encoder, str(path), compute)
+        encoder = ChatEncoder(tokenizer, EncoderSettings(chat_format=chat_format, image_tokens=0))
+        return cls(model, tokenizer, None, encoder, str(path), compute)
+
+    @classmethod
+    def of_model(
+        cls,
+        model,
+        processor,
+        chat_format: str = "vicuna_v1",
+        path: str = "(in memory)",
+        compute: ComputeDtype = "float32",
+        encoder: ChatEncoder | None = None,
+    ) -> TransformersBackend:
+        """A backend over a multimodal model and its processor, as its family takes images."""
+        family = family_of(processor)
+        fixed = family.fixed_image_tokens
+        if encoder is None:
+            image_tokens = processor_image_tokens(processor) if fixed else 0
+            encoder = ChatEncoder(
+                processor.tokenizer, EncoderSettings(chat_format=chat_format, image_tokens=image_tokens)
+            )
+        counts = None if fixed else ImageTokenCounts(processor, None)
+        return cls(
+            model,
+            processor.tokenizer,
+            processor.image_processor,
+            encoder,
+            path,
+            compute,
+            family.image_inputs,
+            counts,
+        )
 
     def autocast(self):
         return autocast(self.compute, self.model.device)
@@ -116,7 +147,8 @@ class TransformersBackend:
 
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         question, history = split_messages(request.messages)
-        return encode_prompt(self.encoder, question, history)
+        counts = self.image_counts.of_files(request.images) if self.image_counts else None
+        return encode_prompt(self.encoder, question, history, counts)
 
     def generate(self, requests: list[ChatRequest], params: GenerationParams) -> list[ChatResult]:
         results: dict[str, ChatResult] = {}
@@ -178,13 +210,15 @@ class TransformersBackend:
         }
 
     def with_pixels(self, inputs: dict[str, torch.Tensor], images: Sequence[Sequence[Path]]) -> dict:
-        """The prompts' images, in order, as the processor's pixel values beside the input ids."""
+        """The prompts' images, in order, as the image processor's outputs the model takes, beside the ids."""
         files = [p for group in images for p in group]
         if files:
-            pixels = self.image_processor(
+            processed = self.image_processor(
                 images=[Image.open(p).convert("RGB") for p in files], return_tensors="pt"
             )
-            inputs["pixel_values"] = pixels["pixel_values"].to(self.model.device, self.model.dtype)
+            for name in self.image_inputs:
+                value = processed[name].to(self.model.device)
+                inputs[name] = value.to(self.model.dtype) if value.is_floating_point() else value
         return inputs
 
     def option_token_ids(self, option: str) -> list[int]:
@@ -269,9 +303,10 @@ def generate_batch(
     max_new_tokens: int = 32,
 ) -> list[str]:
     """Greedy answers to one-question prompts with a model already in memory (quick evaluations)."""
-    backend = TransformersBackend(model, processor.tokenizer, processor.image_processor, encoder)
-    prompts = [encode_prompt(encoder, q) for q in questions]
+    backend = TransformersBackend.of_model(model, processor, encoder=encoder)
     groups = [[p] if p is not None else [] for p in images]
+    counts = [backend.image_counts.of_files(g) if backend.image_counts else None for g in groups]
+    prompts = [encode_prompt(encoder, q, counts=c) for q, c in zip(questions, counts, strict=True)]
     return [
         t[0] for t in backend.generate_ids(prompts, groups, GenerationParams(max_new_tokens=max_new_tokens))
     ]

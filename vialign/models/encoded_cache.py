@@ -34,7 +34,7 @@ from vialign.models.encoding import (
     EncodingError,
     batched,
 )
-from vialign.models.families import cache_dir
+from vialign.models.families.tokenizers import cache_dir
 from vialign.records import RawRecord, Sample, iter_raw_records, read_samples, valid_sample
 
 CACHE_LAYOUT = "encoded-cache-1"
@@ -72,6 +72,7 @@ def cache_key(encoder: ChatEncoder, data: str | Path) -> str:
         "data": fingerprint_file(data),
         "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
         "settings": settings,
+        **({"image_counts": encoder.image_counts.key()} if encoder.image_counts else {}),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from itertools import chain
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from rich.text import Text
@@ -58,6 +58,16 @@ TRAINED: dict[str, frozenset[Kind]] = {
 CHAT_FORMATS = typing.get_args(ChatFormatName)
 # Changes whenever the same settings would encode differently: caches of encoded data key on it.
 ENCODER_VERSION = "rendered-once-3"
+
+
+class ImageCounts(Protocol):
+    """Each of a sample's images' token count, where a family's count depends on the image."""
+
+    def __call__(self, sample: Sample) -> list[int]: ...
+
+    def key(self) -> dict[str, Any]:
+        """What the counts depend on besides the images (part of an encoding's cache key)."""
+        ...
 
 
 class EncodingError(ValueError):
@@ -262,12 +272,19 @@ Pieces = list[tuple[Kind, str]]
 
 
 class ChatEncoder:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, settings: EncoderSettings):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        settings: EncoderSettings,
+        image_counts: ImageCounts | None = None,
+    ):
+        """`image_counts`: each of a sample's images' token count, for a family whose count depends on
+        the image (`families.base.ImageTokenCounts`); without it every image is `image_tokens`."""
         if settings.chat_format not in CHAT_FORMATS:
             raise ValueError(f"unknown chat format {settings.chat_format!r}; known: {sorted(CHAT_FORMATS)}")
         if settings.mode not in TRAINED:
             raise ValueError(f"unknown label mode {settings.mode!r}; known: {sorted(TRAINED)}")
-        self.tokenizer, self.settings = tokenizer, settings
+        self.tokenizer, self.settings, self.image_counts = tokenizer, settings, image_counts
         image_id = tokenizer.convert_tokens_to_ids(IMAGE_TAG)
         # A text-only LLM (the inner LLM on its own) may lack <image>; only samples with images need it.
         self.image_token_id = None if image_id in (None, tokenizer.unk_token_id) else image_id
@@ -325,9 +342,12 @@ class ChatEncoder:
             pieces += [(Kind.ASSISTANT, sc.answer_prefix + answer), (Kind.END, sc.end)]
         return [*pieces, (Kind.ROLE, sc.tail)]
 
-    def tokenize(self, pieces: Sequence[tuple[Kind, str]]) -> tuple[list[int], list[int]]:
+    def tokenize(
+        self, pieces: Sequence[tuple[Kind, str]], counts: Sequence[int] | None = None
+    ) -> tuple[list[int], list[int]]:
         """Tokenize the rendering once (or once per segment, see `answers_apart`); each token takes the
-        kind of the characters it comes from, and an image token expands to the processor's count."""
+        kind of the characters it comes from, and the k-th image token expands to `counts[k]` tokens
+        (default: `image_tokens` each)."""
         text, char_kind, cuts = "", [], [0]
         for k, (kind, piece) in enumerate(pieces):
             text += piece
@@ -337,19 +357,28 @@ class ChatEncoder:
                 cuts.append(len(text))
         ids: list[int] = [self.tokenizer.bos_token_id] if self.add_bos else []
         kinds: list[int] = [Kind.BOS] * len(ids)
+        image_sizes = iter(counts or ())
         for start, stop in zip(cuts, [*cuts[1:], len(text)], strict=True):
-            self._tokenize_segment(text, char_kind, start, stop, ids, kinds)
+            self._tokenize_segment(text, char_kind, start, stop, ids, kinds, image_sizes)
         return ids, kinds
 
     def _tokenize_segment(
-        self, text: str, char_kind: list[Kind], start: int, stop: int, ids: list[int], kinds: list[int]
+        self,
+        text: str,
+        char_kind: list[Kind],
+        start: int,
+        stop: int,
+        ids: list[int],
+        kinds: list[int],
+        counts: Iterator[int],
     ) -> None:
         encoding = self.tokenizer(text[start:stop], add_special_tokens=False, return_offsets_mapping=True)
         trained = TRAINED[self.settings.mode]
         for token, (a, b) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
             if token == self.image_token_id:
-                ids += [token] * self.settings.image_tokens
-                kinds += [Kind.IMAGE] * self.settings.image_tokens
+                n = next(counts, self.settings.image_tokens)
+                ids += [token] * n
+                kinds += [Kind.IMAGE] * n
                 continue
             spanned = token_kinds(text, char_kind, start + a, start + b)
             self.straddling += len(spanned) > 1
@@ -375,9 +404,10 @@ class ChatEncoder:
     def encode(self, sample: Sample) -> Encoded:
         """Encode one sample; drops whole trailing turns to fit max_length, never part of an image span."""
         pairs = self.conversation_pairs(sample)
+        counts = self.counts_of(sample)
         for kept in range(len(pairs), 0, -1):
             pieces = self.render(pairs[:kept])
-            ids, kinds = self.tokenize(pieces)
+            ids, kinds = self.tokenize(pieces, counts)
             if len(ids) <= self.settings.max_length:
                 break
         else:
@@ -386,7 +416,8 @@ class ChatEncoder:
             )
         trained = TRAINED[self.settings.mode]
         labels = [t if k in trained else IGNORE_INDEX for t, k in zip(ids, kinds, strict=True)]
-        return self.checked(sample, pieces, Encoded(ids, labels, kinds, 0, dropped_turns=len(pairs) - kept))
+        encoded = Encoded(ids, labels, kinds, 0, dropped_turns=len(pairs) - kept)
+        return self.checked(sample, pieces, encoded, counts)
 
     def conversation_pairs(self, sample: Sample) -> list[tuple[str, str | None]]:
         """The sample's (question, answer) turns, refusing image tags the encoder cannot place."""
@@ -408,10 +439,25 @@ class ChatEncoder:
             )
         return pairs
 
-    def checked(self, sample: Sample, pieces: Pieces, encoded: Encoded) -> Encoded:
+    def counts_of(self, sample: Sample) -> list[int] | None:
+        """Each image's token count when the family's depends on the image, else None (`image_tokens`)."""
+        if self.image_counts is None:
+            return None
+        try:
+            return self.image_counts(sample)
+        except (OSError, ValueError) as exc:
+            raise EncodingError(sample.id, f"cannot size its image tokens: {exc}") from exc
+
+    def image_tokens_of(self, n_images: int, counts: Sequence[int] | None) -> int:
+        """Image tokens the first `n_images` images make."""
+        return sum(counts[:n_images]) if counts is not None else n_images * self.settings.image_tokens
+
+    def checked(
+        self, sample: Sample, pieces: Pieces, encoded: Encoded, counts: Sequence[int] | None = None
+    ) -> Encoded:
         """The encoding with its image count set, refused when image spans or trained tokens are wrong."""
         encoded.n_images = sum(1 for k, _ in pieces if k == Kind.IMAGE)
-        if encoded.kinds.count(Kind.IMAGE) != encoded.n_images * self.settings.image_tokens:
+        if encoded.kinds.count(Kind.IMAGE) != self.image_tokens_of(encoded.n_images, counts):
             raise EncodingError(sample.id, "image token count differs from images × tokens per image")
         if all(label == IGNORE_INDEX for label in encoded.labels):
             raise EncodingError(sample.id, f"no token is trained in mode {self.settings.mode!r}")
@@ -437,7 +483,7 @@ class ChatEncoder:
             pending = None
             for start in range(0, len(samples) + chunk, chunk):
                 rendered = self._render_many(samples[start : start + chunk])
-                texts = [text for _, _, text in rendered if text is not None]
+                texts = [r.text for r in rendered if r.text is not None]
                 submitted = (
                     rendered,
                     tokenizing.submit(backend.encode_batch, texts, add_special_tokens=False),
@@ -447,25 +493,29 @@ class ChatEncoder:
                 pending = submitted
         return results
 
-    def _render_many(
-        self, samples: Sequence[Sample]
-    ) -> list[tuple[Sample, Pieces | EncodingError, str | None]]:
-        rendered: list[tuple[Sample, Pieces | EncodingError, str | None]] = []
+    def _render_many(self, samples: Sequence[Sample]) -> list[Rendered]:
+        rendered: list[Rendered] = []
         for sample in samples:
             try:
                 pieces = self.render(self.conversation_pairs(sample))
+                counts = self.counts_of(sample)
             except EncodingError as exc:
-                rendered.append((sample, exc, None))
+                rendered.append(Rendered(sample, exc))
                 continue
-            rendered.append((sample, pieces, "".join(piece for _, piece in pieces)))
+            rendered.append(Rendered(sample, pieces, "".join(piece for _, piece in pieces), counts))
         return rendered
 
-    def _finish_many(self, rendered: list, tokenized: Future) -> list[EncodedArrays | EncodingError]:
-        ok = [(pieces, text) for _, pieces, text in rendered if text is not None]
+    def _finish_many(
+        self, rendered: list[Rendered], tokenized: Future
+    ) -> list[EncodedArrays | EncodingError]:
+        ok = [r for r in rendered if r.text is not None]
         encoded = iter(ChunkRoles(self, ok, tokenized.result()).samples())
         out: list[EncodedArrays | EncodingError] = []
-        for sample, pieces, text in rendered:
-            out.append(pieces if text is None else self._checked_arrays(sample, *next(encoded)))
+        for r in rendered:
+            if r.text is None:
+                out.append(r.pieces)  # type: ignore[arg-type]  # the error rendering raised
+            else:
+                out.append(self._checked_arrays(r.sample, *next(encoded), r.counts))
         return out
 
     def _arrays_or_error(self, sample: Sample) -> EncodedArrays | EncodingError:
@@ -475,19 +525,19 @@ class ChatEncoder:
             return exc
 
     def _checked_arrays(
-        self, sample: Sample, arrays: EncodedArrays, straddling: int
+        self, sample: Sample, arrays: EncodedArrays, straddling: int, counts: Sequence[int] | None
     ) -> EncodedArrays | EncodingError:
         """`checked` for the batched path; an over-long sample drops turns first, as `encode` does."""
         self.straddling += straddling
         if len(arrays) > self.settings.max_length:
-            return self._dropping_turns(sample)
-        if np.count_nonzero(arrays.kinds == Kind.IMAGE) != arrays.n_images * self.settings.image_tokens:
+            return self._dropping_turns(sample, counts)
+        if np.count_nonzero(arrays.kinds == Kind.IMAGE) != self.image_tokens_of(arrays.n_images, counts):
             return EncodingError(sample.id, "image token count differs from images × tokens per image")
         if not np.any(arrays.labels != IGNORE_INDEX):
             return EncodingError(sample.id, f"no token is trained in mode {self.settings.mode!r}")
         return arrays
 
-    def _dropping_turns(self, sample: Sample) -> EncodedArrays | EncodingError:
+    def _dropping_turns(self, sample: Sample, counts: Sequence[int] | None) -> EncodedArrays | EncodingError:
         """`encode`'s loop for a sample over max_length, each shorter rendering through the batched
         machinery: whole trailing turns dropped until it fits."""
         pairs = self.conversation_pairs(sample)
@@ -495,14 +545,26 @@ class ChatEncoder:
             pieces = self.render(pairs[:kept])
             text = "".join(piece for _, piece in pieces)
             tokenized = batch_backend(self.tokenizer).encode_batch([text], add_special_tokens=False)
-            arrays, straddling = next(ChunkRoles(self, [(pieces, text)], tokenized).samples())
+            rendered = Rendered(sample, pieces, text, counts)
+            arrays, straddling = next(ChunkRoles(self, [rendered], tokenized).samples())
             if len(arrays) <= self.settings.max_length:
                 arrays.dropped_turns = len(pairs) - kept
-                return self._checked_arrays(sample, arrays, straddling)
+                return self._checked_arrays(sample, arrays, straddling, counts)
             self.straddling += straddling
         return EncodingError(
             sample.id, f"the first turn alone is longer than max_length {self.settings.max_length}"
         )
+
+
+@dataclass
+class Rendered:
+    """A sample rendered for the batched path: its pieces and string (or the error rendering raised)
+    and its images' token counts (None: `image_tokens` each)."""
+
+    sample: Sample
+    pieces: Pieces | EncodingError
+    text: str | None = None
+    counts: Sequence[int] | None = None
 
 
 @dataclass
@@ -577,11 +639,13 @@ class ChunkRoles:
     takes that piece's kind; the others (across pieces, whitespace only, empty) go through
     `token_kinds` as in the per-sample path."""
 
-    def __init__(self, encoder: ChatEncoder, rendered: list[tuple[Pieces, str]], encodings: list[Any]):
-        self.encoder, self.texts = encoder, [text for _, text in rendered]
-        self.n_images = [sum(1 for kind, _ in pieces if kind == Kind.IMAGE) for pieces, _ in rendered]
-        kinds = np.array([kind for pieces, _ in rendered for kind, _ in pieces], dtype=np.uint8)
-        self.char_kind = np.repeat(kinds, [len(piece) for pieces, _ in rendered for _, piece in pieces])
+    def __init__(self, encoder: ChatEncoder, rendered: list[Rendered], encodings: list[Any]):
+        self.encoder, self.texts = encoder, [r.text for r in rendered]
+        pieces_of: list[Pieces] = [r.pieces for r in rendered]  # type: ignore[misc]
+        self.n_images = [sum(1 for kind, _ in pieces if kind == Kind.IMAGE) for pieces in pieces_of]
+        self.counts = [r.counts for r in rendered]
+        kinds = np.array([kind for pieces in pieces_of for kind, _ in pieces], dtype=np.uint8)
+        self.char_kind = np.repeat(kinds, [len(piece) for pieces in pieces_of for _, piece in pieces])
         self.char_starts = np.cumsum([0] + [len(text) for text in self.texts])
         self.n_tokens = np.array([len(e.ids) for e in encodings], dtype=np.int64)
         self.ids = np.fromiter(
@@ -645,11 +709,24 @@ class ChunkRoles:
         kinds = np.where(word_start, self.char_kind[after], self.char_kind[np.minimum(starts, n_chars - 1)])
         return kinds, word_start | one_kind
 
+    def image_counts(self) -> list[int]:
+        """Every image token's count in the chunk, rendering by rendering, in order."""
+        counts = []
+        for n_images, sizes in zip(self.n_images, self.counts, strict=True):
+            counts += (
+                list(sizes[:n_images])
+                if sizes is not None
+                else [self.encoder.settings.image_tokens] * n_images
+            )
+        return counts
+
     def samples(self) -> Iterator[tuple[EncodedArrays, int]]:
         """Each rendering's arrays (image tokens expanded, BOS first) and its straddling count."""
         encoder, settings = self.encoder, self.encoder.settings
         kinds, straddling = self.token_kinds()
         repeats = np.where(kinds == Kind.IMAGE, settings.image_tokens, 1)
+        if any(counts is not None for counts in self.counts):
+            repeats[kinds == Kind.IMAGE] = self.image_counts()
         ids, kinds = np.repeat(self.ids, repeats), np.repeat(kinds, repeats)
         lengths = np.bincount(self.sample_of, weights=repeats, minlength=len(self.texts)).astype(np.int64)
         if encoder.add_bos:
@@ -671,12 +748,17 @@ class ChunkRoles:
             yield EncodedArrays(sample_ids, sample_labels, sample_kinds, n_images), straddled
 
 
-def encode_prompt(encoder: ChatEncoder, question: str, history: Sequence[tuple[str, str]] = ()) -> list[int]:
+def encode_prompt(
+    encoder: ChatEncoder,
+    question: str,
+    history: Sequence[tuple[str, str]] = (),
+    counts: Sequence[int] | None = None,
+) -> list[int]:
     """Ids of a generation prompt: earlier (question, answer) turns, then the question, then the
-    assistant tag, rendered and tokenized exactly as in training."""
+    assistant tag, rendered and tokenized exactly as in training (`counts`: as in `tokenize`)."""
     if IMAGE_TAG in question + "".join(q for q, _ in history) and encoder.image_token_id is None:
         raise ValueError(f"the tokenizer has no {IMAGE_TAG} token; this model cannot take images")
-    ids, _ = encoder.tokenize(encoder.render([*history, (question, None)]))
+    ids, _ = encoder.tokenize(encoder.render([*history, (question, None)]), counts)
     return ids
 
 

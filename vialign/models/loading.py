@@ -12,8 +12,9 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from vialign.manifest import Manifest, fingerprint_dir, stage_manifest
-from vialign.models.families import family_tokenizer
-from vialign.models.tiny import TinyModelSettings, build_tiny_llava
+from vialign.models.families import TINY_FAMILIES
+from vialign.models.families.tokenizers import family_tokenizer
+from vialign.models.tiny import TinyModelSettings
 from vialign.models.tokenizer import texts_of, train_tokenizer
 from vialign.stage import StageContext
 
@@ -46,7 +47,9 @@ def load_llava(
 
 
 def processor_image_tokens(processor: ProcessorMixin) -> int:
-    """Image tokens per image as a LlavaProcessor expands `<image>` (patches, plus CLS unless dropped)."""
+    """Image tokens per image as a LlavaProcessor expands `<image>` (patches, plus CLS unless dropped), for
+    a family whose count is fixed. Not the processor's `_get_num_multimodal_tokens`: LlavaProcessor's reads
+    `crop_size`, which a SigLIP image processor does not have."""
     size = processor.image_processor.crop_size or processor.image_processor.size
     side = size.get("height") or size.get("shortest_edge")
     dropped = 1 if processor.vision_feature_select_strategy == "default" else 0
@@ -66,20 +69,21 @@ def model_fingerprint(path: str | Path) -> str:
 
 
 def build_tiny_model(toyworld: str | Path | None, out: str | Path, settings: TinyModelSettings) -> Manifest:
-    """A tiny LLaVA saved as a plain transformers checkpoint. Family `toy`: a tokenizer trained on the
-    toy world's corpora; a real family: that family's own tokenizer and chat template."""
+    """A tiny model of a family saved as a plain transformers checkpoint. Family `toy`: a LLaVA around a
+    tokenizer trained on the toy world's corpora; a real family: its own tokenizer and chat template."""
     out = Path(out)
     with stage_manifest(out, "model.tiny") as manifest:
         inputs: dict[str, str] = {}
-        if settings.family == "toy":
+        family, tokenizer_name = TINY_FAMILIES[settings.family]
+        if tokenizer_name == "toy":
             if toyworld is None:
                 raise ValueError("family 'toy' trains its tokenizer on a toy world: give --toyworld DIR")
             corpora = [Path(toyworld) / "corpus.jsonl", Path(toyworld) / "text" / "corpus.jsonl"]
             tokenizer = train_tokenizer(texts_of(corpora), vocab_size=settings.vocab_size)
             inputs = {str(p): fingerprint_dir(p.parent, p.name) for p in corpora}
         else:
-            tokenizer = family_tokenizer(settings.family)
-        model, processor = build_tiny_llava(tokenizer, settings)
+            tokenizer = family_tokenizer(tokenizer_name)
+        model, processor = family.build_tiny(tokenizer, settings)
         save_llava(model, processor, out)
         manifest.inputs = inputs
         manifest.settings = settings.model_dump(mode="json")
@@ -93,5 +97,5 @@ def run_stage(ctx: StageContext) -> None:
     manifest = build_tiny_model(ctx.take("toyworld", None), ctx.out, settings)
     c = manifest.counts
     ctx.say(
-        f"tiny {settings.family} LLaVA in {ctx.out}: {c['parameters']:,} parameters, vocabulary {c['vocab']}"
+        f"tiny {settings.family} model in {ctx.out}: {c['parameters']:,} parameters, vocabulary {c['vocab']}"
     )

@@ -98,7 +98,7 @@ def native_bf16(kind: str) -> tuple[bool, str]:
 @functools.cache
 def cpu_bf16_probe() -> dict[str, float | bool]:
     """Times a LLaVA-sized matmul in bf16 and float32 on this CPU (cached on disk per machine)."""
-    from vialign.models.families import cache_dir
+    from vialign.models.families.tokenizers import cache_dir
 
     path = cache_dir() / "precision" / f"{machine_key()}.json"
     if path.is_file():

@@ -1,4 +1,6 @@
-"""Tiny LLaVA models built from configs: a real `LlavaForConditionalGeneration`, only small.
+"""Tiny models built from configs: real transformers classes of each family, only small. The settings and
+the parts every family shares (vision tower, image processor, text config) are here; each family builds
+its model in its own module (`vialign/models/families/`).
 
 CLIP towers use `vision_feature_select_strategy="default"` (drop CLS) with one additional image
 token in the processor's count; SigLIP towers have no CLS, so "full" with none. Any other pairing
@@ -7,14 +9,10 @@ makes image tokens and image features disagree.
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field, model_validator
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
     PreTrainedTokenizerBase,
     SiglipVisionConfig,
 )
@@ -23,12 +21,13 @@ from transformers.models.siglip import SiglipImageProcessorPil
 
 from vialign.choices import Family, Vision
 from vialign.config import Settings
-from vialign.records import IMAGE_TAG
 
 
 class TinyModelSettings(Settings):
     family: Family = Field(
-        "toy", description="tokenizer and chat template: toy (trained on a toy world) or a real family's"
+        "toy",
+        description="toy, llava-1.5, smollm2: a LLaVA-1.5 around the toy world's trained tokenizer, "
+        "Llama-2's or SmolLM2's; llava-next: a LLaVA-NeXT (AnyRes) around Llama-2's",
     )
     vision: Vision = "clip"
     image_size: int = Field(48, ge=16)
@@ -43,6 +42,10 @@ class TinyModelSettings(Settings):
     text_intermediate: int = 344
     max_positions: int = 1024
     vocab_size: int = Field(512, description="tokenizer vocabulary to train")
+    anyres_tiles: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(1, 2), (2, 1), (2, 2)],
+        description="llava-next: the grid pinpoints, in tiles of image_size (rows, columns)",
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -101,32 +104,3 @@ def text_config(tokenizer: PreTrainedTokenizerBase, s: TinyModelSettings) -> Lla
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-
-
-def build_tiny_llava(
-    tokenizer: PreTrainedTokenizerBase, settings: TinyModelSettings
-) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    strategy, additional = select_strategy(settings)
-    text = text_config(tokenizer, settings)
-    config = LlavaConfig(
-        vision_config=vision_config(settings),
-        text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TAG),
-        vision_feature_select_strategy=strategy,
-        vision_feature_layer=-1,
-        projector_hidden_act="gelu",
-    )
-    torch.manual_seed(settings.seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    processor = LlavaProcessor(
-        image_processor=image_processor(settings),
-        tokenizer=tokenizer,
-        patch_size=settings.patch_size,
-        vision_feature_select_strategy=strategy,
-        num_additional_image_tokens=additional,
-        chat_template=tokenizer.chat_template,
-        image_token=IMAGE_TAG,
-    )
-    return model, processor

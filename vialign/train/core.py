@@ -17,6 +17,8 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
 from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncodeReport, EncoderSettings
+from vialign.models.families import family_of
+from vialign.models.families.base import ImageTokenCounts
 from vialign.models.loading import processor_image_tokens, save_llava
 from vialign.progress import ProgressLines, on_terminal
 from vialign.records import JsonlWriter
@@ -39,32 +41,23 @@ from vialign.train.settings import (
     training_argument_names,
 )
 
-PART_PREFIXES = {
-    "vision": ("model.vision_tower.",),
-    "projector": ("model.multi_modal_projector.",),
-    "llm": ("model.language_model.", "lm_head."),
-}
-
-
-def part_of(name: str) -> str:
-    for part, prefixes in PART_PREFIXES.items():
-        if name.startswith(prefixes):
-            return part
-    raise ValueError(f"parameter {name!r} belongs to no known part of a LLaVA model")
+PARTS = ("vision", "projector", "llm")
 
 
 def set_trainable_parts(model: PreTrainedModel, settings: PartsSettings) -> None:
+    family = family_of(model)
     for name, param in model.named_parameters():
-        param.requires_grad_(bool(settings.resolved(f"train_{part_of(name)}")))
+        param.requires_grad_(bool(settings.resolved(f"train_{family.part_of(name)}")))
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, int]:
     """Parameters that train, per part, counted after LoRA froze the base; `lora_adapters` counts the
     adapters (inside `llm`)."""
-    counts = dict.fromkeys([*PART_PREFIXES, "lora_adapters"], 0)
+    family = family_of(model)
+    counts = dict.fromkeys([*PARTS, "lora_adapters"], 0)
     for name, param in model.named_parameters():
         if param.requires_grad:
-            counts[part_of(checkpoint_name(name))] += param.numel()
+            counts[family.part_of(checkpoint_name(name))] += param.numel()
             counts["lora_adapters"] += param.numel() if ".lora_" in name else 0
     return counts
 
@@ -72,27 +65,27 @@ def trainable_parameters(model: torch.nn.Module) -> dict[str, int]:
 def add_lora(model: PreTrainedModel, settings: PartsSettings) -> PreTrainedModel:
     from peft import LoraConfig, get_peft_model
 
-    lora = settings.lora
+    lora, family = settings.lora, family_of(model)
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
-        modules_to_save=["multi_modal_projector"] if settings.resolved("train_projector") else None,
+        modules_to_save=list(family.projector_modules) if settings.resolved("train_projector") else None,
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, config)
     use_fused_lora(peft_model)
-    leaked = [n for n, p in peft_model.named_parameters() if p.requires_grad and "vision_tower" in n]
+    leaked = [
+        n
+        for n, p in peft_model.named_parameters()
+        if p.requires_grad and family.part_of(checkpoint_name(n)) == "vision"
+    ]
     if leaked:
         raise ValueError(
             f"LoRA target {lora.target_modules!r} reaches the vision tower ({leaked[0]}); scope it to the language model"
         )
     return peft_model
-
-
-def is_projector(name: str) -> bool:
-    return "multi_modal_projector" in name
 
 
 def labelled_token_loss(outputs: Any, targets: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
@@ -171,10 +164,11 @@ class VialignTrainer(Trainer):
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(opt_model))
+        family = family_of(opt_model)
         groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, param in opt_model.named_parameters():
             if param.requires_grad:
-                groups.setdefault((is_projector(name), name in decay), []).append(param)
+                groups.setdefault((family.is_projector(name), name in decay), []).append(param)
         param_groups = [
             {
                 "params": params,
@@ -364,19 +358,26 @@ def embedding_outputs_require_grad(model: torch.nn.Module) -> None:
 
 
 def training_encoder(
-    processor: Any, settings: ChatTrainerSettings, mode: str, templates: dict[str, Any] | None = None
+    processor: Any,
+    settings: ChatTrainerSettings,
+    mode: str,
+    templates: dict[str, Any] | None = None,
+    image_root: str | Path | None = None,
 ) -> ChatEncoder:
-    """The encoder a training run uses: its chat format, label mode, length limit and template list."""
+    """The encoder a training run uses: its chat format, label mode, length limit and template list, and
+    its family's image token counts (read from the images under `image_root` where they vary)."""
+    fixed = family_of(processor).fixed_image_tokens
     return ChatEncoder(
         processor.tokenizer,
         EncoderSettings(
             chat_format=settings.resolved("chat_format"),
             mode=mode,
-            image_tokens=processor_image_tokens(processor),
+            image_tokens=processor_image_tokens(processor) if fixed else 0,
             max_length=settings.max_length,
             image_first=settings.image_first,
             templates=frozenset(templates["sentences"]) if templates else frozenset(),
         ),
+        None if fixed else ImageTokenCounts(processor, image_root),
     )
 
 

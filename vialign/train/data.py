@@ -43,11 +43,13 @@ class SFTDataset(Dataset):
 
 @dataclass
 class SFTCollator:
-    """Right-pads a batch and turns every image of it, in order, into one pixel_values tensor; adds the
-    batch's `trained_positions`."""
+    """Right-pads a batch and turns every image of it, in order, into the image processor's outputs a
+    forward pass takes (`image_inputs`: LLaVA's `pixel_values`, LLaVA-NeXT's with `image_sizes`); adds
+    the batch's `trained_positions`."""
 
     pad_token_id: int
     image_processor: Any = None
+    image_inputs: tuple[str, ...] = ("pixel_values",)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
@@ -68,7 +70,8 @@ class SFTCollator:
         paths = [p for r in rows for p in r.get("images", [])]
         if paths:
             images = [Image.open(p).convert("RGB") for p in paths]
-            batch["pixel_values"] = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            processed = self.image_processor(images=images, return_tensors="pt")
+            batch.update({name: processed[name] for name in self.image_inputs})
         return batch
 
 
@@ -106,7 +109,7 @@ class PackedSFTCollator(SFTCollator):
         # transformers reads packing off position ids only without a cache (a training-time forward in eval
         # mode would otherwise build one and attend across samples)
         batch = {"input_ids": input_ids, "labels": labels, "position_ids": positions, "use_cache": False}
-        # pixel_values in the order the image tokens appear: row by row, sample by sample
+        # images in the order their tokens appear: row by row, sample by sample
         return self.with_images(with_trained_positions(batch), [sample for row in packed for sample in row])
 
 

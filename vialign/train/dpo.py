@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from vialign.generation.runner import Row, RunnerSettings, run_resumable
 from vialign.manifest import Manifest, fingerprint_file, fingerprint_settings, stage_manifest
 from vialign.models.encoding import ENCODER_VERSION, IGNORE_INDEX, ChatEncoder, EncodingError
+from vialign.models.families import family_of
 from vialign.models.loading import load_llava, model_fingerprint, save_llava
 from vialign.models.precision import ComputeDtype, autocast
 from vialign.records import JsonlWriter, Sample, confined_image_path, read_samples
@@ -73,15 +74,15 @@ def sequence_logps(
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
     trained_positions: torch.Tensor,
-    pixel_values: torch.Tensor | None = None,
+    **image_inputs: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the labelled tokens of each row, and how many there are; logits are computed
     at the batch's `trained_positions` only (the responses)."""
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        pixel_values=pixel_values,
         logits_to_keep=trained_positions,
+        **image_inputs,
     ).logits.float()
     targets = labels[:, 1:].index_select(1, trained_positions)
     mask = targets != IGNORE_INDEX
@@ -184,6 +185,7 @@ class PairCollator:
 
     pad_token_id: int
     image_processor: Any = None
+    image_inputs: tuple[str, ...] = ("pixel_values",)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         flat = [
@@ -191,7 +193,7 @@ class PairCollator:
             for side in ("chosen", "rejected")
             for r in rows
         ]
-        batch = SFTCollator(self.pad_token_id, self.image_processor)(flat)
+        batch = SFTCollator(self.pad_token_id, self.image_processor, self.image_inputs)(flat)
         if "ref_chosen" in rows[0]:
             batch["ref_chosen"] = torch.tensor([r["ref_chosen"] for r in rows], dtype=torch.float32)
             batch["ref_rejected"] = torch.tensor([r["ref_rejected"] for r in rows], dtype=torch.float32)
@@ -333,8 +335,8 @@ class PreferenceTrainer(VialignTrainer):
         super().log(logs, start_time)
 
 
-def dpo_encoder(processor: Any, settings: DPOSettings) -> ChatEncoder:
-    return training_encoder(processor, settings, "response")
+def dpo_encoder(processor: Any, settings: DPOSettings, image_root: str | Path | None = None) -> ChatEncoder:
+    return training_encoder(processor, settings, "response", image_root=image_root)
 
 
 def dpo_manifest_settings(settings: DPOSettings) -> dict:
@@ -376,7 +378,7 @@ def train_dpo(
     main_process = PartialState().is_main_process
     with stage_manifest(out, "train.dpo", write=main_process) as manifest:
         model, processor = load_llava(model_path)
-        encoder = dpo_encoder(processor, settings)
+        encoder = dpo_encoder(processor, settings, image_root)
         pairs, quarantined = encode_pairs(encoder, pairs_path) if pairs_path.stat().st_size else ([], {})
         if not pairs:
             reason = next(iter(quarantined.values()), "the file holds no pair")
@@ -391,7 +393,9 @@ def train_dpo(
             with JsonlWriter(out / "quarantine.jsonl") as writer:
                 for pair_id, reason in quarantined.items():
                     writer.write({"id": pair_id, "reason": reason})
-        collator = PairCollator(processor.tokenizer.pad_token_id, processor.image_processor)
+        collator = PairCollator(
+            processor.tokenizer.pad_token_id, processor.image_processor, family_of(processor).image_inputs
+        )
         compute = settings.compute_dtype()
         key = reference_key(pairs_path, model_path, encoder, processor, compute, frozen_storage(settings))
         cache_file = (settings.ref_cache_dir or out / "ref_cache") / f"{key}.jsonl"

@@ -52,7 +52,10 @@ def image_reliance(model_path: str, data: Path, image_root: Path, settings: Reli
     model.eval()
     compute = resolve_dtype(settings.dtype, model.device)
     encoder = training_encoder(
-        processor, SFTSettings(chat_format=settings.chat_format, mode="response"), "response"
+        processor,
+        SFTSettings(chat_format=settings.chat_format, mode="response"),
+        "response",
+        image_root=image_root,
     )
     samples = [s for s in read_samples(data) if len(s.images) == 1][: settings.limit]
     items, _ = encode_all(encoder, samples)

@@ -12,6 +12,7 @@ from vialign.data.templates import detected_templates, read_template_file
 from vialign.manifest import Manifest, fingerprint_file, fingerprint_settings, stage_manifest
 from vialign.models.encoded_cache import encode_dataset
 from vialign.models.encoding import ChatEncoder
+from vialign.models.families import family_of
 from vialign.models.loading import load_llava
 from vialign.records import read_samples
 from vialign.stage import StageContext
@@ -21,14 +22,16 @@ from vialign.train.settings import SFTSettings
 
 
 def sft_collator(processor: Any, settings: SFTSettings) -> SFTCollator:
+    image_inputs = family_of(processor).image_inputs
     if settings.packing:
         return PackedSFTCollator(
             processor.tokenizer.pad_token_id,
             processor.image_processor,
+            image_inputs,
             settings.pack_tokens,
             settings.max_length,
         )
-    return SFTCollator(processor.tokenizer.pad_token_id, processor.image_processor)
+    return SFTCollator(processor.tokenizer.pad_token_id, processor.image_processor, image_inputs)
 
 
 def training_templates(settings: SFTSettings, mode: str, data: str | Path) -> dict[str, Any] | None:
@@ -42,7 +45,13 @@ def training_templates(settings: SFTSettings, mode: str, data: str | Path) -> di
 
 
 def preview_encoder(
-    model: str, data: Path, mode: str, templates: str | None, chat_format: str, max_length: int | None
+    model: str,
+    data: Path,
+    mode: str,
+    templates: str | None,
+    chat_format: str,
+    max_length: int | None,
+    image_root: Path | None = None,
 ) -> tuple[Any, ChatEncoder, dict[str, Any] | None]:
     """(processor, encoder, template list) that `preview-labels` shows: training's templates and length."""
     from transformers import AutoProcessor
@@ -52,7 +61,7 @@ def preview_encoder(
         templates=templates, chat_format=chat_format, **({"max_length": max_length} if max_length else {})
     )
     template_list = training_templates(training, mode, data)
-    return processor, training_encoder(processor, training, mode, template_list), template_list
+    return processor, training_encoder(processor, training, mode, template_list, image_root), template_list
 
 
 def train_sft(
@@ -70,7 +79,7 @@ def train_sft(
     with stage_manifest(out, "train.sft", write=main_process) as manifest:
         model, processor = load_llava(model_path)
         template_file = training_templates(settings, settings.resolved("mode"), data)
-        encoder = training_encoder(processor, settings, settings.resolved("mode"), template_file)
+        encoder = training_encoder(processor, settings, settings.resolved("mode"), template_file, image_root)
         items, report = encode_dataset(encoder, data, workers=settings.encode_workers)
         out.mkdir(parents=True, exist_ok=True)
         if main_process:

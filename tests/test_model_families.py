@@ -1,0 +1,246 @@
+"""Model families through one interface: LLaVA-1.5's encodings unchanged by it, and LLaVA-NeXT (AnyRes:
+an image's token count depends on its size) through encoding, packing, SFT, DPO and generation on
+Llama-2's real tokenizer, checked against its own processor."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.test_families import RECORDS, SAMPLES
+from tests.test_train import loss_and_grads
+from vialign.models.encoding import IGNORE_INDEX, TRAINED, ChatEncoder, EncoderSettings, Kind, encode_all
+from vialign.models.families import FAMILIES, family_named, family_of
+from vialign.models.families.tokenizers import family_tokenizer
+from vialign.models.loading import build_tiny_model, load_llava
+from vialign.models.tiny import TinyModelSettings
+from vialign.records import IMAGE_TAG, Sample, read_samples, write_jsonl
+from vialign.train.core import training_encoder
+from vialign.train.settings import SFTSettings
+
+# sha256 prefixes of the ids, labels and roles of the session toy world's first 300 samples, as the
+# encoder made them before the family interface (commit 1b0fd28), per tokenizer, format and mode
+BEFORE_FAMILIES = {
+    ("toy", "vicuna_v1", "lit"): "91d9f9a644982b34",
+    ("toy", "tokenizer", "response"): "99777dbe77ae4395",
+    ("llava-1.5", "vicuna_v1", "lit"): "33633b9653fe0bf0",
+    ("llava-1.5", "vicuna_v1", "response"): "fde66cb66d1d1c8c",
+    ("smollm2", "tokenizer", "lit"): "46d62d2215362ea8",
+    ("smollm2", "vicuna_v1", "response"): "0049ca7597f99a92",
+}
+
+
+def encodings_digest(tokenizer, samples, **settings) -> str:
+    digest = hashlib.sha256()
+    for encoded in ChatEncoder(tokenizer, EncoderSettings(**settings)).encode_arrays(samples):
+        if isinstance(encoded, Exception):
+            digest.update(encoded.reason.encode())
+            continue
+        for array in (encoded.input_ids, encoded.labels, encoded.kinds):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def test_llava_encodings_are_byte_identical_to_before_the_family_interface(toyworld, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    samples = list(read_samples(toyworld / "corpus.jsonl"))[:300]
+    tokenizers = {"toy": AutoTokenizer.from_pretrained(tiny_model_dir)}
+    for (name, chat_format, mode), expected in BEFORE_FAMILIES.items():
+        tokenizer = tokenizers.get(name) or tokenizers.setdefault(name, family_tokenizer(name))
+        got = encodings_digest(
+            tokenizer, samples, chat_format=chat_format, mode=mode, image_tokens=9, max_length=512
+        )
+        assert got == expected, (name, chat_format, mode)
+
+
+# ---------------------------------------------------------------- LLaVA-NeXT
+
+# (width, height) of each record's image: square, wide, tall, each a different AnyRes tiling
+SIZES = [(64, 48), (120, 40), (36, 100), (48, 48)]
+
+
+@pytest.fixture(scope="module")
+def next_world(tmp_path_factory):
+    """The real-format records with images of different sizes, one sample with two images, and a tiny
+    LLaVA-NeXT around Llama-2's tokenizer."""
+    root = tmp_path_factory.mktemp("next")
+    images = [r["image"] for r in RECORDS if "image" in r]
+    for k, (path, size) in enumerate(zip(images, SIZES, strict=True)):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (50 * k, 90, 200 - 40 * k)).save(root / path)
+    write_jsonl([*SAMPLES, two_images(images)], root / "train.jsonl")
+    build_tiny_model(None, root / "next", TinyModelSettings(family="llava-next", seed=1))
+    return root
+
+
+def two_images(images: list[str]) -> Sample:
+    return Sample.model_validate(
+        {
+            "id": "two-images",
+            "image": images[:2],
+            "conversations": [
+                {"from": "human", "value": "<image>\n<image>\nWhich picture is wider?"},
+                {"from": "gpt", "value": "The second one."},
+            ],
+        }
+    )
+
+
+def processor_ids(processor, root, sample: Sample) -> list[int]:
+    """The ids plain transformers makes of a conversation: the chat template over typed content (a
+    turn's images first, as LLaVA places them), then the processor."""
+    messages = []
+    for turn in sample.conversations:
+        text = turn.value.replace(IMAGE_TAG, "").strip()
+        images = [{"type": "image"}] * turn.value.count(IMAGE_TAG)
+        role = "user" if turn.role == "human" else "assistant"
+        messages.append({"role": role, "content": [*images, {"type": "text", "text": text}]})
+    text = processor.apply_chat_template(messages)
+    pictures = [Image.open(root / path).convert("RGB") for path in sample.images] or None
+    return processor(text=text, images=pictures)["input_ids"][0]
+
+
+def test_registry_names_each_family_and_finds_it_from_model_and_processor(next_world):
+    model, processor = load_llava(next_world / "next")
+    assert family_of(model) is family_of(processor) is family_named("llava-next") is FAMILIES["llava-next"]
+    with pytest.raises(ValueError, match="unknown model family 'llava_next'"):
+        family_named("llava_next")
+    parts = {family_of(model).part_of(name) for name, _ in model.named_parameters()}
+    assert parts == {"vision", "projector", "llm"}
+    assert family_of(model).part_of("model.image_newline") == "projector"
+
+
+@pytest.mark.parametrize("mode", ["lit", "response"])
+def test_llava_next_ids_are_its_processors_and_labels_are_exact(next_world, mode):
+    _, processor = load_llava(next_world / "next")
+    encoder = training_encoder(processor, SFTSettings(mode=mode), mode, image_root=next_world)
+    samples = list(read_samples(next_world / "train.jsonl"))
+    image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TAG)
+    counts = set()
+    for sample, encoded in zip(samples, encoder.encode_many(samples), strict=True):
+        assert encoded.input_ids == processor_ids(processor, next_world, sample), sample.id
+        trained = [label != IGNORE_INDEX for label in encoded.labels]
+        assert trained == [Kind(k) in TRAINED[mode] for k in encoded.kinds], sample.id
+        assert not any(t for t, i in zip(trained, encoded.input_ids, strict=True) if i == image_id)
+        answers = [t.value for t in sample.conversations if t.role == "gpt"]
+        response = "".join(f" {a}</s>" for a in answers)
+        if mode == "response":
+            decoded = processor.tokenizer.decode(
+                [i for i, t in zip(encoded.input_ids, trained, strict=True) if t]
+            )
+            assert decoded.replace(" ", "") == response.replace(" ", ""), sample.id
+        counts.add(encoded.input_ids.count(image_id))
+    assert len(counts - {0}) >= 3, "image sizes give different token counts"
+
+
+def test_llava_next_batched_and_one_by_one_encodings_agree(next_world):
+    _, processor = load_llava(next_world / "next")
+    encoder = training_encoder(processor, SFTSettings(mode="lit"), "lit", image_root=next_world)
+    samples = list(read_samples(next_world / "train.jsonl"))
+    for sample, batched in zip(samples, encoder.encode_many(samples), strict=True):
+        single = encoder.encode(sample)
+        assert (batched.input_ids, batched.labels, batched.kinds) == (
+            single.input_ids,
+            single.labels,
+            single.kinds,
+        )
+
+
+def test_llava_next_refuses_a_sample_whose_images_do_not_match_its_tags_with_its_id(next_world):
+    _, processor = load_llava(next_world / "next")
+    encoder = training_encoder(processor, SFTSettings(mode="lit"), "lit", image_root=next_world)
+    wrong = SAMPLES[1].model_copy(update={"id": "tags-vs-images", "image": [RECORDS[0]["image"]] * 2})
+    missing = SAMPLES[2].model_copy(update={"id": "no-such-image", "image": "missing/1.jpg"})
+    items, report = encode_all(encoder, [SAMPLES[2], wrong, missing])
+    assert [s.id for s, _ in items] == ["mc-1"]
+    assert report.quarantined["tags-vs-images"] == "1 <image> tags for 2 image(s)"
+    assert report.quarantined["no-such-image"].startswith("cannot size its image tokens")
+
+
+def test_llava_next_packed_batch_has_the_loss_and_gradients_of_the_padded_batch(next_world):
+    from vialign.train.data import PackedSFTCollator, SFTCollator, SFTDataset
+
+    model, processor = load_llava(next_world / "next")
+    encoder = training_encoder(processor, SFTSettings(mode="lit"), "lit", image_root=next_world)
+    items, _ = encode_all(encoder, list(read_samples(next_world / "train.jsonl")))
+    rows = [SFTDataset(items, next_world)[i] for i in range(len(items))]
+    pad, inputs = processor.tokenizer.pad_token_id, family_of(processor).image_inputs
+    padded = SFTCollator(pad, processor.image_processor, inputs)(rows)
+    width = sum(len(r["input_ids"]) for r in rows) // 2
+    packed = PackedSFTCollator(pad, processor.image_processor, inputs, row_tokens=width)(rows)
+    assert 1 < packed["input_ids"].shape[0] < len(rows)
+    assert packed["image_sizes"].tolist() != padded["image_sizes"].tolist(), "images follow the packed order"
+    loss_a, labels_a, grads_a = loss_and_grads(model, padded)
+    loss_b, labels_b, grads_b = loss_and_grads(model, packed)
+    assert labels_a == labels_b and loss_b == pytest.approx(loss_a, abs=1e-5)
+    assert grads_a.keys() == grads_b.keys() and "model.image_newline" in grads_a
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-5), name
+
+
+def test_llava_next_sft_then_dpo_then_generation(next_world, tmp_path):
+    """LoRA SFT with packing (vision frozen, projector and newline trained), DPO from it, and greedy
+    answers whose prompts are the processor's."""
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+    from vialign.generation.base import ChatRequest, GenerationParams
+    from vialign.generation.local import TransformersBackend
+    from vialign.train.dpo import DPOSettings, train_dpo
+    from vialign.train.settings import LoraSettings
+    from vialign.train.sft import train_sft
+
+    settings = SFTSettings(
+        stage="finetune",
+        use_cpu=True,
+        lr=1e-3,
+        warmup_ratio=0.0,
+        logging_steps=1,
+        batch_size=3,
+        max_steps=2,
+        packing=True,
+        lora=LoraSettings(enabled=True, r=4),
+    )
+    manifest = train_sft(
+        next_world / "next", next_world / "train.jsonl", tmp_path / "sft", settings, image_root=next_world
+    )
+    assert manifest.counts["quarantined"] == 0 and manifest.counts["encoded"] == len(SAMPLES) + 1
+    assert manifest.counts["trainable_parameters"]["vision"] == 0
+    before = LlavaNextForConditionalGeneration.from_pretrained(next_world / "next").state_dict()
+    after = LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "sft").state_dict()
+    assert torch.equal(
+        before["model.vision_tower.post_layernorm.weight"], after["model.vision_tower.post_layernorm.weight"]
+    )
+    assert not torch.equal(
+        before["model.multi_modal_projector.linear_1.weight"],
+        after["model.multi_modal_projector.linear_1.weight"],
+    )
+
+    pairs = [
+        {
+            "id": f"p{k}",
+            "image": RECORDS[k]["image"],
+            "conversations": [RECORDS[k]["conversations"][0]],
+            "chosen": RECORDS[k]["conversations"][1]["value"],
+            "rejected": "I cannot see anything.",
+        }
+        for k in range(3)
+    ]
+    write_jsonl([Sample.model_validate(p) for p in pairs], tmp_path / "pairs.jsonl")
+    dpo = DPOSettings(use_cpu=True, batch_size=3, max_steps=1, logging_steps=1, warmup_ratio=0.0)
+    manifest = train_dpo(
+        tmp_path / "sft", tmp_path / "pairs.jsonl", tmp_path / "dpo", dpo, image_root=next_world
+    )
+    assert manifest.counts["pairs"] == 3 and not manifest.counts.get("quarantined")
+
+    backend = TransformersBackend.load(tmp_path / "dpo")
+    processor = AutoProcessor.from_pretrained(tmp_path / "dpo")
+    wide = next_world / RECORDS[1]["image"]
+    request = ChatRequest("r", [{"role": "user", "content": "<image>\nWhat is shown?"}], images=[wide])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert backend.prompt_ids(request) == processor(text=prompt, images=Image.open(wide))["input_ids"][0]
+    [result] = backend.generate([request], GenerationParams(max_new_tokens=4))
+    assert result.error is None and isinstance(result.texts[0], str)

@@ -1,0 +1,85 @@
+"""What a model family is to vialign: where its parts live, how its processor expands an image into
+tokens, what a forward pass takes besides the ids, and how a tiny one is built. A family is a module
+of `vialign/models/families/` holding one `ModelFamily`; `vialign.models.families.FAMILIES` lists them
+by exact name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
+
+from vialign.models.tiny import TinyModelSettings
+from vialign.records import Sample, confined_image_path
+
+
+def height_width(file: Path) -> tuple[int, int]:
+    with Image.open(file) as image:  # reads the header only
+        width, height = image.size
+    return height, width
+
+
+TinyBuilder = Callable[[PreTrainedTokenizerBase, TinyModelSettings], tuple[PreTrainedModel, ProcessorMixin]]
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    model_types: tuple[str, ...]  # the `config.model_type` of its checkpoints
+    processor_classes: tuple[str, ...]  # the classes of their processors
+    # part (vision, projector, llm) → parameter-name prefixes; the first part that matches wins
+    parts: dict[str, tuple[str, ...]]
+    projector_modules: tuple[str, ...]  # what PEFT saves whole when the projector trains beside LoRA
+    image_inputs: tuple[str, ...]  # the image processor's outputs a forward pass takes
+    # whether every image becomes the same number of tokens, whatever its size (no image is read to encode)
+    fixed_image_tokens: bool
+    build_tiny: TinyBuilder
+
+    def part_of(self, name: str) -> str:
+        for part, prefixes in self.parts.items():
+            if name.startswith(prefixes):
+                return part
+        raise ValueError(f"parameter {name!r} belongs to no known part of a {self.name} model")
+
+    def is_projector(self, name: str) -> bool:
+        """Whether a parameter is the projector's, under any wrapper's prefix (PEFT, a reward model)."""
+        return any(prefix in name for prefix in self.parts["projector"])
+
+
+def processor_token_counts(processor: ProcessorMixin, sizes: Sequence[tuple[int, int]]) -> list[int]:
+    """Image tokens for images of these (height, width), by the processor's own rule (the one its
+    `__call__` expands image placeholders with)."""
+    data = processor._get_num_multimodal_tokens(image_sizes=[list(size) for size in sizes])
+    return [int(n) for n in data["num_image_tokens"]]
+
+
+@dataclass
+class ImageTokenCounts:
+    """Per sample, the token count of each of its images, from the images' sizes (their headers only)
+    and the processor's rule: what the encoder expands image tags to for a family whose count depends
+    on the image (LLaVA-NeXT's AnyRes tiles). Image files are taken as unchanging, as the encoded-data
+    cache takes the corpus' images."""
+
+    processor: Any
+    image_root: str | Path | None
+
+    def __call__(self, sample: Sample) -> list[int]:
+        if not sample.images:
+            return []
+        if self.image_root is None:
+            raise ValueError("the image root is needed to size this family's image tokens")
+        return self.of_files([confined_image_path(self.image_root, path) for path in sample.images])
+
+    def of_files(self, files: Sequence[Path]) -> list[int]:
+        return processor_token_counts(self.processor, [height_width(file) for file in files])
+
+    def key(self) -> dict[str, Any]:
+        """What the counts depend on besides the images: the cache key of an encoding made with them."""
+        return {
+            "image_processor": self.processor.image_processor.to_dict(),
+            "image_root": str(self.image_root),
+        }

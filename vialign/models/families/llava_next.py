@@ -1,0 +1,76 @@
+"""LLaVA-NeXT (`LlavaNextForConditionalGeneration`, AnyRes): each image is resized to the best of the
+grid pinpoints, cut into tiles the tower sees one by one beside a downscaled whole, and the tiles'
+features are unpadded back to the image's aspect ratio with a learned newline after every row. So an
+image's token count depends on its size (the processor's rule), and a forward pass takes each image's
+`image_sizes` beside its tiles' `pixel_values`."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.llava_next import LlavaNextImageProcessorPil
+
+from vialign.models.families.base import ModelFamily
+from vialign.models.tiny import TinyModelSettings, select_strategy, text_config, vision_config
+from vialign.records import IMAGE_TAG
+
+
+def grid_pinpoints(settings: TinyModelSettings) -> list[list[int]]:
+    return [[rows * settings.image_size, cols * settings.image_size] for rows, cols in settings.anyres_tiles]
+
+
+def build_tiny_llava_next(
+    tokenizer: PreTrainedTokenizerBase, settings: TinyModelSettings
+) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
+    strategy, additional = select_strategy(settings)
+    pinpoints = grid_pinpoints(settings)
+    config = LlavaNextConfig(
+        vision_config=vision_config(settings),
+        text_config=text_config(tokenizer, settings),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TAG),
+        vision_feature_select_strategy=strategy,
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+        projector_hidden_act="gelu",
+    )
+    torch.manual_seed(settings.seed)
+    model = LlavaNextForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    side = settings.image_size
+    images = LlavaNextImageProcessorPil(
+        size={"shortest_edge": side},
+        crop_size={"height": side, "width": side},
+        image_grid_pinpoints=pinpoints,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=settings.patch_size,
+        vision_feature_select_strategy=strategy,
+        num_additional_image_tokens=additional,
+        chat_template=tokenizer.chat_template,
+        image_token=IMAGE_TAG,
+    )
+    return model, processor
+
+
+LLAVA_NEXT = ModelFamily(
+    name="llava-next",
+    model_types=("llava_next",),
+    processor_classes=("LlavaNextProcessor",),
+    parts={
+        "vision": ("model.vision_tower.",),
+        "projector": ("model.multi_modal_projector.", "model.image_newline"),
+        "llm": ("model.language_model.", "lm_head."),
+    },
+    projector_modules=("multi_modal_projector",),
+    image_inputs=("pixel_values", "image_sizes"),
+    fixed_image_tokens=False,
+    build_tiny=build_tiny_llava_next,
+)
