@@ -64,8 +64,13 @@ def data_preview_labels(
         ),
     ] = None,
     chat_format: Annotated[
-        ChatFormatName, typer.Option("--format", help="chat format (tokenizer: its own chat template)")
-    ] = "vicuna_v1",
+        ChatFormatName | None,
+        typer.Option(
+            "--format",
+            help="chat format (tokenizer: its own chat template); default: training's, the model family's "
+            "(vicuna_v1 for LLaVA, the tokenizer's template for Qwen2-VL)",
+        ),
+    ] = None,
     max_length: Annotated[
         int | None, typer.Option(help="longest encoded sample, as in training (default: train sft's)")
     ] = None,

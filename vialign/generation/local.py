@@ -6,7 +6,7 @@ taught. The checkpoint may be a LLaVA (images allowed) or a plain causal LM (the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,10 @@ class TransformersBackend:
         compute: ComputeDtype = "float32",
         image_inputs: Sequence[str] = ("pixel_values",),
         image_counts: ImageTokenCounts | None = None,
+        model_inputs: Callable[[dict, list | None], dict] | None = None,
     ):
-        """`image_inputs`, `image_counts`: the model family's (`ModelFamily.image_inputs`, and the
-        image-dependent token counts of a family like LLaVA-NeXT)."""
+        """`image_inputs`, `image_counts`, `model_inputs`: the model family's (`ModelFamily.image_inputs`,
+        the image-dependent token counts of a family like LLaVA-NeXT, `ModelFamily.model_inputs`)."""
         self.model, self.tokenizer, self.image_processor, self.encoder, self.path = (
             model,
             tokenizer,
@@ -74,6 +75,7 @@ class TransformersBackend:
             path,
         )
         self.compute, self.image_inputs, self.image_counts = compute, tuple(image_inputs), image_counts
+        self.model_inputs = model_inputs
         self._fingerprint: str | None = None
         self._option_ids: dict[str, list[int]] = {}
 
@@ -117,7 +119,12 @@ class TransformersBackend:
         if encoder is None:
             image_tokens = processor_image_tokens(processor) if fixed else 0
             encoder = ChatEncoder(
-                processor.tokenizer, EncoderSettings(chat_format=chat_format, image_tokens=image_tokens)
+                processor.tokenizer,
+                EncoderSettings(
+                    **family.encoder_fields(),
+                    chat_format=family.chat_format(chat_format),
+                    image_tokens=image_tokens,
+                ),
             )
         counts = None if fixed else ImageTokenCounts(processor, None)
         return cls(
@@ -129,6 +136,7 @@ class TransformersBackend:
             compute,
             family.image_inputs,
             counts,
+            family.model_inputs(processor),
         )
 
     def autocast(self):
@@ -219,7 +227,7 @@ class TransformersBackend:
             for name in self.image_inputs:
                 value = processed[name].to(self.model.device)
                 inputs[name] = value.to(self.model.dtype) if value.is_floating_point() else value
-        return inputs
+        return self.model_inputs(inputs, None) if self.model_inputs else inputs
 
     def option_token_ids(self, option: str) -> list[int]:
         """Every token that spells `option` then stops or goes on with a non-letter ("▁No", "▁No.",

@@ -103,6 +103,12 @@ class EncoderSettings:
     # followed by "\n", which is also where every inference prompt (llava-hf, lmms-eval, vialign) puts
     # them; an image-last record trained as written would teach a layout the model is never asked in.
     image_first: bool = True
+    # How a record's <image> tag is written for the model's family: `image_text` (Qwen2-VL's
+    # <|vision_start|><|image_pad|><|vision_end|>), of which `image_token` is the one the processor
+    # expands, and `image_separator` after each image a turn starts with (LLaVA's newline; none for Qwen)
+    image_token: str = IMAGE_TAG
+    image_text: str = IMAGE_TAG
+    image_separator: str = "\n"
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[])")
@@ -116,10 +122,11 @@ def sentences(text: str) -> list[str]:
     return out
 
 
-def images_first(text: str) -> str:
-    """A user turn as LLaVA-1.5 trains it: its image tags first, each followed by a newline."""
+def images_first(text: str, separator: str = "\n") -> str:
+    """A user turn as LLaVA-1.5 trains it: its image tags first, each followed by a newline (or the
+    family's separator)."""
     n = text.count(IMAGE_TAG)
-    return f"{IMAGE_TAG}\n" * n + text.replace(IMAGE_TAG, "").strip() if n else text
+    return f"{IMAGE_TAG}{separator}" * n + text.replace(IMAGE_TAG, "").strip() if n else text
 
 
 _EXACT_SPLIT = re.compile(r"(\n+|(?<=[.!?])\s+(?=[A-Z\"'(\[]))")
@@ -285,7 +292,7 @@ class ChatEncoder:
         if settings.mode not in TRAINED:
             raise ValueError(f"unknown label mode {settings.mode!r}; known: {sorted(TRAINED)}")
         self.tokenizer, self.settings, self.image_counts = tokenizer, settings, image_counts
-        image_id = tokenizer.convert_tokens_to_ids(IMAGE_TAG)
+        image_id = tokenizer.convert_tokens_to_ids(settings.image_token)
         # A text-only LLM (the inner LLM on its own) may lack <image>; only samples with images need it.
         self.image_token_id = None if image_id in (None, tokenizer.unk_token_id) else image_id
         self.scaffold = scaffold_for(tokenizer, settings)
@@ -323,7 +330,7 @@ class ChatEncoder:
                 continue
             if kind == Kind.USER and text.strip() in self.settings.templates:
                 kind = Kind.TEMPLATE
-            pieces.append((kind, text))
+            pieces.append((kind, self.settings.image_text if kind == Kind.IMAGE else text))
         return pieces
 
     def render(self, pairs: Sequence[tuple[str, str | None]]) -> Pieces:
@@ -422,10 +429,9 @@ class ChatEncoder:
     def conversation_pairs(self, sample: Sample) -> list[tuple[str, str | None]]:
         """The sample's (question, answer) turns, refusing image tags the encoder cannot place."""
         turns = sample.conversations
-        place = images_first if self.settings.image_first else str
         pairs = [
             (
-                place(turns[i].value),
+                self.placed(turns[i].value),
                 turns[i + 1].value if i + 1 < len(turns) and turns[i + 1].role == GPT else None,
             )
             for i in range(0, len(turns), 2)
@@ -452,12 +458,18 @@ class ChatEncoder:
         """Image tokens the first `n_images` images make."""
         return sum(counts[:n_images]) if counts is not None else n_images * self.settings.image_tokens
 
+    def placed(self, question: str) -> str:
+        """A user turn with its images where training puts them (first, with the family's separator)."""
+        return (
+            images_first(question, self.settings.image_separator) if self.settings.image_first else question
+        )
+
     def checked(
         self, sample: Sample, pieces: Pieces, encoded: Encoded, counts: Sequence[int] | None = None
     ) -> Encoded:
         """The encoding with its image count set, refused when image spans or trained tokens are wrong."""
         encoded.n_images = sum(1 for k, _ in pieces if k == Kind.IMAGE)
-        if encoded.kinds.count(Kind.IMAGE) != self.image_tokens_of(encoded.n_images, counts):
+        if encoded.input_ids.count(self.image_token_id) != self.image_tokens_of(encoded.n_images, counts):
             raise EncodingError(sample.id, "image token count differs from images × tokens per image")
         if all(label == IGNORE_INDEX for label in encoded.labels):
             raise EncodingError(sample.id, f"no token is trained in mode {self.settings.mode!r}")
@@ -531,7 +543,12 @@ class ChatEncoder:
         self.straddling += straddling
         if len(arrays) > self.settings.max_length:
             return self._dropping_turns(sample, counts)
-        if np.count_nonzero(arrays.kinds == Kind.IMAGE) != self.image_tokens_of(arrays.n_images, counts):
+        image_tokens = (
+            np.count_nonzero(arrays.input_ids == self.image_token_id)
+            if self.image_token_id is not None
+            else 0
+        )
+        if image_tokens != self.image_tokens_of(arrays.n_images, counts):
             return EncodingError(sample.id, "image token count differs from images × tokens per image")
         if not np.any(arrays.labels != IGNORE_INDEX):
             return EncodingError(sample.id, f"no token is trained in mode {self.settings.mode!r}")
@@ -724,9 +741,10 @@ class ChunkRoles:
         """Each rendering's arrays (image tokens expanded, BOS first) and its straddling count."""
         encoder, settings = self.encoder, self.encoder.settings
         kinds, straddling = self.token_kinds()
-        repeats = np.where(kinds == Kind.IMAGE, settings.image_tokens, 1)
+        image = self.ids == (-1 if encoder.image_token_id is None else encoder.image_token_id)
+        repeats = np.where(image, settings.image_tokens, 1)
         if any(counts is not None for counts in self.counts):
-            repeats[kinds == Kind.IMAGE] = self.image_counts()
+            repeats[image] = self.image_counts()
         ids, kinds = np.repeat(self.ids, repeats), np.repeat(kinds, repeats)
         lengths = np.bincount(self.sample_of, weights=repeats, minlength=len(self.texts)).astype(np.int64)
         if encoder.add_bos:
@@ -758,7 +776,8 @@ def encode_prompt(
     assistant tag, rendered and tokenized exactly as in training (`counts`: as in `tokenize`)."""
     if IMAGE_TAG in question + "".join(q for q, _ in history) and encoder.image_token_id is None:
         raise ValueError(f"the tokenizer has no {IMAGE_TAG} token; this model cannot take images")
-    ids, _ = encoder.tokenize(encoder.render([*history, (question, None)]), counts)
+    turns = [(encoder.placed(q), a) for q, a in history]
+    ids, _ = encoder.tokenize(encoder.render([*turns, (encoder.placed(question), None)]), counts)
     return ids
 
 

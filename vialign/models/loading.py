@@ -9,10 +9,16 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PreTrainedModel,
+    ProcessorMixin,
+)
 
 from vialign.manifest import Manifest, fingerprint_dir, stage_manifest
-from vialign.models.families import TINY_FAMILIES
+from vialign.models.families import TINY_FAMILIES, ModelFamily, TinyFamily, family_of
 from vialign.models.families.tokenizers import family_tokenizer
 from vialign.models.tiny import TinyModelSettings
 from vialign.models.tokenizer import texts_of, train_tokenizer
@@ -37,13 +43,21 @@ def load_llava(
         raise FileNotFoundError(
             f"{source}: no such checkpoint folder" + (" (the hub is offline)" if offline else "")
         )
-    processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    processor = load_processor(source, trust_remote_code)
     model = AutoModelForImageTextToText.from_pretrained(
         source, dtype=dtype or "auto", use_safetensors=True, trust_remote_code=trust_remote_code
     )
     if device:
         model = model.to(device)
     return model.eval(), processor
+
+
+def load_processor(source: str | Path, trust_remote_code: bool = False) -> ProcessorMixin:
+    """A checkpoint's processor, as its family loads it."""
+    family = known_family(AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code))
+    if family is not None and family.load_processor is not None:
+        return family.load_processor(str(source), trust_remote_code)
+    return AutoProcessor.from_pretrained(str(source), trust_remote_code=trust_remote_code)
 
 
 def processor_image_tokens(processor: ProcessorMixin) -> int:
@@ -59,8 +73,24 @@ def processor_image_tokens(processor: ProcessorMixin) -> int:
 def save_llava(model: PreTrainedModel, processor: ProcessorMixin, out: str | Path) -> Path:
     out = Path(out)
     model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
+    save_processor(processor, out)
     return out
+
+
+def save_processor(processor: ProcessorMixin, out: str | Path) -> None:
+    family = known_family(processor)
+    if family is not None and family.save_processor is not None:
+        family.save_processor(processor, Path(out))
+    else:
+        processor.save_pretrained(out)
+
+
+def known_family(thing: object) -> ModelFamily | None:
+    """The family of a model, config or processor, or None for one vialign has no module for."""
+    try:
+        return family_of(thing)
+    except ValueError:
+        return None
 
 
 def model_fingerprint(path: str | Path) -> str:
@@ -74,22 +104,31 @@ def build_tiny_model(toyworld: str | Path | None, out: str | Path, settings: Tin
     out = Path(out)
     with stage_manifest(out, "model.tiny") as manifest:
         inputs: dict[str, str] = {}
-        family, tokenizer_name = TINY_FAMILIES[settings.family]
-        if tokenizer_name == "toy":
+        tiny = TINY_FAMILIES[settings.family]
+        if tiny.tokenizer == "toy":
             if toyworld is None:
                 raise ValueError("family 'toy' trains its tokenizer on a toy world: give --toyworld DIR")
             corpora = [Path(toyworld) / "corpus.jsonl", Path(toyworld) / "text" / "corpus.jsonl"]
             tokenizer = train_tokenizer(texts_of(corpora), vocab_size=settings.vocab_size)
             inputs = {str(p): fingerprint_dir(p.parent, p.name) for p in corpora}
         else:
-            tokenizer = family_tokenizer(tokenizer_name)
-        model, processor = family.build_tiny(tokenizer, settings)
+            tokenizer = family_tokenizer(tiny.tokenizer)
+        model, processor = tiny.family.build_tiny(tokenizer, settings)
         save_llava(model, processor, out)
+        (out / "README.md").write_text(model_card(settings.family, tiny, type(model).__name__))
         manifest.inputs = inputs
         manifest.settings = settings.model_dump(mode="json")
         manifest.counts = {"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
         manifest.outputs = {"model": model_fingerprint(out)}
     return manifest
+
+
+def model_card(name: str, tiny: TinyFamily, model_class: str) -> str:
+    return (
+        f"# A tiny random {tiny.family.name} model (`vialign model tiny --family {name}`)\n\n"
+        f"A `{model_class}` with random weights and a few small layers, for tests and dry runs of vialign "
+        f"recipes on a CPU: it has learned nothing.\n\nTokenizer: {tiny.card}.\n"
+    )
 
 
 def run_stage(ctx: StageContext) -> None:

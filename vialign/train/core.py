@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncodeReport, EncoderSettings
 from vialign.models.families import family_of
 from vialign.models.families.base import ImageTokenCounts
-from vialign.models.loading import processor_image_tokens, save_llava
+from vialign.models.loading import processor_image_tokens, save_llava, save_processor
 from vialign.progress import ProgressLines, on_terminal
 from vialign.records import JsonlWriter
 from vialign.train.checkpoints import SealCheckpoint, resume_target, whole_run_loss
@@ -366,11 +366,13 @@ def training_encoder(
 ) -> ChatEncoder:
     """The encoder a training run uses: its chat format, label mode, length limit and template list, and
     its family's image token counts (read from the images under `image_root` where they vary)."""
-    fixed = family_of(processor).fixed_image_tokens
+    family = family_of(processor)
+    fixed = family.fixed_image_tokens
     return ChatEncoder(
         processor.tokenizer,
         EncoderSettings(
-            chat_format=settings.resolved("chat_format"),
+            **family.encoder_fields(),
+            chat_format=settings.chat_format or family.chat_format(settings.resolved("chat_format")),
             mode=mode,
             image_tokens=processor_image_tokens(processor) if fixed else 0,
             max_length=settings.max_length,
@@ -441,7 +443,7 @@ def export_trained(model: PreTrainedModel, processor: Any, out: Path, settings: 
     if settings.lora.enabled:
         model.save_pretrained(out / "adapter")
         if not settings.lora.merge_on_save:
-            processor.save_pretrained(out / "adapter")
+            save_processor(processor, out / "adapter")
             return
         model = model.merge_and_unload()
     # DeepSpeed and FSDP hold the model in their own dtype, and gathered shards are not to be recast

@@ -9,6 +9,7 @@ sequence), so the batch's loss and gradients equal those of the padded batch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ class SFTCollator:
     pad_token_id: int
     image_processor: Any = None
     image_inputs: tuple[str, ...] = ("pixel_values",)
+    # the family's completion of a batch (`ModelFamily.model_inputs`: Qwen2-VL's token types and packed
+    # M-RoPE positions), given the batch and, when packed, its samples row by row
+    model_inputs: Callable[[dict, list | None], dict] | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
@@ -62,7 +66,10 @@ class SFTCollator:
             labels[k, :n] = torch.tensor(row["labels"])
             attention[k, :n] = 1
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
-        return self.with_images(with_trained_positions(batch), rows)
+        return self.completed(self.with_images(with_trained_positions(batch), rows), None)
+
+    def completed(self, batch: dict[str, Any], packed: list[list[dict[str, Any]]] | None) -> dict[str, Any]:
+        return self.model_inputs(batch, packed) if self.model_inputs else batch
 
     def with_images(
         self, batch: dict[str, torch.Tensor], rows: list[dict[str, Any]]
@@ -110,7 +117,8 @@ class PackedSFTCollator(SFTCollator):
         # mode would otherwise build one and attend across samples)
         batch = {"input_ids": input_ids, "labels": labels, "position_ids": positions, "use_cache": False}
         # images in the order their tokens appear: row by row, sample by sample
-        return self.with_images(with_trained_positions(batch), [sample for row in packed for sample in row])
+        batch = self.with_images(with_trained_positions(batch), [sample for row in packed for sample in row])
+        return self.completed(batch, packed)
 
 
 def trained_positions_of(labels: torch.Tensor) -> torch.Tensor:

@@ -186,6 +186,7 @@ class PairCollator:
     pad_token_id: int
     image_processor: Any = None
     image_inputs: tuple[str, ...] = ("pixel_values",)
+    model_inputs: Any = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         flat = [
@@ -193,7 +194,9 @@ class PairCollator:
             for side in ("chosen", "rejected")
             for r in rows
         ]
-        batch = SFTCollator(self.pad_token_id, self.image_processor, self.image_inputs)(flat)
+        batch = SFTCollator(self.pad_token_id, self.image_processor, self.image_inputs, self.model_inputs)(
+            flat
+        )
         if "ref_chosen" in rows[0]:
             batch["ref_chosen"] = torch.tensor([r["ref_chosen"] for r in rows], dtype=torch.float32)
             batch["ref_rejected"] = torch.tensor([r["ref_rejected"] for r in rows], dtype=torch.float32)
@@ -236,6 +239,7 @@ def reference_key(
             "add_bos": s.add_bos,
             "eos_after_answer": s.eos_after_answer,
             "image_first": s.image_first,
+            "images": [s.image_token, s.image_text, s.image_separator],
             "encoder": ENCODER_VERSION,
             "chat_template": getattr(encoder.tokenizer, "chat_template", None),
         },
@@ -393,8 +397,12 @@ def train_dpo(
             with JsonlWriter(out / "quarantine.jsonl") as writer:
                 for pair_id, reason in quarantined.items():
                     writer.write({"id": pair_id, "reason": reason})
+        family = family_of(processor)
         collator = PairCollator(
-            processor.tokenizer.pad_token_id, processor.image_processor, family_of(processor).image_inputs
+            processor.tokenizer.pad_token_id,
+            processor.image_processor,
+            family.image_inputs,
+            family.model_inputs(processor),
         )
         compute = settings.compute_dtype()
         key = reference_key(pairs_path, model_path, encoder, processor, compute, frozen_storage(settings))

@@ -13,7 +13,7 @@ from vialign.manifest import Manifest, fingerprint_file, fingerprint_settings, s
 from vialign.models.encoded_cache import encode_dataset
 from vialign.models.encoding import ChatEncoder
 from vialign.models.families import family_of
-from vialign.models.loading import load_llava
+from vialign.models.loading import load_llava, load_processor
 from vialign.records import read_samples
 from vialign.stage import StageContext
 from vialign.train.core import prepare_for_training, run_trainer, save_run, training_encoder, write_quarantine
@@ -22,16 +22,13 @@ from vialign.train.settings import SFTSettings
 
 
 def sft_collator(processor: Any, settings: SFTSettings) -> SFTCollator:
-    image_inputs = family_of(processor).image_inputs
+    family = family_of(processor)
+    common = (processor.tokenizer.pad_token_id, processor.image_processor, family.image_inputs)
     if settings.packing:
         return PackedSFTCollator(
-            processor.tokenizer.pad_token_id,
-            processor.image_processor,
-            image_inputs,
-            settings.pack_tokens,
-            settings.max_length,
+            *common, family.model_inputs(processor), settings.pack_tokens, settings.max_length
         )
-    return SFTCollator(processor.tokenizer.pad_token_id, processor.image_processor, image_inputs)
+    return SFTCollator(*common, family.model_inputs(processor))
 
 
 def training_templates(settings: SFTSettings, mode: str, data: str | Path) -> dict[str, Any] | None:
@@ -49,14 +46,12 @@ def preview_encoder(
     data: Path,
     mode: str,
     templates: str | None,
-    chat_format: str,
+    chat_format: str | None,
     max_length: int | None,
     image_root: Path | None = None,
 ) -> tuple[Any, ChatEncoder, dict[str, Any] | None]:
     """(processor, encoder, template list) that `preview-labels` shows: training's templates and length."""
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(model)
+    processor = load_processor(model)
     training = SFTSettings(
         templates=templates, chat_format=chat_format, **({"max_length": max_length} if max_length else {})
     )
@@ -105,6 +100,7 @@ def train_sft(
                     k: settings.resolved(k)
                     for k in ("train_vision", "train_projector", "train_llm", "chat_format", "mode")
                 },
+                "chat_format": encoder.settings.chat_format,
                 "dtype": settings.compute_dtype(),
             },
             "templates": template_file or settings.templates,

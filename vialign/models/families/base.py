@@ -5,6 +5,7 @@ by exact name."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 from vialign.models.tiny import TinyModelSettings
-from vialign.records import Sample, confined_image_path
+from vialign.records import IMAGE_TAG, Sample, confined_image_path
 
 
 def height_width(file: Path) -> tuple[int, int]:
@@ -38,6 +39,35 @@ class ModelFamily:
     # whether every image becomes the same number of tokens, whatever its size (no image is read to encode)
     fixed_image_tokens: bool
     build_tiny: TinyBuilder
+    # how a record's <image> is written: `image_text`, of which the processor expands `image_token`, and
+    # what follows each image a turn starts with (see `EncoderSettings`)
+    image_token: str = IMAGE_TAG
+    image_text: str = IMAGE_TAG
+    image_separator: str = "\n"
+    # the chat format a fine-tuning stage uses where LLaVA's presets say vicuna_v1 and none is set
+    native_chat_format: str = "vicuna_v1"
+    # inputs a forward pass takes besides ids and images (`batch`, the packed rows or None, the processor)
+    with_model_inputs: Callable[[dict, list | None, Any], dict] | None = None
+    load_processor: Callable[[str, bool], Any] | None = None  # default: AutoProcessor
+    save_processor: Callable[[Any, Path], None] | None = None  # default: the processor's save_pretrained
+
+    def encoder_fields(self) -> dict[str, str]:
+        """The `EncoderSettings` that write this family's images."""
+        return {
+            "image_token": self.image_token,
+            "image_text": self.image_text,
+            "image_separator": self.image_separator,
+        }
+
+    def chat_format(self, preset: str) -> str:
+        """A stage preset's chat format for this family: its own where the preset is LLaVA's vicuna_v1."""
+        return self.native_chat_format if preset == "vicuna_v1" else preset
+
+    def model_inputs(self, processor: Any) -> Callable[[dict, list | None], dict] | None:
+        """What a collator calls to complete a batch for this family, if anything."""
+        if self.with_model_inputs is None:
+            return None
+        return functools.partial(self.with_model_inputs, processor=processor)
 
     def part_of(self, name: str) -> str:
         for part, prefixes in self.parts.items():

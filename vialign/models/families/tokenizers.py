@@ -19,6 +19,8 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from vialign.models.families.qwen2_vl import CHAT_TEMPLATE as QWEN2_VL_TEMPLATE
+from vialign.models.families.qwen2_vl import VISION_TOKENS
 from vialign.models.tokenizer import CHAT_TEMPLATE
 from vialign.records import IMAGE_TAG
 
@@ -88,20 +90,36 @@ def llava15_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def smollm2_tokenizer() -> PreTrainedTokenizerBase:
-    """SmolLM2-135M-Instruct's tokenizer and ChatML template read from its GGUF (once, then cached),
-    plus `<image>`."""
+def smollm2_text_tokenizer() -> PreTrainedTokenizerBase:
+    """SmolLM2-135M-Instruct's tokenizer and ChatML template read from its GGUF (once, then cached)."""
     cached = cache_dir() / "tokenizers" / "smollm2-135m-instruct-0.1.2"
     if not (cached / "tokenizer.json").is_file():
         gguf = smollm2_gguf()
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         publish_dir(cached, tokenizer.save_pretrained)
-    return add_image_token(AutoTokenizer.from_pretrained(str(cached)))
+    return AutoTokenizer.from_pretrained(str(cached))
+
+
+def smollm2_tokenizer() -> PreTrainedTokenizerBase:
+    """SmolLM2's tokenizer plus `<image>`, for a LLaVA around it."""
+    return add_image_token(smollm2_text_tokenizer())
+
+
+def qwen2_vl_tokenizer() -> PreTrainedTokenizerBase:
+    """A Qwen2-VL-shaped tokenizer: SmolLM2's byte-level BPE (Qwen2's own is not in any wheel here),
+    plus Qwen2-VL's vision special tokens and its chat template."""
+    tokenizer = smollm2_text_tokenizer()
+    tokenizer.add_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in VISION_TOKENS], special_tokens=True
+    )
+    tokenizer.chat_template = QWEN2_VL_TEMPLATE
+    return tokenizer
 
 
 FAMILY_TOKENIZERS: dict[str, Callable[[], PreTrainedTokenizerBase]] = {
     "llava-1.5": llava15_tokenizer,
     "smollm2": smollm2_tokenizer,
+    "qwen2-vl": qwen2_vl_tokenizer,
 }
 
 
