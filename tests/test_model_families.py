@@ -241,3 +241,40 @@ def test_lora_sft_then_dpo_then_generation(world, tmp_path):
     assert backend.prompt_ids(request) == processor(text=prompt, images=Image.open(wide))["input_ids"][0]
     [result] = backend.generate([request], GenerationParams(max_new_tokens=4))
     assert result.error is None and isinstance(result.texts[0], str)
+
+
+@pytest.mark.parametrize("image_mode", ["pad", "processor"])
+def test_reward_model_scores_alike_left_or_right_padded_and_alone(world, image_mode):
+    """A reward model over the family's backbone: candidates' image tokens follow the image as the
+    reward model's preprocessing shapes it, and a score does not depend on padding side or batch."""
+    from vialign.curate.reward import PreprocessSettings, RewardInputs, RewardModel, answer_text
+    from vialign.curate.train import RewardCollator, RewardExample, score_examples
+
+    model, processor = load_llava(world / "model")
+    torch.manual_seed(0)
+    reward = RewardModel(model).eval()
+    inputs = RewardInputs(processor, PreprocessSettings(image_mode=image_mode))
+    examples = []
+    for sample in SAMPLES[:4]:
+        images = [world / path for path in sample.images]
+        texts = [
+            answer_text(q, a, len(images)) for q, a in zip(sample.questions, sample.answers, strict=False)
+        ]
+        examples.append(
+            RewardExample(sample.id, [inputs.ids(t, images) for t in texts], images, [], len(texts))
+        )
+        prepared = [inputs.image(path) for path in images]
+        expected = processor(text=IMAGE_TAG_OF[family_of(processor).name], images=prepared)["input_ids"][0]
+        image_id = processor.image_token_id
+        assert examples[-1].candidates[0].count(image_id) == expected.count(image_id), sample.id
+    pad = processor.tokenizer.pad_token_id
+    right = score_examples(reward, RewardCollator(pad, inputs, "right"), examples, batch_size=4)
+    left = score_examples(reward, RewardCollator(pad, inputs, "left"), examples, batch_size=4)
+    alone = score_examples(reward, RewardCollator(pad, inputs, "right"), examples, batch_size=1)
+    for r, lp, a in zip(right, left, alone, strict=True):
+        assert r == pytest.approx(lp, abs=1e-5) and r == pytest.approx(a, abs=1e-5)
+    assert len({round(s, 4) for scores in right for s in scores}) > 1
+
+
+# one image as each family's processor reads it in text
+IMAGE_TAG_OF = {"llava-next": IMAGE_TAG, "qwen2-vl": "<|vision_start|><|image_pad|><|vision_end|>"}

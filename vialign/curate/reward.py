@@ -25,6 +25,8 @@ from torch import nn
 from vialign.choices import GroupKind
 from vialign.config import Settings
 from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_prompt
+from vialign.models.families import family_of
+from vialign.models.families.base import ImageTokenCounts, height_width, processor_token_counts
 from vialign.models.loading import load_llava, model_fingerprint, processor_image_tokens, save_llava
 from vialign.records import IMAGE_TAG
 
@@ -66,33 +68,55 @@ class InputTooLong(ValueError):
 
 
 class RewardInputs:
-    """Text → token ids (image tags expanded) and image files → pixel values, one way for every use."""
+    """Text → token ids (image tags expanded as the model's family writes them) and image files → the
+    inputs a forward pass takes, one way for every use."""
 
     def __init__(self, processor: Any, settings: PreprocessSettings):
         self.processor, self.settings = processor, settings
         self.tokenizer = processor.tokenizer
+        self.family = family_of(processor)
+        fixed = self.family.fixed_image_tokens
         self.encoder = ChatEncoder(
             self.tokenizer,
             EncoderSettings(
-                chat_format="vicuna_v1",
+                **self.family.encoder_fields(),
+                chat_format=self.family.chat_format("vicuna_v1"),
                 mode="response",
-                image_tokens=processor_image_tokens(processor),
+                image_tokens=processor_image_tokens(processor) if fixed else 0,
                 max_length=settings.max_length,
             ),
         )
+        self.counts = None if fixed else ImageTokenCounts(processor, None)
         self.truncated = 0
 
-    def ids(self, text: str) -> list[int]:
+    def ids(self, text: str, images: Sequence[Path] = ()) -> list[int]:
+        """The ids of a candidate whose `<image>` tags stand for `images` (needed where an image's token
+        count depends on its size)."""
+        counts = self.image_counts(images)
         if self.settings.template == "vicuna_v1":
-            ids = encode_prompt(self.encoder, text)
+            ids = encode_prompt(self.encoder, text, counts=counts)
         else:
             ids = [self.tokenizer.bos_token_id] if self.encoder.add_bos else []
+            sizes = iter(counts or ())
             for part in re.split(f"({re.escape(IMAGE_TAG)})", text):
                 if part == IMAGE_TAG:
-                    ids += [self.encoder.image_token_id] * self.encoder.settings.image_tokens
+                    ids += self.image_ids(next(sizes, self.encoder.settings.image_tokens))
                 elif part:
                     ids += self.encoder.ids(part)
         return self.cut(ids)
+
+    def image_counts(self, images: Sequence[Path]) -> list[int] | None:
+        if self.counts is None:
+            return None
+        return processor_token_counts(self.processor, [self.prepared_size(path) for path in images])
+
+    def image_ids(self, count: int) -> list[int]:
+        """One image as the family writes it (LLaVA's `<image>`, Qwen2-VL's start and end around it),
+        its image token repeated `count` times."""
+        ids: list[int] = []
+        for token in self.encoder.ids(self.encoder.settings.image_text):
+            ids += [token] * count if token == self.encoder.image_token_id else [token]
+        return ids
 
     def cut(self, ids: list[int]) -> list[int]:
         """Drop trailing text tokens beyond max_length; an image span is never cut."""
@@ -122,14 +146,24 @@ class RewardInputs:
         square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
         return square
 
+    def prepared_size(self, path: Path) -> tuple[int, int]:
+        """(height, width) of the image `image` makes of a file, read from its header."""
+        height, width = height_width(path)
+        if self.settings.image_mode == "pad":
+            return max(height, width), max(height, width)
+        if self.settings.image_mode == "resize":
+            return self.image_side(), self.image_side()
+        return height, width
+
     def image_side(self) -> int:
         ip = self.processor.image_processor
         size = ip.crop_size or ip.size
         return size.get("height") or size.get("shortest_edge")
 
-    def pixel_values(self, paths: Sequence[Path]) -> torch.Tensor:
-        images = [self.image(p) for p in paths]
-        return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    def image_inputs(self, paths: Sequence[Path]) -> dict[str, torch.Tensor]:
+        """The image processor's outputs the family's forward pass takes, for these images in order."""
+        processed = self.processor.image_processor(images=[self.image(p) for p in paths], return_tensors="pt")
+        return {name: processed[name] for name in self.family.image_inputs}
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -165,20 +199,16 @@ class RewardModel(nn.Module):
         )
 
     def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor | None = None,
-        **_: Any,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor
     ) -> torch.Tensor:
-        # Positions count real tokens only, so a left-padded row sees the positions a right-padded one does.
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        # The inner LlavaModel gives hidden states without computing vocabulary logits for every token.
+        """`inputs`: the family's image inputs (and Qwen2-VL's token types)."""
+        if family_of(self.base_llava).one_d_positions:
+            # Positions count real tokens only, so a left-padded row sees the positions a right-padded one
+            # does (an M-RoPE model computes its own from the attention mask, as it does at inference).
+            inputs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        # The inner model gives hidden states without computing vocabulary logits for every token.
         hidden = self.base_llava.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            pixel_values=pixel_values,
-            position_ids=position_ids,
+            input_ids=input_ids, attention_mask=attention_mask, **inputs
         ).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         pooled = hidden[rows, last_token_index(attention_mask)]

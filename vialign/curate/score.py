@@ -96,7 +96,8 @@ class CurationScorer:
                 if sample.id in errors:
                     continue
                 try:
-                    candidates = [self.inputs[kind].ids(t) for t in model_inputs(sample, kind)]
+                    texts = model_inputs(sample, kind)
+                    candidates = [self.inputs[kind].ids(t, images[sample.id]) for t in texts]
                 except InputTooLong as exc:
                     errors[sample.id] = f"{kind}: {exc}"
                     continue

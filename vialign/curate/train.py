@@ -149,7 +149,7 @@ def build_examples(
             bodies = [candidate_body(group, k) for k in range(len(group.candidates))]
             copies = corrupted_copies(bodies, settings, rng) if with_negatives else []
             texts = [model_text(group, b) for b in bodies] + [model_text(group, b) for _, b in copies]
-            candidates = [inputs.ids(t) for t in texts]
+            candidates = [inputs.ids(t, images) for t in texts]
         except (ImagePathError, FileNotFoundError, InputTooLong) as exc:
             dropped[group.group_id] = str(exc)
             continue
@@ -184,6 +184,12 @@ class RewardCollator:
     inputs: RewardInputs
     padding_side: Literal["right", "left"] = "right"
 
+    def image_inputs(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Every candidate's images, in row order, through one image-processor call (a family's image
+        inputs need not stack across calls: LLaVA-NeXT pads each call's tiles to its largest image)."""
+        paths = [path for r in rows for _ in r["candidates"] for path in r["images"]]
+        return self.inputs.image_inputs(paths) if paths else {}
+
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [ids for r in rows for ids in r["candidates"]]
         width = max(len(s) for s in seqs)
@@ -193,14 +199,9 @@ class RewardCollator:
             span = slice(width - len(ids), width) if self.padding_side == "left" else slice(0, len(ids))
             input_ids[k, span] = torch.tensor(ids)
             attention[k, span] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention}
-        pixels = [
-            self.inputs.pixel_values(r["images"]).repeat(len(r["candidates"]), 1, 1, 1)
-            for r in rows
-            if r["images"]
-        ]
-        if pixels:
-            batch["pixel_values"] = torch.cat(pixels)
+        batch = {"input_ids": input_ids, "attention_mask": attention, **self.image_inputs(rows)}
+        model_inputs = self.inputs.family.model_inputs(self.inputs.processor)
+        batch = model_inputs(batch, None) if model_inputs else batch
         pairs, offset = [], 0
         for r in rows:
             pairs += [(offset + i, offset + j) for i, j in r.get("pairs", [])]

@@ -46,6 +46,9 @@ class ModelFamily:
     image_separator: str = "\n"
     # the chat format a fine-tuning stage uses where LLaVA's presets say vicuna_v1 and none is set
     native_chat_format: str = "vicuna_v1"
+    # whether a caller gives 1-D position ids (from the attention mask, for left padding); an M-RoPE
+    # family computes its own from the mask
+    one_d_positions: bool = True
     # inputs a forward pass takes besides ids and images (`batch`, the packed rows or None, the processor)
     with_model_inputs: Callable[[dict, list | None, Any], dict] | None = None
     load_processor: Callable[[str, bool], Any] | None = None  # default: AutoProcessor

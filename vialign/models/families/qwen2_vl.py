@@ -206,6 +206,7 @@ QWEN2_VL = ModelFamily(
     image_text=VISION_START + IMAGE_PAD + VISION_END,
     image_separator="",
     native_chat_format="tokenizer",
+    one_d_positions=False,
     with_model_inputs=with_model_inputs,
     load_processor=load_processor,
     save_processor=save_processor,
