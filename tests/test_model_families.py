@@ -62,7 +62,7 @@ def test_llava_encodings_are_byte_identical_to_before_the_family_interface(toywo
 SIZES = [(64, 48), (120, 40), (36, 100), (48, 48)]
 
 
-@pytest.fixture(scope="module", params=["llava-next", "qwen2-vl"])
+@pytest.fixture(scope="module", params=["llava-next", "qwen2-vl", "smolvlm"])
 def world(request, tmp_path_factory):
     """The real-format records with images of different sizes, one sample with two images, and a tiny
     model of the family (LLaVA-NeXT around Llama-2's tokenizer, Qwen2-VL around SmolLM2's)."""
@@ -277,4 +277,32 @@ def test_reward_model_scores_alike_left_or_right_padded_and_alone(world, image_m
 
 
 # one image as each family's processor reads it in text
-IMAGE_TAG_OF = {"llava-next": IMAGE_TAG, "qwen2-vl": "<|vision_start|><|image_pad|><|vision_end|>"}
+IMAGE_TAG_OF = {
+    "llava-next": IMAGE_TAG,
+    "qwen2-vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "idefics3": IMAGE_TAG,
+}
+
+
+def test_model_import_of_a_multimodal_checkpoint_gives_its_language_model_with_the_same_logits(
+    world, tiny_model_dir, tmp_path
+):
+    """The inner LLM a family's checkpoint holds, as a text-only causal LM (rewrite and gap run on it):
+    on a text prompt its logits are the multimodal model's. LLaVA-1.5's once, beside LLaVA-NeXT."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from vialign.models.importing import import_model
+
+    checkpoints = [world / "model", *([tiny_model_dir] if world.name.startswith("llava-next") else [])]
+    for k, checkpoint in enumerate(checkpoints):
+        import_model(checkpoint, tmp_path / f"llm{k}")
+        multimodal, processor = load_llava(checkpoint)
+        llm = AutoModelForCausalLM.from_pretrained(tmp_path / f"llm{k}").eval()
+        tokenizer = AutoTokenizer.from_pretrained(tmp_path / f"llm{k}")
+        assert tokenizer.chat_template == processor.tokenizer.chat_template
+        assert len(tokenizer) == len(processor.tokenizer)
+        ids = torch.tensor([tokenizer("Describe the shapes in the scene, please.")["input_ids"]])
+        with torch.no_grad():
+            expected = multimodal(input_ids=ids).logits
+            got = llm(input_ids=ids).logits
+        assert torch.allclose(got, expected, atol=1e-5), checkpoint

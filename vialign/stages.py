@@ -98,8 +98,8 @@ STAGES: dict[str, Stage] = registry(
         "tiny_model",
         "vialign.models.loading:run_stage",
         "A tiny random model of a family (a plain transformers checkpoint): a LLaVA-1.5 around the toy "
-        "tokenizer trained on a toy world or a real family's tokenizer and chat template, or a LLaVA-NeXT "
-        "(dry-run any recipe on CPU with one).",
+        "tokenizer trained on a toy world or a real family's tokenizer and chat template, a LLaVA-NeXT, a "
+        "Qwen2-VL-shaped model or a SmolVLM (dry-run any recipe on CPU with one).",
         "vialign.models.tiny:TinyModelSettings",
         section="model",
         command="model tiny",
@@ -116,7 +116,7 @@ STAGES: dict[str, Stage] = registry(
         "import_model",
         "vialign.models.importing:run_stage",
         "A GGUF file (or a checkpoint folder) to a safetensors transformers checkpoint with its tokenizer "
-        "and chat template.",
+        "and chat template; a multimodal checkpoint gives its inner language model, text only.",
         "vialign.models.importing:ImportSettings",
         section="import",
         command="model import",

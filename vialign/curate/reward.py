@@ -26,7 +26,7 @@ from vialign.choices import GroupKind
 from vialign.config import Settings
 from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_prompt
 from vialign.models.families import family_of
-from vialign.models.families.base import ImageTokenCounts, height_width, processor_token_counts
+from vialign.models.families.base import ImageSpansOf, height_width
 from vialign.models.loading import load_llava, model_fingerprint, processor_image_tokens, save_llava
 from vialign.records import IMAGE_TAG
 
@@ -86,36 +86,33 @@ class RewardInputs:
                 max_length=settings.max_length,
             ),
         )
-        self.counts = None if fixed else ImageTokenCounts(processor, None)
+        self.spans = None if fixed else ImageSpansOf(self.family, processor, None)
         self.truncated = 0
 
     def ids(self, text: str, images: Sequence[Path] = ()) -> list[int]:
         """The ids of a candidate whose `<image>` tags stand for `images` (needed where an image's token
         count depends on its size)."""
-        counts = self.image_counts(images)
+        spans = self.spans.of_sizes([self.prepared_size(p) for p in images]) if self.spans else None
         if self.settings.template == "vicuna_v1":
-            ids = encode_prompt(self.encoder, text, counts=counts)
+            ids = encode_prompt(self.encoder, text, spans=spans)
         else:
             ids = [self.tokenizer.bos_token_id] if self.encoder.add_bos else []
-            sizes = iter(counts or ())
+            own = iter(spans or ())
             for part in re.split(f"({re.escape(IMAGE_TAG)})", text):
                 if part == IMAGE_TAG:
-                    ids += self.image_ids(next(sizes, self.encoder.settings.image_tokens))
+                    ids += self.image_ids(next(own, None))
                 elif part:
                     ids += self.encoder.ids(part)
         return self.cut(ids)
 
-    def image_counts(self, images: Sequence[Path]) -> list[int] | None:
-        if self.counts is None:
-            return None
-        return processor_token_counts(self.processor, [self.prepared_size(path) for path in images])
-
-    def image_ids(self, count: int) -> list[int]:
+    def image_ids(self, span: Sequence[int] | None) -> list[int]:
         """One image as the family writes it (LLaVA's `<image>`, Qwen2-VL's start and end around it),
-        its image token repeated `count` times."""
+        its image token become `span` (default: `image_tokens` image tokens)."""
+        image_id = self.encoder.image_token_id
+        span = [image_id] * self.encoder.settings.image_tokens if span is None else list(span)
         ids: list[int] = []
         for token in self.encoder.ids(self.encoder.settings.image_text):
-            ids += [token] * count if token == self.encoder.image_token_id else [token]
+            ids += span if token == image_id else [token]
         return ids
 
     def cut(self, ids: list[int]) -> list[int]:

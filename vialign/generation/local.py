@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from vialign.generation.base import ChatRequest, ChatResult, GenerationParams
 from vialign.models.encoding import ChatEncoder, EncoderSettings, encode_prompt
 from vialign.models.families import family_of
-from vialign.models.families.base import ImageTokenCounts
+from vialign.models.families.base import ImageSpansOf
 from vialign.models.loading import load_llava, model_fingerprint, processor_image_tokens
 from vialign.models.precision import (
     ComputeDtype,
@@ -62,11 +62,11 @@ class TransformersBackend:
         path: str = "(in memory)",
         compute: ComputeDtype = "float32",
         image_inputs: Sequence[str] = ("pixel_values",),
-        image_counts: ImageTokenCounts | None = None,
+        image_spans: ImageSpansOf | None = None,
         model_inputs: Callable[[dict, list | None], dict] | None = None,
     ):
-        """`image_inputs`, `image_counts`, `model_inputs`: the model family's (`ModelFamily.image_inputs`,
-        the image-dependent token counts of a family like LLaVA-NeXT, `ModelFamily.model_inputs`)."""
+        """`image_inputs`, `image_spans`, `model_inputs`: the model family's (`ModelFamily.image_inputs`,
+        its image-dependent image tokens where they vary, `ModelFamily.model_inputs`)."""
         self.model, self.tokenizer, self.image_processor, self.encoder, self.path = (
             model,
             tokenizer,
@@ -74,7 +74,7 @@ class TransformersBackend:
             encoder,
             path,
         )
-        self.compute, self.image_inputs, self.image_counts = compute, tuple(image_inputs), image_counts
+        self.compute, self.image_inputs, self.image_spans = compute, tuple(image_inputs), image_spans
         self.model_inputs = model_inputs
         self._fingerprint: str | None = None
         self._option_ids: dict[str, list[int]] = {}
@@ -126,7 +126,7 @@ class TransformersBackend:
                     image_tokens=image_tokens,
                 ),
             )
-        counts = None if fixed else ImageTokenCounts(processor, None)
+        spans = None if fixed else ImageSpansOf(family, processor, None)
         return cls(
             model,
             processor.tokenizer,
@@ -135,7 +135,7 @@ class TransformersBackend:
             path,
             compute,
             family.image_inputs,
-            counts,
+            spans,
             family.model_inputs(processor),
         )
 
@@ -155,8 +155,8 @@ class TransformersBackend:
 
     def prompt_ids(self, request: ChatRequest) -> list[int]:
         question, history = split_messages(request.messages)
-        counts = self.image_counts.of_files(request.images) if self.image_counts else None
-        return encode_prompt(self.encoder, question, history, counts)
+        spans = self.image_spans.of_files(request.images) if self.image_spans else None
+        return encode_prompt(self.encoder, question, history, spans)
 
     def generate(self, requests: list[ChatRequest], params: GenerationParams) -> list[ChatResult]:
         results: dict[str, ChatResult] = {}
@@ -313,8 +313,8 @@ def generate_batch(
     """Greedy answers to one-question prompts with a model already in memory (quick evaluations)."""
     backend = TransformersBackend.of_model(model, processor, encoder=encoder)
     groups = [[p] if p is not None else [] for p in images]
-    counts = [backend.image_counts.of_files(g) if backend.image_counts else None for g in groups]
-    prompts = [encode_prompt(encoder, q, counts=c) for q, c in zip(questions, counts, strict=True)]
+    spans = [backend.image_spans.of_files(g) if backend.image_spans else None for g in groups]
+    prompts = [encode_prompt(encoder, q, spans=s) for q, s in zip(questions, spans, strict=True)]
     return [
         t[0] for t in backend.generate_ids(prompts, groups, GenerationParams(max_new_tokens=max_new_tokens))
     ]

@@ -72,7 +72,7 @@ def cache_key(encoder: ChatEncoder, data: str | Path) -> str:
         "data": fingerprint_file(data),
         "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
         "settings": settings,
-        **({"image_counts": encoder.image_counts.key()} if encoder.image_counts else {}),
+        **({"image_spans": encoder.image_spans.key()} if encoder.image_spans else {}),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -60,13 +60,17 @@ CHAT_FORMATS = typing.get_args(ChatFormatName)
 ENCODER_VERSION = "rendered-once-3"
 
 
-class ImageCounts(Protocol):
-    """Each of a sample's images' token count, where a family's count depends on the image."""
+Spans = Sequence[Sequence[int]]
 
-    def __call__(self, sample: Sample) -> list[int]: ...
+
+class ImageSpans(Protocol):
+    """Each of a sample's images as the ids its image token becomes, where a family's depend on the
+    image (its size: LLaVA-NeXT's AnyRes tiles, Qwen2-VL's native resolution, Idefics3's crops)."""
+
+    def __call__(self, sample: Sample) -> list[list[int]]: ...
 
     def key(self) -> dict[str, Any]:
-        """What the counts depend on besides the images (part of an encoding's cache key)."""
+        """What the spans depend on besides the images (part of an encoding's cache key)."""
         ...
 
 
@@ -109,6 +113,8 @@ class EncoderSettings:
     image_token: str = IMAGE_TAG
     image_text: str = IMAGE_TAG
     image_separator: str = "\n"
+    # a turn that opens with an image writes its role tag without the tag's trailing space (SmolVLM)
+    image_glued_to_role: bool = False
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[])")
@@ -283,15 +289,15 @@ class ChatEncoder:
         self,
         tokenizer: PreTrainedTokenizerBase,
         settings: EncoderSettings,
-        image_counts: ImageCounts | None = None,
+        image_spans: ImageSpans | None = None,
     ):
-        """`image_counts`: each of a sample's images' token count, for a family whose count depends on
-        the image (`families.base.ImageTokenCounts`); without it every image is `image_tokens`."""
+        """`image_spans`: each of a sample's images as ids, for a family whose image tokens depend on the
+        image (`families.base.ImageSpansOf`); without it every image is `image_tokens` image tokens."""
         if settings.chat_format not in CHAT_FORMATS:
             raise ValueError(f"unknown chat format {settings.chat_format!r}; known: {sorted(CHAT_FORMATS)}")
         if settings.mode not in TRAINED:
             raise ValueError(f"unknown label mode {settings.mode!r}; known: {sorted(TRAINED)}")
-        self.tokenizer, self.settings, self.image_counts = tokenizer, settings, image_counts
+        self.tokenizer, self.settings, self.image_spans = tokenizer, settings, image_spans
         image_id = tokenizer.convert_tokens_to_ids(settings.image_token)
         # A text-only LLM (the inner LLM on its own) may lack <image>; only samples with images need it.
         self.image_token_id = None if image_id in (None, tokenizer.unk_token_id) else image_id
@@ -339,10 +345,10 @@ class ChatEncoder:
         sc = self.scaffold
         pieces: Pieces = [(Kind.BOS, sc.bos), (Kind.SYSTEM, sc.system)]
         for k, (question, answer) in enumerate(pairs):
-            pieces += [
-                (Kind.ROLE, sc.user_tag if k == 0 else sc.next_user_tag),
-                *self.question_pieces(question),
-            ]
+            tag, question_pieces = sc.user_tag if k == 0 else sc.next_user_tag, self.question_pieces(question)
+            if self.settings.image_glued_to_role and question_pieces and question_pieces[0][0] == Kind.IMAGE:
+                tag = tag.rstrip(" ")
+            pieces += [(Kind.ROLE, tag), *question_pieces]
             pieces.append((Kind.ROLE, sc.assistant_tag))
             if answer is None:
                 return pieces
@@ -350,11 +356,11 @@ class ChatEncoder:
         return [*pieces, (Kind.ROLE, sc.tail)]
 
     def tokenize(
-        self, pieces: Sequence[tuple[Kind, str]], counts: Sequence[int] | None = None
+        self, pieces: Sequence[tuple[Kind, str]], spans: Spans | None = None
     ) -> tuple[list[int], list[int]]:
         """Tokenize the rendering once (or once per segment, see `answers_apart`); each token takes the
-        kind of the characters it comes from, and the k-th image token expands to `counts[k]` tokens
-        (default: `image_tokens` each)."""
+        kind of the characters it comes from, and the k-th image token becomes `spans[k]` (default:
+        `image_tokens` image tokens)."""
         text, char_kind, cuts = "", [], [0]
         for k, (kind, piece) in enumerate(pieces):
             text += piece
@@ -364,9 +370,9 @@ class ChatEncoder:
                 cuts.append(len(text))
         ids: list[int] = [self.tokenizer.bos_token_id] if self.add_bos else []
         kinds: list[int] = [Kind.BOS] * len(ids)
-        image_sizes = iter(counts or ())
+        images = iter(spans or ())
         for start, stop in zip(cuts, [*cuts[1:], len(text)], strict=True):
-            self._tokenize_segment(text, char_kind, start, stop, ids, kinds, image_sizes)
+            self._tokenize_segment(text, char_kind, start, stop, ids, kinds, images)
         return ids, kinds
 
     def _tokenize_segment(
@@ -377,15 +383,16 @@ class ChatEncoder:
         stop: int,
         ids: list[int],
         kinds: list[int],
-        counts: Iterator[int],
+        spans: Iterator[Sequence[int]],
     ) -> None:
         encoding = self.tokenizer(text[start:stop], add_special_tokens=False, return_offsets_mapping=True)
         trained = TRAINED[self.settings.mode]
         for token, (a, b) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
             if token == self.image_token_id:
-                n = next(counts, self.settings.image_tokens)
-                ids += [token] * n
-                kinds += [Kind.IMAGE] * n
+                span = next(spans, None)
+                span = [token] * self.settings.image_tokens if span is None else list(span)
+                ids += span
+                kinds += [Kind.IMAGE] * len(span)
                 continue
             spanned = token_kinds(text, char_kind, start + a, start + b)
             self.straddling += len(spanned) > 1
@@ -411,10 +418,10 @@ class ChatEncoder:
     def encode(self, sample: Sample) -> Encoded:
         """Encode one sample; drops whole trailing turns to fit max_length, never part of an image span."""
         pairs = self.conversation_pairs(sample)
-        counts = self.counts_of(sample)
+        spans = self.spans_of(sample)
         for kept in range(len(pairs), 0, -1):
             pieces = self.render(pairs[:kept])
-            ids, kinds = self.tokenize(pieces, counts)
+            ids, kinds = self.tokenize(pieces, spans)
             if len(ids) <= self.settings.max_length:
                 break
         else:
@@ -424,7 +431,7 @@ class ChatEncoder:
         trained = TRAINED[self.settings.mode]
         labels = [t if k in trained else IGNORE_INDEX for t, k in zip(ids, kinds, strict=True)]
         encoded = Encoded(ids, labels, kinds, 0, dropped_turns=len(pairs) - kept)
-        return self.checked(sample, pieces, encoded, counts)
+        return self.checked(sample, pieces, encoded, spans)
 
     def conversation_pairs(self, sample: Sample) -> list[tuple[str, str | None]]:
         """The sample's (question, answer) turns, refusing image tags the encoder cannot place."""
@@ -445,18 +452,20 @@ class ChatEncoder:
             )
         return pairs
 
-    def counts_of(self, sample: Sample) -> list[int] | None:
-        """Each image's token count when the family's depends on the image, else None (`image_tokens`)."""
-        if self.image_counts is None:
+    def spans_of(self, sample: Sample) -> list[list[int]] | None:
+        """Each image's ids when the family's depend on the image, else None (`image_tokens` each)."""
+        if self.image_spans is None:
             return None
         try:
-            return self.image_counts(sample)
+            return self.image_spans(sample)
         except (OSError, ValueError) as exc:
             raise EncodingError(sample.id, f"cannot size its image tokens: {exc}") from exc
 
-    def image_tokens_of(self, n_images: int, counts: Sequence[int] | None) -> int:
+    def image_tokens_of(self, n_images: int, spans: Spans | None) -> int:
         """Image tokens the first `n_images` images make."""
-        return sum(counts[:n_images]) if counts is not None else n_images * self.settings.image_tokens
+        if spans is None:
+            return n_images * self.settings.image_tokens
+        return sum(list(span).count(self.image_token_id) for span in spans[:n_images])
 
     def placed(self, question: str) -> str:
         """A user turn with its images where training puts them (first, with the family's separator)."""
@@ -465,11 +474,11 @@ class ChatEncoder:
         )
 
     def checked(
-        self, sample: Sample, pieces: Pieces, encoded: Encoded, counts: Sequence[int] | None = None
+        self, sample: Sample, pieces: Pieces, encoded: Encoded, spans: Spans | None = None
     ) -> Encoded:
         """The encoding with its image count set, refused when image spans or trained tokens are wrong."""
         encoded.n_images = sum(1 for k, _ in pieces if k == Kind.IMAGE)
-        if encoded.input_ids.count(self.image_token_id) != self.image_tokens_of(encoded.n_images, counts):
+        if encoded.input_ids.count(self.image_token_id) != self.image_tokens_of(encoded.n_images, spans):
             raise EncodingError(sample.id, "image token count differs from images × tokens per image")
         if all(label == IGNORE_INDEX for label in encoded.labels):
             raise EncodingError(sample.id, f"no token is trained in mode {self.settings.mode!r}")
@@ -510,11 +519,11 @@ class ChatEncoder:
         for sample in samples:
             try:
                 pieces = self.render(self.conversation_pairs(sample))
-                counts = self.counts_of(sample)
+                spans = self.spans_of(sample)
             except EncodingError as exc:
                 rendered.append(Rendered(sample, exc))
                 continue
-            rendered.append(Rendered(sample, pieces, "".join(piece for _, piece in pieces), counts))
+            rendered.append(Rendered(sample, pieces, "".join(piece for _, piece in pieces), spans))
         return rendered
 
     def _finish_many(
@@ -527,7 +536,7 @@ class ChatEncoder:
             if r.text is None:
                 out.append(r.pieces)  # type: ignore[arg-type]  # the error rendering raised
             else:
-                out.append(self._checked_arrays(r.sample, *next(encoded), r.counts))
+                out.append(self._checked_arrays(r.sample, *next(encoded), r.spans))
         return out
 
     def _arrays_or_error(self, sample: Sample) -> EncodedArrays | EncodingError:
@@ -537,24 +546,24 @@ class ChatEncoder:
             return exc
 
     def _checked_arrays(
-        self, sample: Sample, arrays: EncodedArrays, straddling: int, counts: Sequence[int] | None
+        self, sample: Sample, arrays: EncodedArrays, straddling: int, spans: Spans | None
     ) -> EncodedArrays | EncodingError:
         """`checked` for the batched path; an over-long sample drops turns first, as `encode` does."""
         self.straddling += straddling
         if len(arrays) > self.settings.max_length:
-            return self._dropping_turns(sample, counts)
+            return self._dropping_turns(sample, spans)
         image_tokens = (
             np.count_nonzero(arrays.input_ids == self.image_token_id)
             if self.image_token_id is not None
             else 0
         )
-        if image_tokens != self.image_tokens_of(arrays.n_images, counts):
+        if image_tokens != self.image_tokens_of(arrays.n_images, spans):
             return EncodingError(sample.id, "image token count differs from images × tokens per image")
         if not np.any(arrays.labels != IGNORE_INDEX):
             return EncodingError(sample.id, f"no token is trained in mode {self.settings.mode!r}")
         return arrays
 
-    def _dropping_turns(self, sample: Sample, counts: Sequence[int] | None) -> EncodedArrays | EncodingError:
+    def _dropping_turns(self, sample: Sample, spans: Spans | None) -> EncodedArrays | EncodingError:
         """`encode`'s loop for a sample over max_length, each shorter rendering through the batched
         machinery: whole trailing turns dropped until it fits."""
         pairs = self.conversation_pairs(sample)
@@ -562,11 +571,11 @@ class ChatEncoder:
             pieces = self.render(pairs[:kept])
             text = "".join(piece for _, piece in pieces)
             tokenized = batch_backend(self.tokenizer).encode_batch([text], add_special_tokens=False)
-            rendered = Rendered(sample, pieces, text, counts)
+            rendered = Rendered(sample, pieces, text, spans)
             arrays, straddling = next(ChunkRoles(self, [rendered], tokenized).samples())
             if len(arrays) <= self.settings.max_length:
                 arrays.dropped_turns = len(pairs) - kept
-                return self._checked_arrays(sample, arrays, straddling, counts)
+                return self._checked_arrays(sample, arrays, straddling, spans)
             self.straddling += straddling
         return EncodingError(
             sample.id, f"the first turn alone is longer than max_length {self.settings.max_length}"
@@ -576,12 +585,12 @@ class ChatEncoder:
 @dataclass
 class Rendered:
     """A sample rendered for the batched path: its pieces and string (or the error rendering raised)
-    and its images' token counts (None: `image_tokens` each)."""
+    and its images' spans (None: `image_tokens` image tokens each)."""
 
     sample: Sample
     pieces: Pieces | EncodingError
     text: str | None = None
-    counts: Sequence[int] | None = None
+    spans: Spans | None = None
 
 
 @dataclass
@@ -660,7 +669,7 @@ class ChunkRoles:
         self.encoder, self.texts = encoder, [r.text for r in rendered]
         pieces_of: list[Pieces] = [r.pieces for r in rendered]  # type: ignore[misc]
         self.n_images = [sum(1 for kind, _ in pieces if kind == Kind.IMAGE) for pieces in pieces_of]
-        self.counts = [r.counts for r in rendered]
+        self.rendered_spans = [r.spans for r in rendered]
         kinds = np.array([kind for pieces in pieces_of for kind, _ in pieces], dtype=np.uint8)
         self.char_kind = np.repeat(kinds, [len(piece) for pieces in pieces_of for _, piece in pieces])
         self.char_starts = np.cumsum([0] + [len(text) for text in self.texts])
@@ -726,16 +735,13 @@ class ChunkRoles:
         kinds = np.where(word_start, self.char_kind[after], self.char_kind[np.minimum(starts, n_chars - 1)])
         return kinds, word_start | one_kind
 
-    def image_counts(self) -> list[int]:
-        """Every image token's count in the chunk, rendering by rendering, in order."""
-        counts = []
-        for n_images, sizes in zip(self.n_images, self.counts, strict=True):
-            counts += (
-                list(sizes[:n_images])
-                if sizes is not None
-                else [self.encoder.settings.image_tokens] * n_images
-            )
-        return counts
+    def image_spans(self) -> list[Sequence[int]]:
+        """Every image of the chunk as its ids, rendering by rendering, in order."""
+        image_id, n = self.encoder.image_token_id, self.encoder.settings.image_tokens
+        spans: list[Sequence[int]] = []
+        for n_images, own in zip(self.n_images, self.rendered_spans, strict=True):
+            spans += list(own[:n_images]) if own is not None else [[image_id] * n] * n_images
+        return spans
 
     def samples(self) -> Iterator[tuple[EncodedArrays, int]]:
         """Each rendering's arrays (image tokens expanded, BOS first) and its straddling count."""
@@ -743,9 +749,12 @@ class ChunkRoles:
         kinds, straddling = self.token_kinds()
         image = self.ids == (-1 if encoder.image_token_id is None else encoder.image_token_id)
         repeats = np.where(image, settings.image_tokens, 1)
-        if any(counts is not None for counts in self.counts):
-            repeats[image] = self.image_counts()
+        spans = self.image_spans() if any(own is not None for own in self.rendered_spans) else None
+        if spans is not None:
+            repeats[image] = [len(span) for span in spans]
         ids, kinds = np.repeat(self.ids, repeats), np.repeat(kinds, repeats)
+        if spans:
+            ids[np.repeat(image, repeats)] = np.concatenate([np.asarray(s, dtype=np.int32) for s in spans])
         lengths = np.bincount(self.sample_of, weights=repeats, minlength=len(self.texts)).astype(np.int64)
         if encoder.add_bos:
             firsts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -770,14 +779,14 @@ def encode_prompt(
     encoder: ChatEncoder,
     question: str,
     history: Sequence[tuple[str, str]] = (),
-    counts: Sequence[int] | None = None,
+    spans: Spans | None = None,
 ) -> list[int]:
     """Ids of a generation prompt: earlier (question, answer) turns, then the question, then the
-    assistant tag, rendered and tokenized exactly as in training (`counts`: as in `tokenize`)."""
+    assistant tag, rendered and tokenized exactly as in training (`spans`: as in `tokenize`)."""
     if IMAGE_TAG in question + "".join(q for q, _ in history) and encoder.image_token_id is None:
         raise ValueError(f"the tokenizer has no {IMAGE_TAG} token; this model cannot take images")
     turns = [(encoder.placed(q), a) for q, a in history]
-    ids, _ = encoder.tokenize(encoder.render([*turns, (encoder.placed(question), None)]), counts)
+    ids, _ = encoder.tokenize(encoder.render([*turns, (encoder.placed(question), None)]), spans)
     return ids
 
 

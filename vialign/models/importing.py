@@ -2,7 +2,8 @@
 
 transformers reads GGUF through the `gguf` package and dequantizes it, but refuses to `save_pretrained`
 a model loaded that way; the model is therefore rebuilt from its config (without the quantization entry)
-and given the dequantized state dict.
+and given the dequantized state dict. A multimodal checkpoint gives its language model, text only: the
+inner LLM that rewrites and reviews in its own words (`align rewrite --llm`, `align gap`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,23 @@ def rebuilt_from_gguf(path: Path, dtype: torch.dtype) -> PreTrainedModel:
     return model
 
 
+def inner_language_model(path: Path, dtype: torch.dtype) -> tuple[Any, PreTrainedModel]:
+    """A multimodal checkpoint's language model and LM head as a causal LM of the family's text
+    architecture, weights copied strictly, with the checkpoint's tokenizer and chat template."""
+    from vialign.models.families import family_of
+    from vialign.models.loading import load_llava
+
+    multimodal, processor = load_llava(path, dtype=dtype)
+    family = family_of(multimodal)
+    config = family.text_lm_config(multimodal.config.text_config)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.model.load_state_dict(getattr(multimodal.model, family.language_model).state_dict())
+    model.lm_head.load_state_dict(multimodal.lm_head.state_dict())
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    return processor.tokenizer, model
+
+
 def tiny_family_lm(family: str, dtype: torch.dtype) -> tuple[Any, PreTrainedModel]:
     """A tiny random Llama with a real family's tokenizer and chat template: the lab's stages run on it
     in the tests exactly as on the real model."""
@@ -84,9 +102,10 @@ def import_model(source: str | Path, out: str | Path, dtype: Dtype = "float32") 
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             model = rebuilt_from_gguf(path, torch_dtype)
             identity = fingerprint_file(path)
+        elif "vision_config" in AutoConfig.from_pretrained(str(path)).to_dict():
+            tokenizer, model = inner_language_model(path, torch_dtype)
+            identity = fingerprint_dir(path, "*.*")
         else:
-            if "vision_config" in AutoConfig.from_pretrained(str(path)).to_dict():
-                raise ValueError(f"{path} is a multimodal checkpoint; load it directly, it needs no import")
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, use_safetensors=True)
             identity = fingerprint_dir(path, "*.*")

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 
 from vialign.models.encoding import IGNORE_INDEX, ChatEncoder, EncodeReport, EncoderSettings
 from vialign.models.families import family_of
-from vialign.models.families.base import ImageTokenCounts
+from vialign.models.families.base import ImageSpansOf
 from vialign.models.loading import processor_image_tokens, save_llava, save_processor
 from vialign.progress import ProgressLines, on_terminal
 from vialign.records import JsonlWriter
@@ -35,6 +35,7 @@ from vialign.train.lora import use_fused_lora
 from vialign.train.memory import CheckpointingDecision, decide_checkpointing
 from vialign.train.sampling import ShuffledLengthGroupedSampler
 from vialign.train.settings import (
+    LM_LORA_TARGET,
     ChatTrainerSettings,
     PartsSettings,
     TrainerSettings,
@@ -66,11 +67,14 @@ def add_lora(model: PreTrainedModel, settings: PartsSettings) -> PreTrainedModel
     from peft import LoraConfig, get_peft_model
 
     lora, family = settings.lora, family_of(model)
+    target = lora.target_modules
+    if target == LM_LORA_TARGET:  # the default: the language model, by the family's name for it
+        target = target.replace("language_model", family.language_model)
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=target,
         modules_to_save=list(family.projector_modules) if settings.resolved("train_projector") else None,
         task_type="CAUSAL_LM",
     )
@@ -379,7 +383,7 @@ def training_encoder(
             image_first=settings.image_first,
             templates=frozenset(templates["sentences"]) if templates else frozenset(),
         ),
-        None if fixed else ImageTokenCounts(processor, image_root),
+        None if fixed else ImageSpansOf(family, processor, image_root),
     )
 
 
@@ -400,7 +404,8 @@ def prepare_for_training(
 def compile_decoder_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
     """`torch.compile` each decoder layer of the language model in place (the layers its class lists as
     never to be split across devices); returns how many. Shapes vary with every packed batch: dynamic."""
-    language_model = next(m for name, m in model.named_modules() if name.endswith("language_model"))
+    name_of_lm = family_of(model).language_model
+    language_model = next(m for name, m in model.named_modules() if name.endswith(name_of_lm))
     layer_classes = set(getattr(language_model, "_no_split_modules", None) or ())
     layers = [m for m in language_model.modules() if type(m).__name__ in layer_classes]
     if not layers:

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from vialign.models.families.base import ModelFamily
+from vialign.models.families.idefics3 import IDEFICS3
 from vialign.models.families.llava import LLAVA
 from vialign.models.families.llava_next import LLAVA_NEXT
 from vialign.models.families.qwen2_vl import QWEN2_VL
 
-FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (LLAVA, LLAVA_NEXT, QWEN2_VL)}
+FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (LLAVA, LLAVA_NEXT, QWEN2_VL, IDEFICS3)}
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,13 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
         "Qwen2-VL's vision special tokens added (`<|vision_start|>`, `<|vision_end|>`, `<|image_pad|>`, "
         "`<|video_pad|>`) and Qwen2-VL-Instruct's chat template: the layout and masks are Qwen2-VL's, "
         "the token ids are not",
+    ),
+    "smolvlm": TinyFamily(
+        IDEFICS3,
+        "smolvlm",
+        "SmolLM2-135M-Instruct's tokenizer (SmolVLM's language model is SmolLM2) with SmolVLM's image tokens "
+        "(`<fake_token_around_image>`, `<image>`, `<global-img>`, `<row_r_col_c>`) and `<end_of_utterance>` "
+        "added, `<end_of_utterance>` as its end of sequence, and SmolVLM's chat template",
     ),
 }
 

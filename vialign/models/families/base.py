@@ -24,6 +24,15 @@ def height_width(file: Path) -> tuple[int, int]:
     return height, width
 
 
+def repeated_image_token(processor: ProcessorMixin, sizes: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Each image as its processor's image token, repeated as many times as the processor's rule says."""
+    return [[processor.image_token_id] * n for n in processor_token_counts(processor, sizes)]
+
+
+def text_config_as_is(text_config: Any) -> Any:
+    return text_config
+
+
 TinyBuilder = Callable[[PreTrainedTokenizerBase, TinyModelSettings], tuple[PreTrainedModel, ProcessorMixin]]
 
 
@@ -39,11 +48,15 @@ class ModelFamily:
     # whether every image becomes the same number of tokens, whatever its size (no image is read to encode)
     fixed_image_tokens: bool
     build_tiny: TinyBuilder
+    # where they vary, each image (by its height, width) as the ids its image token becomes
+    image_spans: Callable[[Any, Sequence[tuple[int, int]]], list[list[int]]] = repeated_image_token
     # how a record's <image> is written: `image_text`, of which the processor expands `image_token`, and
     # what follows each image a turn starts with (see `EncoderSettings`)
     image_token: str = IMAGE_TAG
     image_text: str = IMAGE_TAG
     image_separator: str = "\n"
+    image_glued_to_role: bool = False  # SmolVLM writes `User:<image>` where text alone is `User: text`
+    language_model: str = "language_model"  # the language model's module name (LoRA's scope, compile)
     # the chat format a fine-tuning stage uses where LLaVA's presets say vicuna_v1 and none is set
     native_chat_format: str = "vicuna_v1"
     # whether a caller gives 1-D position ids (from the attention mask, for left padding); an M-RoPE
@@ -51,15 +64,18 @@ class ModelFamily:
     one_d_positions: bool = True
     # inputs a forward pass takes besides ids and images (`batch`, the packed rows or None, the processor)
     with_model_inputs: Callable[[dict, list | None, Any], dict] | None = None
+    # the config of a causal LM that holds the language model's weights (`model import` of the checkpoint)
+    text_lm_config: Callable[[Any], Any] = text_config_as_is
     load_processor: Callable[[str, bool], Any] | None = None  # default: AutoProcessor
     save_processor: Callable[[Any, Path], None] | None = None  # default: the processor's save_pretrained
 
-    def encoder_fields(self) -> dict[str, str]:
+    def encoder_fields(self) -> dict[str, str | bool]:
         """The `EncoderSettings` that write this family's images."""
         return {
             "image_token": self.image_token,
             "image_text": self.image_text,
             "image_separator": self.image_separator,
+            "image_glued_to_role": self.image_glued_to_role,
         }
 
     def chat_format(self, preset: str) -> str:
@@ -91,28 +107,32 @@ def processor_token_counts(processor: ProcessorMixin, sizes: Sequence[tuple[int,
 
 
 @dataclass
-class ImageTokenCounts:
-    """Per sample, the token count of each of its images, from the images' sizes (their headers only)
-    and the processor's rule: what the encoder expands image tags to for a family whose count depends
-    on the image (LLaVA-NeXT's AnyRes tiles). Image files are taken as unchanging, as the encoded-data
-    cache takes the corpus' images."""
+class ImageSpansOf:
+    """Per sample, each of its images as the ids its image token becomes, from the images' sizes (their
+    headers only) and the family's rule: what the encoder writes for a family whose image tokens depend
+    on the image. Image files are taken as unchanging, as the encoded-data cache takes the corpus' images."""
 
+    family: ModelFamily
     processor: Any
     image_root: str | Path | None
 
-    def __call__(self, sample: Sample) -> list[int]:
+    def __call__(self, sample: Sample) -> list[list[int]]:
         if not sample.images:
             return []
         if self.image_root is None:
             raise ValueError("the image root is needed to size this family's image tokens")
         return self.of_files([confined_image_path(self.image_root, path) for path in sample.images])
 
-    def of_files(self, files: Sequence[Path]) -> list[int]:
-        return processor_token_counts(self.processor, [height_width(file) for file in files])
+    def of_files(self, files: Sequence[Path]) -> list[list[int]]:
+        return self.of_sizes([height_width(file) for file in files])
+
+    def of_sizes(self, sizes: Sequence[tuple[int, int]]) -> list[list[int]]:
+        return self.family.image_spans(self.processor, sizes)
 
     def key(self) -> dict[str, Any]:
-        """What the counts depend on besides the images: the cache key of an encoding made with them."""
+        """What the spans depend on besides the images: the cache key of an encoding made with them."""
         return {
+            "family": self.family.name,
             "image_processor": self.processor.image_processor.to_dict(),
             "image_root": str(self.image_root),
         }

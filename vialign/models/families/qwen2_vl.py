@@ -20,6 +20,7 @@ from transformers import (
     AutoProcessor,
     AutoTokenizer,
     PreTrainedTokenizerBase,
+    Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLProcessor,
@@ -144,6 +145,15 @@ def build_tiny_qwen2_vl(
     return model, image_only_processor(images, tokenizer)
 
 
+def qwen2_text_config(text_config: Any) -> Qwen2Config:
+    """Qwen2-VL's language model as a plain Qwen2: the same layers and weights; on text alone M-RoPE's
+    three position rows are equal, which is 1-D RoPE with the same frequencies."""
+    fields = text_config.to_dict()
+    rope = {k: v for k, v in (fields.get("rope_parameters") or {}).items() if k != "mrope_section"}
+    keep = set(Qwen2Config().to_dict()) - {"model_type", "transformers_version", "architectures"}
+    return Qwen2Config(**{**{k: v for k, v in fields.items() if k in keep}, "rope_parameters": rope})
+
+
 def token_types(input_ids: torch.Tensor, image_token_id: int) -> torch.Tensor:
     """`mm_token_type_ids`: 1 at image tokens, 0 elsewhere."""
     return (input_ids == image_token_id).int()
@@ -207,6 +217,7 @@ QWEN2_VL = ModelFamily(
     image_separator="",
     native_chat_format="tokenizer",
     one_d_positions=False,
+    text_lm_config=qwen2_text_config,
     with_model_inputs=with_model_inputs,
     load_processor=load_processor,
     save_processor=save_processor,

@@ -18,13 +18,15 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE as SMOLVLM_TEMPLATE
 
+from vialign.models.families.idefics3 import END_OF_UTTERANCE
+from vialign.models.families.idefics3 import IMAGE_TOKENS as IDEFICS3_IMAGE_TOKENS
 from vialign.models.families.qwen2_vl import CHAT_TEMPLATE as QWEN2_VL_TEMPLATE
 from vialign.models.families.qwen2_vl import VISION_TOKENS
 from vialign.models.tokenizer import CHAT_TEMPLATE
 from vialign.records import IMAGE_TAG
 
-FAMILIES = ("toy", "llava-1.5", "smollm2")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -116,10 +118,24 @@ def qwen2_vl_tokenizer() -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def smolvlm_tokenizer() -> PreTrainedTokenizerBase:
+    """SmolVLM's tokenizer: SmolLM2's (its language model's) with SmolVLM's image tokens and end of
+    utterance added, and SmolVLM's chat template (transformers' own copy of it)."""
+    tokenizer = smollm2_text_tokenizer()
+    added = [
+        AddedToken(t, special=True, normalized=False) for t in (*IDEFICS3_IMAGE_TOKENS, END_OF_UTTERANCE)
+    ]
+    tokenizer.add_tokens(added, special_tokens=True)
+    tokenizer.eos_token = END_OF_UTTERANCE
+    tokenizer.chat_template = SMOLVLM_TEMPLATE
+    return tokenizer
+
+
 FAMILY_TOKENIZERS: dict[str, Callable[[], PreTrainedTokenizerBase]] = {
     "llava-1.5": llava15_tokenizer,
     "smollm2": smollm2_tokenizer,
     "qwen2-vl": qwen2_vl_tokenizer,
+    "smolvlm": smolvlm_tokenizer,
 }
 
 
