@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_families import RECORDS, SAMPLES
+from tests.test_families import RECORDS, SAMPLES, TEMPLATES
 from tests.test_train import loss_and_grads
 from vialign.models.encoding import IGNORE_INDEX, TRAINED, ChatEncoder, EncoderSettings, Kind, encode_all
 from vialign.models.families import FAMILIES, family_named, family_of
@@ -103,9 +103,10 @@ def processor_ids(processor, root, sample: Sample) -> list[int]:
     return processor(text=text, images=pictures)["input_ids"][0]
 
 
-def encoder_of(world, mode="lit"):
+def encoder_of(world, mode="lit", templates=None):
     model, processor = load_llava(world / "model")
-    return model, processor, training_encoder(processor, SFTSettings(mode=mode), mode, image_root=world)
+    encoder = training_encoder(processor, SFTSettings(mode=mode), mode, templates, image_root=world)
+    return model, processor, encoder
 
 
 def test_registry_names_each_family_and_finds_it_from_model_and_processor(world):
@@ -120,9 +121,10 @@ def test_registry_names_each_family_and_finds_it_from_model_and_processor(world)
 @pytest.mark.parametrize("mode", ["lit", "response"])
 def test_ids_are_the_processors_and_labels_are_exact(world, mode):
     """Every record kind (image last, templates, multi-turn, text only) and a two-image sample: the ids
-    are those the family's own processor makes, no image, template, role or system token is trained,
-    every answer token and its end of turn are."""
-    _, processor, encoder = encoder_of(world, mode)
+    are those the family's own processor makes; what is trained, decoded, is exactly every answer and its
+    end of turn (and in LIT the user's own text, without image tags or templates): no image, template,
+    role or system token."""
+    _, processor, encoder = encoder_of(world, mode, {"sentences": sorted(TEMPLATES)})
     samples = list(read_samples(world / "train.jsonl"))
     image_id, eos = processor.image_token_id, processor.tokenizer.eos_token
     counts = set()
@@ -130,13 +132,28 @@ def test_ids_are_the_processors_and_labels_are_exact(world, mode):
         assert encoded.input_ids == processor_ids(processor, world, sample), sample.id
         trained = [label != IGNORE_INDEX for label in encoded.labels]
         assert trained == [Kind(k) in TRAINED[mode] for k in encoded.kinds], sample.id
-        assert not any(t for t, i in zip(trained, encoded.input_ids, strict=True) if i == image_id)
-        if mode == "response":
-            answers = "".join(t.value + eos for t in sample.conversations if t.role == "gpt")
-            kept = [i for i, t in zip(encoded.input_ids, trained, strict=True) if t]
-            assert processor.tokenizer.decode(kept).replace(" ", "") == answers.replace(" ", ""), sample.id
+        kept = [i for i, t in zip(encoded.input_ids, trained, strict=True) if t]
+        assert "".join(processor.tokenizer.decode(kept).split()) == trained_text(sample, mode, eos), sample.id
         counts.add(encoded.input_ids.count(image_id))
     assert len(counts - {0}) >= 2, "image sizes give different token counts"
+
+
+def trained_text(sample: Sample, mode: str, eos: str) -> str:
+    """What a sample trains, whitespace removed: its answers each with the end of turn, and in LIT the
+    user's turns first, without image tags and template sentences."""
+    text = ""
+    for turn in sample.conversations:
+        if turn.role == "gpt":
+            text += turn.value + eos
+        elif mode == "lit":
+            text += strip_templates(turn.value.replace(IMAGE_TAG, ""))
+    return "".join(text.split())
+
+
+def strip_templates(text: str) -> str:
+    for template in TEMPLATES:
+        text = text.replace(template, "")
+    return text
 
 
 def test_batched_and_one_by_one_encodings_agree(world):
@@ -170,10 +187,9 @@ def test_packed_batch_has_the_loss_and_gradients_of_the_padded_batch(world):
     items, _ = encode_all(encoder, list(read_samples(world / "train.jsonl")))
     rows = [SFTDataset(items, world)[i] for i in range(len(items))]
     family = family_of(processor)
-    common = (processor.tokenizer.pad_token_id, processor.image_processor, family.image_inputs)
-    padded = SFTCollator(*common, family.model_inputs(processor))(rows)
+    padded = SFTCollator.of(processor)(rows)
     width = sum(len(r["input_ids"]) for r in rows) // 2
-    packed = PackedSFTCollator(*common, family.model_inputs(processor), row_tokens=width)(rows)
+    packed = PackedSFTCollator.of(processor, row_tokens=width)(rows)
     assert 1 < packed["input_ids"].shape[0] < len(rows)
     if family.name == "qwen2-vl":
         assert packed["position_ids"].shape == (4, *packed["input_ids"].shape)
@@ -241,6 +257,8 @@ def test_lora_sft_then_dpo_then_generation(world, tmp_path):
     assert backend.prompt_ids(request) == processor(text=prompt, images=Image.open(wide))["input_ids"][0]
     [result] = backend.generate([request], GenerationParams(max_new_tokens=4))
     assert result.error is None and isinstance(result.texts[0], str)
+    [probs] = backend.option_probs([request], ["Yes", "No"])  # the yes/no judge's reading
+    assert 0 < probs["Yes"] + probs["No"] <= 1
 
 
 @pytest.mark.parametrize("image_mode", ["pad", "processor"])

@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vialign.models.encoding import IGNORE_INDEX, Encoded
+from vialign.models.families import family_of
 from vialign.records import Sample, confined_image_path
 
 
@@ -54,6 +55,18 @@ class SFTCollator:
     # the family's completion of a batch (`ModelFamily.model_inputs`: Qwen2-VL's token types and packed
     # M-RoPE positions), given the batch and, when packed, its samples row by row
     model_inputs: Callable[[dict, list | None], dict] | None = None
+
+    @classmethod
+    def of(cls, processor: Any, **fields: Any) -> SFTCollator:
+        """The collator for a processor's model family (its image inputs and batch completion)."""
+        family = family_of(processor)
+        return cls(
+            processor.tokenizer.pad_token_id,
+            processor.image_processor,
+            family.image_inputs,
+            family.model_inputs(processor),
+            **fields,
+        )
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)

@@ -69,7 +69,7 @@ def image_reliance(model_path: str, data: Path, image_root: Path, settings: Reli
     random.Random(settings.seed).shuffle(order)
     shift = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}  # a derangement
     swapped = [{**row, "images": rows[shift[i]]["images"]} for i, row in enumerate(rows)]
-    collator = SFTCollator(processor.tokenizer.pad_token_id, processor.image_processor)
+    collator = SFTCollator.of(processor)
     own = answer_nll(model, collator, rows, settings.batch_size, compute)
     other = answer_nll(model, collator, swapped, settings.batch_size, compute)
     return {

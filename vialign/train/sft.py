@@ -12,7 +12,6 @@ from vialign.data.templates import detected_templates, read_template_file
 from vialign.manifest import Manifest, fingerprint_file, fingerprint_settings, stage_manifest
 from vialign.models.encoded_cache import encode_dataset
 from vialign.models.encoding import ChatEncoder
-from vialign.models.families import family_of
 from vialign.models.loading import load_llava, load_processor
 from vialign.records import read_samples
 from vialign.stage import StageContext
@@ -22,13 +21,11 @@ from vialign.train.settings import SFTSettings
 
 
 def sft_collator(processor: Any, settings: SFTSettings) -> SFTCollator:
-    family = family_of(processor)
-    common = (processor.tokenizer.pad_token_id, processor.image_processor, family.image_inputs)
     if settings.packing:
-        return PackedSFTCollator(
-            *common, family.model_inputs(processor), settings.pack_tokens, settings.max_length
+        return PackedSFTCollator.of(
+            processor, row_tokens=settings.pack_tokens, max_tokens=settings.max_length
         )
-    return SFTCollator(*common, family.model_inputs(processor))
+    return SFTCollator.of(processor)
 
 
 def training_templates(settings: SFTSettings, mode: str, data: str | Path) -> dict[str, Any] | None:
