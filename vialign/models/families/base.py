@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,8 @@ class ImageSpansOf:
     family: ModelFamily
     processor: Any
     image_root: str | Path | None
+    # spans by image size: a corpus has few distinct sizes, and the processor's rule is not free
+    known: dict[tuple[int, int], list[int]] = field(default_factory=dict)
 
     def __call__(self, sample: Sample) -> list[list[int]]:
         if not sample.images:
@@ -127,7 +129,10 @@ class ImageSpansOf:
         return self.of_sizes([height_width(file) for file in files])
 
     def of_sizes(self, sizes: Sequence[tuple[int, int]]) -> list[list[int]]:
-        return self.family.image_spans(self.processor, sizes)
+        new = [size for size in dict.fromkeys(sizes) if size not in self.known]
+        if new:
+            self.known.update(zip(new, self.family.image_spans(self.processor, new), strict=True))
+        return [self.known[size] for size in sizes]
 
     def key(self) -> dict[str, Any]:
         """What the spans depend on besides the images: the cache key of an encoding made with them."""
