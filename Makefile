@@ -37,7 +37,7 @@ browser:
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -n 2 $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

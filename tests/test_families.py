@@ -21,7 +21,7 @@ from vialign.models.encoding import (
 )
 from vialign.models.families.tokenizers import add_image_token, llava15_tokenizer, smollm2_tokenizer
 from vialign.models.tokenizer import VICUNA_SYSTEM
-from vialign.records import IMAGE_TAG, Sample
+from vialign.records import IMAGE_TAG, Sample, write_jsonl
 
 SHORT = "Answer the question using a single word or phrase."
 LETTER = "Answer with the option's letter from the given choices directly."
@@ -439,7 +439,6 @@ def real_world(tmp_path_factory):
 
     from vialign.models.loading import build_tiny_model
     from vialign.models.tiny import TinyModelSettings
-    from vialign.records import write_jsonl
 
     root = tmp_path_factory.mktemp("real")
     for k, record in enumerate(RECORDS):
@@ -483,10 +482,8 @@ def test_lit_sft_trains_on_llava15_family_without_quarantine(real_world, tmp_pat
         assert torch.equal(tensor, after[name]) == name.startswith(LLAVA.parts["vision"]), name
 
 
-def test_dpo_trains_on_llava15_family(real_world, tmp_path):
-    from vialign.records import write_jsonl
-    from vialign.train.dpo import DPOSettings, train_dpo
-
+def write_preference_pairs(path, n: int) -> None:
+    """The first `n` records' first questions, their answers chosen over a refusal to look."""
     pairs = [
         {
             "id": f"p{k}",
@@ -495,9 +492,15 @@ def test_dpo_trains_on_llava15_family(real_world, tmp_path):
             "chosen": RECORDS[k]["conversations"][1]["value"],
             "rejected": "I cannot see anything.",
         }
-        for k in range(4)
+        for k in range(n)
     ]
-    write_jsonl([Sample.model_validate(p) for p in pairs], tmp_path / "pairs.jsonl")
+    write_jsonl([Sample.model_validate(p) for p in pairs], path)
+
+
+def test_dpo_trains_on_llava15_family(real_world, tmp_path):
+    from vialign.train.dpo import DPOSettings, train_dpo
+
+    write_preference_pairs(tmp_path / "pairs.jsonl", 4)
     settings = DPOSettings(use_cpu=True, batch_size=2, max_steps=2, logging_steps=1, warmup_ratio=0.0)
     manifest = train_dpo(
         real_world / "llava15", tmp_path / "pairs.jsonl", tmp_path / "dpo", settings, image_root=real_world

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_families import RECORDS, SAMPLES, TEMPLATES
+from tests.test_families import RECORDS, SAMPLES, TEMPLATES, write_preference_pairs
 from tests.test_train import loss_and_grads
 from vialign.models.encoding import IGNORE_INDEX, TRAINED, ChatEncoder, EncoderSettings, Kind, encode_all
 from vialign.models.families import FAMILIES, family_named, family_of
@@ -233,17 +233,7 @@ def test_lora_sft_then_dpo_then_generation(world, tmp_path):
     changed = {family.part_of(n) for n, w in before.items() if not torch.equal(w, after[n])}
     assert changed == {"projector", "llm"}
 
-    pairs = [
-        {
-            "id": f"p{k}",
-            "image": RECORDS[k]["image"],
-            "conversations": [RECORDS[k]["conversations"][0]],
-            "chosen": RECORDS[k]["conversations"][1]["value"],
-            "rejected": "I cannot see anything.",
-        }
-        for k in range(3)
-    ]
-    write_jsonl([Sample.model_validate(p) for p in pairs], tmp_path / "pairs.jsonl")
+    write_preference_pairs(tmp_path / "pairs.jsonl", 3)
     dpo = DPOSettings(use_cpu=True, batch_size=3, max_steps=1, logging_steps=1, warmup_ratio=0.0)
     manifest = train_dpo(tmp_path / "sft", tmp_path / "pairs.jsonl", tmp_path / "dpo", dpo, image_root=world)
     assert manifest.counts["pairs"] == 3 and not manifest.counts.get("quarantined")
@@ -261,8 +251,7 @@ def test_lora_sft_then_dpo_then_generation(world, tmp_path):
     assert 0 < probs["Yes"] + probs["No"] <= 1
 
 
-@pytest.mark.parametrize("image_mode", ["pad", "processor"])
-def test_reward_model_scores_alike_left_or_right_padded_and_alone(world, image_mode):
+def test_reward_model_scores_alike_left_or_right_padded_and_alone(world):
     """A reward model over the family's backbone: candidates' image tokens follow the image as the
     reward model's preprocessing shapes it, and a score does not depend on padding side or batch."""
     from vialign.curate.reward import PreprocessSettings, RewardInputs, RewardModel, answer_text
@@ -271,7 +260,7 @@ def test_reward_model_scores_alike_left_or_right_padded_and_alone(world, image_m
     model, processor = load_llava(world / "model")
     torch.manual_seed(0)
     reward = RewardModel(model).eval()
-    inputs = RewardInputs(processor, PreprocessSettings(image_mode=image_mode))
+    inputs = RewardInputs(processor, PreprocessSettings(image_mode="pad"))  # the size a square pads to
     examples = []
     for sample in SAMPLES[:4]:
         images = [world / path for path in sample.images]

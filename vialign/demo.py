@@ -21,6 +21,7 @@ QUICK = {
     "dpo_steps": 4,
     "eval_limit": 12,
     "rewrite_limit": 20,
+    "caption_java": False,  # each Java start (PTB tokenizer, METEOR) costs seconds per evaluation
 }
 
 

@@ -27,6 +27,7 @@ QUICK = {
     "resamples": 100,
     "ifeval_tokens": 24,
     "rewrite_tokens": 24,
+    "caption_java": False,  # each Java start (PTB tokenizer, METEOR) costs seconds per evaluation
 }
 
 

@@ -117,7 +117,10 @@ class Caption:
         self, items: Sequence[EvalItem], predictions: dict[str, str], settings: Any
     ) -> tuple[list[dict], dict]:
         result = caption_scores(
-            {i.id: i.truth["references"] for i in items}, {i.id: predictions[i.id] for i in items}
+            {i.id: i.truth["references"] for i in items},
+            {i.id: predictions[i.id] for i in items},
+            spice=settings.caption_spice,
+            java=settings.caption_java,
         )
         records = [
             {"id": i.id, "prediction": predictions[i.id], "cider": result["per_image_cider"][i.id]}

@@ -209,17 +209,18 @@ def fallback_tokenize(captions: dict[Any, list[str]]) -> dict[Any, list[str]]:
 
 
 def caption_scores(
-    references: dict[Any, list[str]], predictions: dict[Any, str], spice: bool = False
+    references: dict[Any, list[str]], predictions: dict[Any, str], spice: bool = False, java: bool = True
 ) -> dict[str, Any]:
-    """CIDEr and BLEU-4 with pycocoevalcap (METEOR and SPICE too when Java runs them). Returns corpus
-    metrics, per-image CIDEr, the tokenizer used, and notes on what was skipped."""
+    """CIDEr and BLEU-4 with pycocoevalcap (METEOR and SPICE too when Java runs them, unless `java` is
+    off). Returns corpus metrics, per-image CIDEr, the tokenizer used, and notes on what was skipped."""
+    java = java and java_available()
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
 
     gts = {k: [{"caption": c} for c in v] for k, v in references.items()}
     res = {k: [{"caption": predictions[k]}] for k in references}
     notes = []
-    if java_available():
+    if java:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
         tokenizer = PTBTokenizer()
@@ -227,14 +228,14 @@ def caption_scores(
     else:
         gts_t = fallback_tokenize(references)
         res_t = fallback_tokenize({k: [predictions[k]] for k in references})
-        tokenizer_name = "python (no Java: PTB tokenizer unavailable)"
-        notes.append("METEOR and SPICE skipped: Java is not installed")
+        tokenizer_name = "python (the PTB tokenizer needs Java: not installed, or caption_java off)"
+        notes.append("METEOR and SPICE skipped: Java is not installed or caption_java is off")
     # pycocoevalcap treats an empty hypothesis as an error; score it as the single token "" would be.
     res_t = {k: [v[0] if v[0].strip() else "<empty>"] for k, v in res_t.items()}
     bleu, _ = Bleu(4).compute_score(gts_t, res_t, verbose=0)
     cider, per_image = Cider().compute_score(gts_t, res_t)
     metrics = {"CIDEr": float(cider), "BLEU-4": float(bleu[3])}
-    if java_available():
+    if java:
         metrics.update(java_metrics(gts_t, res_t, notes, spice))
     keys = list(gts_t)
     return {

@@ -51,6 +51,11 @@ class EvalSettings(Settings):
     caption_spice: bool = Field(
         False, description="SPICE needs Java and downloads Stanford CoreNLP on first use"
     )
+    caption_java: bool = Field(
+        True,
+        description="where Java is installed, the PTB tokenizer and METEOR run in it (seconds to start "
+        "each time); false: the Python tokenizer and no METEOR, as on a machine without Java",
+    )
     bench: dict[str, BenchSettings] = Field(default_factory=dict, description="per-benchmark overrides")
     limit: int | None = Field(None, ge=1, description="first N items of every benchmark")
     model: ModelSettings = Field(default_factory=ModelSettings)

@@ -9,6 +9,9 @@ makes image tokens and image features disagree.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+import torch
 from pydantic import Field, model_validator
 from transformers import (
     CLIPVisionConfig,
@@ -21,6 +24,8 @@ from transformers.models.siglip import SiglipImageProcessorPil
 
 from vialign.choices import Family, Vision
 from vialign.config import Settings
+
+T = TypeVar("T")
 
 
 class TinyModelSettings(Settings):
@@ -89,6 +94,15 @@ def image_processor(s: TinyModelSettings) -> CLIPImageProcessorPil | SiglipImage
 def select_strategy(s: TinyModelSettings) -> tuple[str, int]:
     """(vision_feature_select_strategy, num_additional_image_tokens) that keep tokens and features equal."""
     return ("default", 1) if s.vision == "clip" else ("full", 0)
+
+
+def random_model(model_class: type[T], config: Any, tokenizer: PreTrainedTokenizerBase, seed: int) -> T:
+    """A model of random weights (seeded) that generates with the tokenizer's pad and end tokens."""
+    torch.manual_seed(seed)
+    model = model_class(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
 
 
 def text_config(tokenizer: PreTrainedTokenizerBase, s: TinyModelSettings) -> LlamaConfig:

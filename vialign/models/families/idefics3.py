@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from transformers import (
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -22,7 +21,7 @@ from transformers import (
 from transformers.models.idefics3 import Idefics3ImageProcessorPil
 
 from vialign.models.families.base import ModelFamily
-from vialign.models.tiny import TinyModelSettings, text_config
+from vialign.models.tiny import TinyModelSettings, random_model, text_config
 from vialign.records import IMAGE_TAG
 
 CROP_TOKENS = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
@@ -69,10 +68,7 @@ def build_tiny_idefics3(
         scale_factor=factor,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TAG),
     )
-    torch.manual_seed(settings.seed)
-    model = Idefics3ForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model = random_model(Idefics3ForConditionalGeneration, config, tokenizer, settings.seed)
     side = settings.image_size
     images = Idefics3ImageProcessorPil(
         do_image_splitting=True, max_image_size={"longest_edge": side}, size={"longest_edge": 2 * side}

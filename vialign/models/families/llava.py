@@ -3,13 +3,15 @@ every image becomes the same number of `<image>` tokens (the tower's patches, CL
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerBase
 
 from vialign.models.families.base import ModelFamily
 from vialign.models.tiny import (
     TinyModelSettings,
     image_processor,
+    random_model,
     select_strategy,
     text_config,
     vision_config,
@@ -17,30 +19,38 @@ from vialign.models.tiny import (
 from vialign.records import IMAGE_TAG
 
 
+def llava_config_fields(tokenizer: PreTrainedTokenizerBase, settings: TinyModelSettings) -> dict[str, Any]:
+    """What a tiny LLaVA's config holds, LLaVA-1.5's and LLaVA-NeXT's alike."""
+    return {
+        "vision_config": vision_config(settings),
+        "text_config": text_config(tokenizer, settings),
+        "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TAG),
+        "vision_feature_select_strategy": select_strategy(settings)[0],
+        "vision_feature_layer": -1,
+        "projector_hidden_act": "gelu",
+    }
+
+
+def llava_processor_fields(tokenizer: PreTrainedTokenizerBase, settings: TinyModelSettings) -> dict[str, Any]:
+    """What a tiny LLaVA's processor takes besides its image processor, LLaVA-1.5's and LLaVA-NeXT's alike."""
+    strategy, additional = select_strategy(settings)
+    return {
+        "tokenizer": tokenizer,
+        "patch_size": settings.patch_size,
+        "vision_feature_select_strategy": strategy,
+        "num_additional_image_tokens": additional,
+        "chat_template": tokenizer.chat_template,
+        "image_token": IMAGE_TAG,
+    }
+
+
 def build_tiny_llava(
     tokenizer: PreTrainedTokenizerBase, settings: TinyModelSettings
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    strategy, additional = select_strategy(settings)
-    config = LlavaConfig(
-        vision_config=vision_config(settings),
-        text_config=text_config(tokenizer, settings),
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TAG),
-        vision_feature_select_strategy=strategy,
-        vision_feature_layer=-1,
-        projector_hidden_act="gelu",
-    )
-    torch.manual_seed(settings.seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    config = LlavaConfig(**llava_config_fields(tokenizer, settings))
+    model = random_model(LlavaForConditionalGeneration, config, tokenizer, settings.seed)
     processor = LlavaProcessor(
-        image_processor=image_processor(settings),
-        tokenizer=tokenizer,
-        patch_size=settings.patch_size,
-        vision_feature_select_strategy=strategy,
-        num_additional_image_tokens=additional,
-        chat_template=tokenizer.chat_template,
-        image_token=IMAGE_TAG,
+        image_processor=image_processor(settings), **llava_processor_fields(tokenizer, settings)
     )
     return model, processor
 

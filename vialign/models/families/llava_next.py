@@ -6,7 +6,6 @@ image's token count depends on its size (the processor's rule), and a forward pa
 
 from __future__ import annotations
 
-import torch
 from transformers import (
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
@@ -16,8 +15,8 @@ from transformers import (
 from transformers.models.llava_next import LlavaNextImageProcessorPil
 
 from vialign.models.families.base import ModelFamily
-from vialign.models.tiny import TinyModelSettings, select_strategy, text_config, vision_config
-from vialign.records import IMAGE_TAG
+from vialign.models.families.llava import llava_config_fields, llava_processor_fields
+from vialign.models.tiny import TinyModelSettings, random_model
 
 
 def grid_pinpoints(settings: TinyModelSettings) -> list[list[int]]:
@@ -27,36 +26,16 @@ def grid_pinpoints(settings: TinyModelSettings) -> list[list[int]]:
 def build_tiny_llava_next(
     tokenizer: PreTrainedTokenizerBase, settings: TinyModelSettings
 ) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
-    strategy, additional = select_strategy(settings)
     pinpoints = grid_pinpoints(settings)
-    config = LlavaNextConfig(
-        vision_config=vision_config(settings),
-        text_config=text_config(tokenizer, settings),
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TAG),
-        vision_feature_select_strategy=strategy,
-        vision_feature_layer=-1,
-        image_grid_pinpoints=pinpoints,
-        projector_hidden_act="gelu",
-    )
-    torch.manual_seed(settings.seed)
-    model = LlavaNextForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    config = LlavaNextConfig(**llava_config_fields(tokenizer, settings), image_grid_pinpoints=pinpoints)
+    model = random_model(LlavaNextForConditionalGeneration, config, tokenizer, settings.seed)
     side = settings.image_size
     images = LlavaNextImageProcessorPil(
         size={"shortest_edge": side},
         crop_size={"height": side, "width": side},
         image_grid_pinpoints=pinpoints,
     )
-    processor = LlavaNextProcessor(
-        image_processor=images,
-        tokenizer=tokenizer,
-        patch_size=settings.patch_size,
-        vision_feature_select_strategy=strategy,
-        num_additional_image_tokens=additional,
-        chat_template=tokenizer.chat_template,
-        image_token=IMAGE_TAG,
-    )
+    processor = LlavaNextProcessor(image_processor=images, **llava_processor_fields(tokenizer, settings))
     return model, processor
 
 

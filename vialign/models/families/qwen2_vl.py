@@ -29,7 +29,7 @@ from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 
 from vialign.models.families.base import ModelFamily
-from vialign.models.tiny import TinyModelSettings
+from vialign.models.tiny import TinyModelSettings, random_model
 
 IMAGE_PAD, VISION_START, VISION_END, VIDEO_PAD = (
     "<|image_pad|>",
@@ -130,10 +130,7 @@ def build_tiny_qwen2_vl(
         vision_start_token_id=tokenizer.convert_tokens_to_ids(VISION_START),
         vision_end_token_id=tokenizer.convert_tokens_to_ids(VISION_END),
     )
-    torch.manual_seed(settings.seed)
-    model = Qwen2VLForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model = random_model(Qwen2VLForConditionalGeneration, config, tokenizer, settings.seed)
     unit = settings.patch_size * 2  # a merged patch's side
     images = Qwen2VLImageProcessorPil(
         patch_size=settings.patch_size,
