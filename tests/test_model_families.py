@@ -202,9 +202,9 @@ def test_packed_batch_has_the_loss_and_gradients_of_the_padded_batch(world):
         assert torch.allclose(grads_a[name], grads_b[name], atol=1e-5), name
 
 
-def test_lora_sft_then_dpo_then_generation(world, tmp_path):
-    """LoRA SFT with packing (vision frozen, projector trained), DPO from it, and greedy answers whose
-    prompts are the processor's."""
+def test_lora_sft_then_dpo_then_eval(world, toyworld, tmp_path):
+    """LoRA SFT with packing (vision frozen, projector trained), DPO from it, greedy answers whose prompts
+    are the processor's, the yes/no judge's reading, and `eval run` on the toy world's benchmarks."""
     from transformers import AutoModelForImageTextToText
 
     from vialign.generation.base import ChatRequest, GenerationParams
@@ -249,6 +249,13 @@ def test_lora_sft_then_dpo_then_generation(world, tmp_path):
     assert result.error is None and isinstance(result.texts[0], str)
     [probs] = backend.option_probs([request], ["Yes", "No"])  # the yes/no judge's reading
     assert 0 < probs["Yes"] + probs["No"] <= 1
+
+    from vialign.evaluate.run import EvalSettings, run_eval
+
+    settings = EvalSettings(benches=["pope", "vqa", "facts"], limit=3, caption_java=False)
+    results = run_eval(str(tmp_path / "dpo"), toyworld / "eval", tmp_path / "eval", settings, toyworld, False)
+    for name, entry in results["benchmarks"].items():
+        assert entry["n"] == 3 and entry["generation_errors"] == 0, name
 
 
 def test_reward_model_scores_alike_left_or_right_padded_and_alone(world):
