@@ -320,3 +320,22 @@ def test_model_import_of_a_multimodal_checkpoint_gives_its_language_model_with_t
             expected = multimodal(input_ids=ids).logits
             got = llm(input_ids=ids).logits
         assert torch.allclose(got, expected, atol=1e-5), checkpoint
+
+
+def test_preview_labels_json_shows_exactly_what_training_trains(world):
+    import json
+
+    from typer.testing import CliRunner
+
+    from vialign.cli import app
+
+    args = ["data", "preview-labels", str(world / "train.jsonl"), "--model", str(world / "model"), "-n", "9"]
+    result = CliRunner().invoke(app, [*args, "--json", "--templates", "none", "--image-root", str(world)])
+    assert result.exit_code == 0, result.output
+    shown = [json.loads(line) for line in result.stdout.splitlines()]
+    _, _, encoder = encoder_of(world)
+    samples = list(read_samples(world / "train.jsonl"))
+    assert [row["id"] for row in shown] == [s.id for s in samples]
+    for row, encoded in zip(shown, encoder.encode_many(samples), strict=True):
+        assert [t["id"] for t in row["tokens"]] == encoded.input_ids
+        assert [t["label"] for t in row["tokens"]] == [label != IGNORE_INDEX for label in encoded.labels]
