@@ -14,7 +14,7 @@ from tests.test_train import loss_and_grads
 from vialign.models.encoding import IGNORE_INDEX, TRAINED, ChatEncoder, EncoderSettings, Kind, encode_all
 from vialign.models.families import FAMILIES, family_named, family_of
 from vialign.models.families.tokenizers import family_tokenizer
-from vialign.models.loading import build_tiny_model, load_llava
+from vialign.models.loading import build_tiny_model, load_llava, load_processor
 from vialign.models.tiny import TinyModelSettings
 from vialign.records import IMAGE_TAG, Sample, read_samples, write_jsonl
 from vialign.train.core import training_encoder
@@ -104,9 +104,9 @@ def processor_ids(processor, root, sample: Sample) -> list[int]:
 
 
 def encoder_of(world, mode="lit", templates=None):
-    model, processor = load_llava(world / "model")
-    encoder = training_encoder(processor, SFTSettings(mode=mode), mode, templates, image_root=world)
-    return model, processor, encoder
+    """The processor and training's encoder (no weights loaded)."""
+    processor = load_processor(world / "model")
+    return processor, training_encoder(processor, SFTSettings(mode=mode), mode, templates, image_root=world)
 
 
 def test_registry_names_each_family_and_finds_it_from_model_and_processor(world):
@@ -124,7 +124,7 @@ def test_ids_are_the_processors_and_labels_are_exact(world, mode):
     are those the family's own processor makes; what is trained, decoded, is exactly every answer and its
     end of turn (and in LIT the user's own text, without image tags or templates): no image, template,
     role or system token."""
-    _, processor, encoder = encoder_of(world, mode, {"sentences": sorted(TEMPLATES)})
+    processor, encoder = encoder_of(world, mode, {"sentences": sorted(TEMPLATES)})
     samples = list(read_samples(world / "train.jsonl"))
     image_id, eos = processor.image_token_id, processor.tokenizer.eos_token
     counts = set()
@@ -157,7 +157,7 @@ def strip_templates(text: str) -> str:
 
 
 def test_batched_and_one_by_one_encodings_agree(world):
-    _, _, encoder = encoder_of(world)
+    _, encoder = encoder_of(world)
     samples = list(read_samples(world / "train.jsonl"))
     for sample, batched in zip(samples, encoder.encode_many(samples), strict=True):
         single = encoder.encode(sample)
@@ -169,7 +169,7 @@ def test_batched_and_one_by_one_encodings_agree(world):
 
 
 def test_a_sample_whose_images_do_not_match_its_tags_is_refused_with_its_id(world):
-    _, _, encoder = encoder_of(world)
+    _, encoder = encoder_of(world)
     wrong = SAMPLES[1].model_copy(update={"id": "tags-vs-images", "image": [RECORDS[0]["image"]] * 2})
     missing = SAMPLES[2].model_copy(update={"id": "no-such-image", "image": "missing/1.jpg"})
     items, report = encode_all(encoder, [SAMPLES[2], wrong, missing])
@@ -183,7 +183,8 @@ def test_packed_batch_has_the_loss_and_gradients_of_the_padded_batch(world):
     images (tiles and sizes) follow the packed order."""
     from vialign.train.data import PackedSFTCollator, SFTCollator, SFTDataset
 
-    model, processor, encoder = encoder_of(world)
+    model = load_llava(world / "model")[0]
+    processor, encoder = encoder_of(world)
     items, _ = encode_all(encoder, list(read_samples(world / "train.jsonl")))
     rows = [SFTDataset(items, world)[i] for i in range(len(items))]
     family = family_of(processor)
@@ -333,7 +334,7 @@ def test_preview_labels_json_shows_exactly_what_training_trains(world):
     result = CliRunner().invoke(app, [*args, "--json", "--templates", "none", "--image-root", str(world)])
     assert result.exit_code == 0, result.output
     shown = [json.loads(line) for line in result.stdout.splitlines()]
-    _, _, encoder = encoder_of(world)
+    _, encoder = encoder_of(world)
     samples = list(read_samples(world / "train.jsonl"))
     assert [row["id"] for row in shown] == [s.id for s in samples]
     for row, encoded in zip(shown, encoder.encode_many(samples), strict=True):
