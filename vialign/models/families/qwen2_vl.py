@@ -27,6 +27,7 @@ from transformers import (
 )
 from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+from transformers.utils import is_torchvision_available
 
 from vialign.models.families.base import ModelFamily
 from vialign.models.tiny import TinyModelSettings, random_model
@@ -77,11 +78,10 @@ def image_only_processor(image_processor: Any, tokenizer: PreTrainedTokenizerBas
 
 
 def load_processor(path: str, trust_remote_code: bool = False) -> Any:
-    try:
+    if is_torchvision_available():
         return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (ImportError, AttributeError, ValueError, TypeError):  # no torchvision: no video processor
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        return image_only_processor(AutoImageProcessor.from_pretrained(path), tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return image_only_processor(AutoImageProcessor.from_pretrained(path), tokenizer)
 
 
 def save_processor(processor: Any, out: Path) -> None:
