@@ -76,6 +76,11 @@ class RewardInputs:
         self.tokenizer = processor.tokenizer
         self.family = family_of(processor)
         fixed = self.family.fixed_image_tokens
+        if settings.image_mode == "resize" and not fixed:
+            raise ValueError(
+                f"image_mode resize stretches images to the vision tower's input square, and a "
+                f"{self.family.name} model reads images at their own size: use pad or processor"
+            )
         self.encoder = ChatEncoder(
             self.tokenizer,
             EncoderSettings(
