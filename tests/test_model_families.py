@@ -269,6 +269,8 @@ def test_reward_model_scores_alike_left_or_right_padded_and_alone(world):
     torch.manual_seed(0)
     reward = RewardModel(model).eval()
     inputs = RewardInputs(processor, PreprocessSettings(image_mode="pad"))  # the size a square pads to
+    with pytest.raises(ValueError, match="reads images at their own size"):
+        RewardInputs(processor, PreprocessSettings(image_mode="resize"))
     examples = []
     for sample in SAMPLES[:4]:
         images = [world / path for path in sample.images]
