@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from vialign.evaluate.benches import BENCHES
-from vialign.evaluate.compare import compare_results
+from vialign.evaluate.compare import compare_results, delta_intervals
 from vialign.evaluate.judge import JudgeSettings, parse_rating, rate_answers
 from vialign.evaluate.metrics import (
     caption_scores,
@@ -274,6 +274,21 @@ def test_compare_intervals_on_a_fixed_seed(tmp_path):
     assert 0 < d_low < acc["deltas"][0] < d_high  # paired: b is never worse on a shared sample
     assert acc["delta_intervals"][1] == (0.0, 0.0) and acc["deltas"][1] == 0.0
     assert compare_results([a, b], resamples=400, seed=8) != rows[:2]
+
+
+def test_delta_intervals_are_the_paired_intervals_compare_results_gives(tmp_path):
+    import random
+
+    rng = random.Random(5)
+    coin = [rng.random() < 0.5 for _ in range(120)]
+    a = fake_results(tmp_path / "a.json", coin)
+    b = fake_results(tmp_path / "b.json", [c != (rng.random() < 0.3) for c in coin])
+    rows = compare_results([a, b], resamples=300, seed=4, all_metrics=True)
+    base, other = orjson.loads(a.read_bytes()), orjson.loads(b.read_bytes())
+    expected = {(r["bench"], r["metric"]): r["delta_intervals"][0] for r in rows}
+    assert delta_intervals(base, other, 300, seed=4) == expected
+    assert delta_intervals(base, other, 300, seed=5) != expected
+    assert delta_intervals(base, other, 300, seed=4, benches={"vqa"}) == {}
 
 
 # ---------------------------------------------------------------- judge

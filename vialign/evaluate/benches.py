@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
-from statistics import mean
+from statistics import fmean as mean
 from typing import Any
 
 import orjson

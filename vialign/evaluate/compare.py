@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,25 @@ def paired_delta(
         for k in a.keys() & b.keys():
             draws.setdefault(k, []).append(b[k] - a[k])
     return {k: percentile_interval(v) for k, v in draws.items()}
+
+
+def delta_intervals(
+    base: dict[str, Any],
+    other: dict[str, Any],
+    resamples: int,
+    seed: int = 0,
+    benches: Collection[str] | None = None,
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """Paired-bootstrap interval of other − base for every metric of the benchmarks both results hold
+    (only `benches`, when given), without the per-file intervals `compare_results` adds."""
+    out = {}
+    for bench, entry in base["benchmarks"].items():
+        if bench not in other["benchmarks"] or (benches is not None and bench not in benches):
+            continue
+        samples = entry["samples"], other["benchmarks"][bench]["samples"]
+        for name, interval in paired_delta(*samples, BENCHES[bench].aggregate, resamples, seed).items():
+            out[(bench, name)] = interval
+    return out
 
 
 def percentile_interval(values: list[float]) -> tuple[float, float]:

@@ -19,7 +19,7 @@ import orjson
 from pydantic import Field, model_validator
 
 from vialign.config import Settings
-from vialign.evaluate.compare import compare_results
+from vialign.evaluate.compare import compare_results, delta_intervals, paired_delta
 from vialign.records import confined_image_path, read_jsonl
 from vialign.report.lab_results import LabResultsSettings, fmt, lab_results
 from vialign.stage import StageContext
@@ -171,13 +171,8 @@ def bootstrap_intervals(settings: ReportSettings) -> dict[str, dict[tuple[str, s
 
 
 def comparison_table(settings: ReportSettings, comparison: Comparison, loaded: dict[str, list[dict]]) -> str:
-    base, variant = settings.runs[comparison.baseline][0], settings.runs[comparison.variant][0]
-    rows = {
-        (r["bench"], r["metric"]): r
-        for r in compare_results(
-            [Path(base) / "results.json", Path(variant) / "results.json"], resamples=settings.resamples
-        )
-    }
+    first_seed = loaded[comparison.baseline][0], loaded[comparison.variant][0]
+    intervals = delta_intervals(*first_seed, settings.resamples)
     body = []
     for bench, name in settings.metrics:
         base_values = [
@@ -189,8 +184,7 @@ def comparison_table(settings: ReportSettings, comparison: Comparison, loaded: d
         if not base_values or not var_values:
             continue
         deltas = [v - b for b, v in zip(base_values, var_values, strict=False)]
-        row = rows.get((bench, name))
-        interval = row["delta_intervals"][0] if row else None
+        interval = intervals.get((bench, name))
         ci = f"[{fmt(interval[0])}, {fmt(interval[1])}]" if interval else "–"
         sign = "up" if statistics.fmean(deltas) > 0 else "down" if statistics.fmean(deltas) < 0 else ""
         body.append(
@@ -208,8 +202,6 @@ def comparison_table(settings: ReportSettings, comparison: Comparison, loaded: d
 def claim_delta(settings: ReportSettings, claim: Claim) -> tuple[list[float], tuple[float, float] | None]:
     """The claim's delta per seed and the paired-bootstrap 95% interval over items of the first seed;
     none at all for a gap claim where some seed replaced no answer (the claim is then inconclusive)."""
-    from vialign.evaluate.compare import paired_delta
-
     if claim.gap:
         deltas, interval = [], None
         for k, folder in enumerate(claim.gap):
@@ -234,12 +226,10 @@ def claim_delta(settings: ReportSettings, claim: Claim) -> tuple[list[float], tu
         )
         if a is not None and b is not None:
             deltas.append(b - a)
-    rows = compare_results(
-        [Path(base_runs[0]) / "results.json", Path(variant_runs[0]) / "results.json"],
-        resamples=settings.resamples,
+    intervals = delta_intervals(
+        results(base_runs[0]), results(variant_runs[0]), settings.resamples, benches={claim.bench}
     )
-    row = next((r for r in rows if (r["bench"], r["metric"]) == (claim.bench, claim.metric)), None)
-    return deltas, (row["delta_intervals"][0] if row else None)
+    return deltas, intervals.get((claim.bench, claim.metric))
 
 
 def verdict(
