@@ -12,6 +12,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """`--dist worksteal` hands each of the two workers half of the collection in order, and an idle one
+    steals from the end of the other's queue: the slow tests go first in each half, so none starts last
+    and leaves one core idle while it runs (it did: 6 min 50 s where the tests' CPU time was 5 min 45 s)."""
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    rest = [item for item in items if not item.get_closest_marker("slow")]
+    first, second = slow[0::2], slow[1::2]
+    head = len(items) // 2 - len(first)
+    if head >= 0:
+        items[:] = first + rest[:head] + second + rest[head:]
+
+
 @pytest.fixture(scope="session")
 def toyworld(tmp_path_factory):
     """A small toy world shared by the tests that only read it."""
