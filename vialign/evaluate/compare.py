@@ -87,13 +87,11 @@ def compare_results(
     results = [orjson.loads(Path(p).read_bytes()) for p in paths]
     rows = []
     benches = [b for b in results[0]["benchmarks"] if all(b in r["benchmarks"] for r in results)]
+    deltas = [delta_intervals(results[0], r, resamples, seed, benches) for r in results[1:]]
     for bench in benches:
         entries = [r["benchmarks"][bench] for r in results]
         aggregate = BENCHES[bench].aggregate
         intervals = [bootstrap_metrics(e["samples"], aggregate, resamples, seed) for e in entries]
-        deltas = [
-            paired_delta(entries[0]["samples"], e["samples"], aggregate, resamples, seed) for e in entries[1:]
-        ]
         for metric in entries[0]["metrics"]:
             if "/" in metric and not all_metrics:
                 continue
@@ -105,7 +103,7 @@ def compare_results(
                     "values": values,
                     "intervals": [iv.get(metric) for iv in intervals],
                     "deltas": [None if v is None or values[0] is None else v - values[0] for v in values[1:]],
-                    "delta_intervals": [d.get(metric) for d in deltas],
+                    "delta_intervals": [d.get((bench, metric)) for d in deltas],
                 }
             )
     return rows

@@ -171,8 +171,9 @@ def bootstrap_intervals(settings: ReportSettings) -> dict[str, dict[tuple[str, s
 
 
 def comparison_table(settings: ReportSettings, comparison: Comparison, loaded: dict[str, list[dict]]) -> str:
-    first_seed = loaded[comparison.baseline][0], loaded[comparison.variant][0]
-    intervals = delta_intervals(*first_seed, settings.resamples)
+    intervals = delta_intervals(
+        loaded[comparison.baseline][0], loaded[comparison.variant][0], settings.resamples
+    )
     body = []
     for bench, name in settings.metrics:
         base_values = [
@@ -217,18 +218,16 @@ def claim_delta(settings: ReportSettings, claim: Claim) -> tuple[list[float], tu
                 mean_nll = lambda rs: {"nll": statistics.fmean(r["nll"] for r in rs)}  # noqa: E731
                 interval = paired_delta(base, other, mean_nll, settings.resamples, 0).get("nll")
         return deltas, interval
-    base_runs, variant_runs = settings.runs[claim.baseline], settings.runs[claim.variant]
+    pairs = [
+        (results(base), results(variant))
+        for base, variant in zip(settings.runs[claim.baseline], settings.runs[claim.variant], strict=False)
+    ]
     deltas = []
-    for base, variant in zip(base_runs, variant_runs, strict=False):
-        a, b = (
-            metric(results(base), claim.bench, claim.metric),
-            metric(results(variant), claim.bench, claim.metric),
-        )
+    for base, variant in pairs:
+        a, b = metric(base, claim.bench, claim.metric), metric(variant, claim.bench, claim.metric)
         if a is not None and b is not None:
             deltas.append(b - a)
-    intervals = delta_intervals(
-        results(base_runs[0]), results(variant_runs[0]), settings.resamples, benches={claim.bench}
-    )
+    intervals = delta_intervals(*pairs[0], settings.resamples, benches={claim.bench})
     return deltas, intervals.get((claim.bench, claim.metric))
 
 
