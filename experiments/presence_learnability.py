@@ -1,0 +1,154 @@
+"""Why the lab's POPE cannot decide: can the inner LLM learn object presence at all, and from what?
+
+Two arms from the same stage-1 LLaVA (projector pretrained on captions), trained with the lab's SFT
+settings (LoRA r 16, alpha 32, lr 4e-4, batch 8, the same steps) on the same presence probes about the
+toy world's training scenes ("Is there a red circle in the image?", half yes, half no with absent pairs
+that share a colour or a shape with the scene half the time):
+- image: the scene as its image, as the lab trains;
+- text (the control): the same probe with the scene written out in words before the question, no image.
+Both are scored on the world's held-out POPE probes (random, popular, adversarial), the text arm with the
+scene written out the same way. A text arm that learns while the image arm stays at chance puts the
+failure in reading presence from image tokens, not in the LLM or the probes.
+
+    python experiments/presence_learnability.py --world WORLD --stage1 STAGE1 --out runs/presence
+    # the demo's tiny LM, with the demo's SFT settings:
+    python experiments/presence_learnability.py --world WORLD --stage1 STAGE1 --out runs/presence-demo \
+        --chat-format vicuna_v1 --no-lora --lr 5e-4 --batch-size 32
+
+WORLD: a `vialign toyworld` folder; STAGE1: a LLaVA after stage 1 (e.g. the lab's `stage1` stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from vialign.data.formats import SHORT_ANSWER_SUFFIX
+from vialign.generation.base import ChatRequest, GenerationParams, ModelSettings
+from vialign.models.encoding import IMAGE_TAG
+from vialign.toyworld.evalsets import POPE_CATEGORIES
+from vialign.toyworld.generate import image_path
+from vialign.toyworld.language import neutral_caption
+from vialign.toyworld.scene import COLOURS, SHAPES, Scene, sample_scene
+from vialign.train.settings import SFTSettings
+from vialign.train.sft import train_sft
+
+ARMS = ("image", "text")
+
+
+def described(scene: Scene, question: str) -> str:
+    return f"Scene: {neutral_caption(scene, 0)}\n{question}"
+
+
+def probe(scene: Scene, want_yes: bool, rng: random.Random) -> tuple[str, str]:
+    present = sorted(scene.pairs)
+    absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in scene.pairs]
+    near = [p for p in absent if any(p[0] == c or p[1] == s for c, s in present)]
+    if want_yes:
+        colour, shape = rng.choice(present)
+    else:
+        colour, shape = rng.choice(near if near and rng.random() < 0.5 else absent)
+    return f"Is there a {colour} {shape} in the image?", "Yes" if want_yes else "No"
+
+
+def training_probes(seed: int, count: int, arm: str) -> list[dict]:
+    rng = random.Random(f"presence:{seed}")
+    rows = []
+    for j in range(count):
+        scene = sample_scene(seed, "train", j)
+        question, answer = probe(scene, j % 2 == 0, rng)
+        human = f"{IMAGE_TAG}\n{question}" if arm == "image" else described(scene, question)
+        row = {
+            "id": f"presence-{j}",
+            "conversations": [
+                {"from": "human", "value": f"{human}\n{SHORT_ANSWER_SUFFIX}"},
+                {"from": "gpt", "value": answer},
+            ],
+        }
+        if arm == "image":
+            row["image"] = image_path("train", j)
+        rows.append(row)
+    return rows
+
+
+def held_out(world: Path, seed: int, limit: int) -> list[tuple[str, Scene, dict]]:
+    """The first `limit` probes of each POPE file, as the lab's evaluation takes them."""
+    scenes: dict[str, Scene] = {}
+    items = []
+    for category in POPE_CATEGORIES:
+        for line in (world / "eval" / "pope" / f"{category}.jsonl").read_text().splitlines()[:limit]:
+            row = json.loads(line)
+            index = int(Path(row["image"]).stem)
+            scene = scenes.setdefault(row["image"], sample_scene(seed, "eval", index))
+            items.append((category, scene, row))
+    return items
+
+
+def score(model: Path, world: Path, arm: str, items: list[tuple[str, Scene, dict]], chat_format: str) -> dict:
+    backend = ModelSettings(chat_format=chat_format).open(str(model))
+    requests = []
+    for n, (_, scene, row) in enumerate(items):
+        question = f"{row['text']}\n{SHORT_ANSWER_SUFFIX}"
+        if arm == "image":
+            content, images = f"{IMAGE_TAG}\n{question}", [world / row["image"]]
+        else:
+            content, images = described(scene, question), []
+        requests.append(ChatRequest(str(n), [{"role": "user", "content": content}], images))
+    answers = []
+    for start in range(0, len(requests), 32):
+        results = backend.generate(requests[start : start + 32], GenerationParams(max_new_tokens=4))
+        answers += [
+            "yes" if (r.texts or [""])[0].strip().lower().startswith("yes") else "no" for r in results
+        ]
+    right = [a == row["label"] for a, (_, _, row) in zip(answers, items, strict=True)]
+    return {
+        "accuracy": round(sum(right) / len(right), 3),
+        "yes_ratio": round(answers.count("yes") / len(answers), 3),
+        "probes": len(right),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", type=Path, required=True)
+    parser.add_argument("--stage1", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--probes", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--limit", type=int, default=120, help="held-out probes per POPE file")
+    parser.add_argument("--chat-format", default="tokenizer", help="vicuna_v1 for the demo's tiny LM")
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-lora", action="store_true", help="train the LLM whole, as the demo does")
+    args = parser.parse_args()
+    seed = json.loads((args.world / "manifest.json").read_text())["settings"]["seed"]
+    items = held_out(args.world, seed, args.limit)
+    probes = min(args.probes, len(list((args.world / "images" / "train").glob("*.png"))))
+    report = {}
+    for arm in ARMS:
+        folder = args.out / arm
+        folder.mkdir(parents=True, exist_ok=True)
+        data = folder / "probes.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in training_probes(seed, probes, arm)))
+        settings = SFTSettings(
+            stage="finetune",
+            mode="response",
+            chat_format=args.chat_format,
+            lora={"enabled": not args.no_lora, "r": 16, "alpha": 32, "dropout": 0.0},
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup_ratio=0.05,
+        )
+        before = score(args.stage1, args.world, arm, items, args.chat_format)
+        manifest = train_sft(args.stage1, data, folder / "model", settings, image_root=args.world)
+        after = score(folder / "model", args.world, arm, items, args.chat_format)
+        report[arm] = {"before": before, "after": after, "train_loss": manifest.counts["train_loss"]}
+        print(arm, json.dumps(report[arm]), flush=True)
+    (args.out / "presence.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
