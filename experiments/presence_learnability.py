@@ -10,6 +10,13 @@ Both are scored on the world's held-out POPE probes (random, popular, adversaria
 scene written out the same way. A text arm that learns while the image arm stays at chance puts the
 failure in reading presence from image tokens, not in the LLM or the probes.
 
+`--projector` changes the stage-1 projector before the image arm, to test two explanations:
+- rescaled: its outputs scaled to the RMS norm of the LLM's word embeddings (stage 1 leaves image tokens
+  some 50 times larger than any word's embedding);
+- word-aligned: refitted, from the untrained projector, to map each cell's tower feature to the sum of the
+  LLM's embeddings of its colour and shape words (zero for an empty cell), so that an image token looks
+  like the words that name it.
+
     python experiments/presence_learnability.py --world WORLD --stage1 STAGE1 --out runs/presence
     # the demo's tiny LM, with the demo's SFT settings:
     python experiments/presence_learnability.py --world WORLD --stage1 STAGE1 --out runs/presence-demo \
@@ -25,13 +32,16 @@ import json
 import random
 from pathlib import Path
 
+import torch
+
 from vialign.data.formats import SHORT_ANSWER_SUFFIX
 from vialign.generation.base import ChatRequest, GenerationParams, ModelSettings
 from vialign.models.encoding import IMAGE_TAG
+from vialign.models.loading import load_llava
 from vialign.toyworld.evalsets import POPE_CATEGORIES
 from vialign.toyworld.generate import image_path
 from vialign.toyworld.language import neutral_caption
-from vialign.toyworld.scene import COLOURS, SHAPES, Scene, sample_scene
+from vialign.toyworld.scene import COLOURS, GRID, SHAPES, Scene, render_scene, sample_scene
 from vialign.train.settings import SFTSettings
 from vialign.train.sft import train_sft
 
@@ -110,6 +120,62 @@ def score(model: Path, world: Path, arm: str, items: list[tuple[str, Scene, dict
     }
 
 
+def cell_features(model, processor, scenes: list[Scene], image_size: int) -> torch.Tensor:
+    """The tower's patch features, one per grid cell (the tiny tower has one patch per cell)."""
+    images = [render_scene(scene, image_size) for scene in scenes]
+    pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        patches = [
+            model.model.vision_tower(pixel_values=pixels[i : i + 256]).last_hidden_state[:, 1:]
+            for i in range(0, len(pixels), 256)
+        ]
+    features = torch.cat(patches)
+    if features.shape[1] != GRID * GRID:
+        raise ValueError(f"--projector needs one patch per grid cell; the tower gives {features.shape[1]}")
+    return features.flatten(0, 1)
+
+
+def word_targets(processor, embeddings: torch.Tensor, scenes: list[Scene]) -> torch.Tensor:
+    def word(text: str) -> torch.Tensor:
+        ids = processor.tokenizer.encode(f" {text}", add_special_tokens=False)
+        return embeddings[ids].sum(0)
+
+    targets = torch.zeros(len(scenes), GRID * GRID, embeddings.shape[1])
+    for i, scene in enumerate(scenes):
+        for obj in scene.objects:
+            targets[i, obj.cell] = word(obj.colour) + word(obj.shape)
+    return targets.flatten(0, 1)
+
+
+def changed_projector(stage1: Path, how: str, world: Path, seed: int, out: Path) -> Path:
+    model, processor = load_llava(stage1, dtype=torch.float32)
+    image_size = json.loads((world / "manifest.json").read_text())["settings"]["image_size"]
+    scenes = [sample_scene(seed, "train", j) for j in range(1500)]
+    features = cell_features(model, processor, scenes, image_size)
+    projector = model.model.multi_modal_projector
+    embeddings = model.get_input_embeddings().weight.detach()
+    if how == "rescaled":
+        with torch.no_grad():
+            scale = embeddings.norm(dim=-1).mean() / projector(features).norm(dim=-1).mean()
+            projector.linear_2.weight.mul_(scale)
+            projector.linear_2.bias.mul_(scale)
+    else:
+        torch.manual_seed(0)
+        for layer in (projector.linear_1, projector.linear_2):
+            layer.reset_parameters()
+        targets = word_targets(processor, embeddings, scenes)
+        optimiser = torch.optim.Adam(projector.parameters(), lr=1e-3)
+        for _ in range(600):
+            pick = torch.randint(0, len(features), (2048,))
+            loss = torch.nn.functional.mse_loss(projector(features[pick]), targets[pick])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=Path, required=True)
@@ -121,13 +187,18 @@ def main() -> None:
     parser.add_argument("--chat-format", default="tokenizer", help="vicuna_v1 for the demo's tiny LM")
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated: image, text")
     parser.add_argument("--no-lora", action="store_true", help="train the LLM whole, as the demo does")
+    parser.add_argument("--projector", choices=("stage1", "rescaled", "word-aligned"), default="stage1")
     args = parser.parse_args()
     seed = json.loads((args.world / "manifest.json").read_text())["settings"]["seed"]
     items = held_out(args.world, seed, args.limit)
     probes = min(args.probes, len(list((args.world / "images" / "train").glob("*.png"))))
+    start = args.stage1
+    if args.projector != "stage1":
+        start = changed_projector(args.stage1, args.projector, args.world, seed, args.out / args.projector)
     report = {}
-    for arm in ARMS:
+    for arm in args.arms.split(","):
         folder = args.out / arm
         folder.mkdir(parents=True, exist_ok=True)
         data = folder / "probes.jsonl"
@@ -142,8 +213,8 @@ def main() -> None:
             lr=args.lr,
             warmup_ratio=0.05,
         )
-        before = score(args.stage1, args.world, arm, items, args.chat_format)
-        manifest = train_sft(args.stage1, data, folder / "model", settings, image_root=args.world)
+        before = score(start, args.world, arm, items, args.chat_format)
+        manifest = train_sft(start, data, folder / "model", settings, image_root=args.world)
         after = score(folder / "model", args.world, arm, items, args.chat_format)
         report[arm] = {"before": before, "after": after, "train_loss": manifest.counts["train_loss"]}
         print(arm, json.dumps(report[arm]), flush=True)
