@@ -11,9 +11,9 @@ scene written out the same way. A text arm that learns while the image arm stays
 failure in reading presence from image tokens, not in the LLM or the probes.
 
 `--projector` changes the stage-1 projector before the image arm, to test two explanations:
-- rescaled: its outputs scaled to the RMS norm of the LLM's word embeddings (stage 1 leaves image tokens
+- rescaled: its outputs scaled to the mean norm of the LLM's word embeddings (stage 1 leaves image tokens
   some 50 times larger than any word's embedding);
-- word-aligned: refitted, from the untrained projector, to map each cell's tower feature to the sum of the
+- word-aligned: refitted from a fresh initialisation to map each cell's tower feature to the sum of the
   LLM's embeddings of its colour and shape words (zero for an empty cell), so that an image token looks
   like the words that name it.
 
@@ -40,8 +40,9 @@ from vialign.models.encoding import IMAGE_TAG
 from vialign.models.loading import load_llava
 from vialign.toyworld.evalsets import POPE_CATEGORIES
 from vialign.toyworld.generate import image_path
+from vialign.toyworld.instructions import absent_pairs
 from vialign.toyworld.language import neutral_caption
-from vialign.toyworld.scene import COLOURS, GRID, SHAPES, Scene, render_scene, sample_scene
+from vialign.toyworld.scene import GRID, Scene, render_scene, sample_scene
 from vialign.train.settings import SFTSettings
 from vialign.train.sft import train_sft
 
@@ -54,7 +55,7 @@ def described(scene: Scene, question: str) -> str:
 
 def probe(scene: Scene, want_yes: bool, rng: random.Random) -> tuple[str, str]:
     present = sorted(scene.pairs)
-    absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in scene.pairs]
+    absent = absent_pairs(scene)
     near = [p for p in absent if any(p[0] == c or p[1] == s for c, s in present)]
     if want_yes:
         colour, shape = rng.choice(present)
@@ -187,6 +188,7 @@ def main() -> None:
     parser.add_argument("--chat-format", default="tokenizer", help="vicuna_v1 for the demo's tiny LM")
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--projector-lr", type=float, default=None, help="default: --lr")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated: image, text")
     parser.add_argument("--no-lora", action="store_true", help="train the LLM whole, as the demo does")
     parser.add_argument("--projector", choices=("stage1", "rescaled", "word-aligned"), default="stage1")
@@ -211,6 +213,7 @@ def main() -> None:
             max_steps=args.steps,
             batch_size=args.batch_size,
             lr=args.lr,
+            projector_lr=args.projector_lr,
             warmup_ratio=0.05,
         )
         before = score(start, args.world, arm, items, args.chat_format)
