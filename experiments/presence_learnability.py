@@ -6,8 +6,8 @@ toy world's training scenes ("Is there a red circle in the image?", half yes, ha
 that share a colour or a shape with the scene half the time):
 - image: the scene as its image, as the lab trains;
 - text (the control): the same probe with the scene written out in words before the question, no image.
-Both are scored on the world's held-out POPE probes (random, popular, adversarial), the text arm with the
-scene written out the same way. A text arm that learns while the image arm stays at chance puts the
+Both are scored on the world's held-out POPE probes (random, popular, adversarial) as `vialign eval run`
+scores them, the text arm with the scene written out the same way. A text arm that learns while the image arm stays at chance puts the
 failure in reading presence from image tokens, not in the LLM or the probes.
 
 `--projector` changes the stage-1 projector before the image arm, to test two explanations:
@@ -35,14 +35,18 @@ from pathlib import Path
 import torch
 
 from vialign.data.formats import SHORT_ANSWER_SUFFIX
-from vialign.generation.base import ChatRequest, GenerationParams, ModelSettings
+from vialign.evaluate.benches import EvalItem, Pope
+from vialign.evaluate.run import EvalSettings, generate_predictions
+from vialign.generation.base import GenerationParams, ModelSettings
+from vialign.generation.work import RunnerSettings
 from vialign.models.encoding import IMAGE_TAG
 from vialign.models.loading import load_llava
-from vialign.toyworld.evalsets import POPE_CATEGORIES
+from vialign.records import write_jsonl
 from vialign.toyworld.generate import image_path
 from vialign.toyworld.instructions import absent_pairs
 from vialign.toyworld.language import neutral_caption
 from vialign.toyworld.scene import GRID, Scene, render_scene, sample_scene
+from vialign.toyworld.vision import world_settings
 from vialign.train.settings import SFTSettings
 from vialign.train.sft import train_sft
 
@@ -84,40 +88,34 @@ def training_probes(seed: int, count: int, arm: str) -> list[dict]:
     return rows
 
 
-def held_out(world: Path, seed: int, limit: int) -> list[tuple[str, Scene, dict]]:
-    """The first `limit` probes of each POPE file, as the lab's evaluation takes them."""
-    scenes: dict[str, Scene] = {}
-    items = []
-    for category in POPE_CATEGORIES:
-        for line in (world / "eval" / "pope" / f"{category}.jsonl").read_text().splitlines()[:limit]:
-            row = json.loads(line)
-            index = int(Path(row["image"]).stem)
-            scene = scenes.setdefault(row["image"], sample_scene(seed, "eval", index))
-            items.append((category, scene, row))
-    return items
+def held_out(world: Path, seed: int, arm: str, limit: int) -> list[EvalItem]:
+    """The POPE bench's items (random, popular, adversarial interleaved), the first `limit`; in the text
+    arm, each with its scene written out before the question and no image."""
+    items = Pope().items(world / "eval", Pope.default_prompt)[:limit]
+    if arm == "image":
+        return items
+    return [
+        EvalItem(
+            i.id, described(sample_scene(seed, "eval", int(Path(i.images[0]).stem)), i.text), [], i.truth
+        )
+        for i in items
+    ]
 
 
-def score(model: Path, world: Path, arm: str, items: list[tuple[str, Scene, dict]], chat_format: str) -> dict:
+def score(model: Path, world: Path, items: list[EvalItem], chat_format: str, out: Path) -> dict:
+    """POPE accuracy and yes-ratio, generated and parsed as `vialign eval run` does."""
     backend = ModelSettings(chat_format=chat_format).open(str(model))
-    requests = []
-    for n, (_, scene, row) in enumerate(items):
-        question = f"{row['text']}\n{SHORT_ANSWER_SUFFIX}"
-        if arm == "image":
-            content, images = f"{IMAGE_TAG}\n{question}", [world / row["image"]]
-        else:
-            content, images = described(scene, question), []
-        requests.append(ChatRequest(str(n), [{"role": "user", "content": content}], images))
-    answers = []
-    for start in range(0, len(requests), 32):
-        results = backend.generate(requests[start : start + 32], GenerationParams(max_new_tokens=4))
-        answers += [
-            "yes" if (r.texts or [""])[0].strip().lower().startswith("yes") else "no" for r in results
-        ]
-    right = [a == row["label"] for a, (_, _, row) in zip(answers, items, strict=True)]
+    params = GenerationParams(max_new_tokens=Pope.max_new_tokens)
+    predictions = generate_predictions(
+        backend, items, params, out, RunnerSettings(batch_size=32), world, backend.identity(), False, "pope"
+    )
+    texts = {i: p["prediction"] for i, p in predictions.items()}
+    records, _ = Pope().score(items, texts, EvalSettings())
+    metrics = Pope().aggregate(records)
     return {
-        "accuracy": round(sum(right) / len(right), 3),
-        "yes_ratio": round(answers.count("yes") / len(answers), 3),
-        "probes": len(right),
+        "accuracy": round(metrics["accuracy"], 3),
+        "yes_ratio": round(metrics["yes_ratio"], 3),
+        "probes": len(items),
     }
 
 
@@ -148,9 +146,9 @@ def word_targets(processor, embeddings: torch.Tensor, scenes: list[Scene]) -> to
     return targets.flatten(0, 1)
 
 
-def changed_projector(stage1: Path, how: str, world: Path, seed: int, out: Path) -> Path:
+def changed_projector(stage1: Path, how: str, world: dict, out: Path) -> Path:
     model, processor = load_llava(stage1, dtype=torch.float32)
-    image_size = json.loads((world / "manifest.json").read_text())["settings"]["image_size"]
+    seed, image_size = world["seed"], world["image_size"]
     scenes = [sample_scene(seed, "train", j) for j in range(1500)]
     features = cell_features(model, processor, scenes, image_size)
     projector = model.model.multi_modal_projector
@@ -184,7 +182,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--probes", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--limit", type=int, default=120, help="held-out probes per POPE file")
+    parser.add_argument("--limit", type=int, default=360, help="held-out POPE probes (the lab evaluates 120)")
     parser.add_argument("--chat-format", default="tokenizer", help="vicuna_v1 for the demo's tiny LM")
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -193,18 +191,18 @@ def main() -> None:
     parser.add_argument("--no-lora", action="store_true", help="train the LLM whole, as the demo does")
     parser.add_argument("--projector", choices=("stage1", "rescaled", "word-aligned"), default="stage1")
     args = parser.parse_args()
-    seed = json.loads((args.world / "manifest.json").read_text())["settings"]["seed"]
-    items = held_out(args.world, seed, args.limit)
+    world = world_settings(args.world)
+    seed = world["seed"]
     probes = min(args.probes, len(list((args.world / "images" / "train").glob("*.png"))))
     start = args.stage1
     if args.projector != "stage1":
-        start = changed_projector(args.stage1, args.projector, args.world, seed, args.out / args.projector)
+        start = changed_projector(args.stage1, args.projector, world, args.out / args.projector)
     report = {}
     for arm in args.arms.split(","):
         folder = args.out / arm
         folder.mkdir(parents=True, exist_ok=True)
         data = folder / "probes.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in training_probes(seed, probes, arm)))
+        write_jsonl(training_probes(seed, probes, arm), data)
         settings = SFTSettings(
             stage="finetune",
             mode="response",
@@ -216,9 +214,10 @@ def main() -> None:
             projector_lr=args.projector_lr,
             warmup_ratio=0.05,
         )
-        before = score(start, args.world, arm, items, args.chat_format)
+        items = held_out(args.world, seed, arm, args.limit)
+        before = score(start, args.world, items, args.chat_format, folder / "before.jsonl")
         manifest = train_sft(start, data, folder / "model", settings, image_root=args.world)
-        after = score(folder / "model", args.world, arm, items, args.chat_format)
+        after = score(folder / "model", args.world, items, args.chat_format, folder / "after.jsonl")
         report[arm] = {"before": before, "after": after, "train_loss": manifest.counts["train_loss"]}
         print(arm, json.dumps(report[arm]), flush=True)
     (args.out / "presence.json").write_text(json.dumps(report, indent=1) + "\n")

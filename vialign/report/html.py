@@ -12,6 +12,7 @@ import difflib
 import html
 import io
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,6 +119,11 @@ def results(folder: str | Path) -> dict[str, Any]:
     return orjson.loads((Path(folder) / "results.json").read_bytes())
 
 
+def run_results(settings: ReportSettings, labels: Iterable[str] | None = None) -> dict[str, list[dict]]:
+    """Per model label (all, or `labels`), its results per seed."""
+    return {label: [results(f) for f in settings.runs[label]] for label in labels or settings.runs}
+
+
 def metric(result: dict[str, Any], bench: str, name: str) -> float | None:
     return result["benchmarks"].get(bench, {}).get("metrics", {}).get(name)
 
@@ -200,9 +206,12 @@ def comparison_table(settings: ReportSettings, comparison: Comparison, loaded: d
     )
 
 
-def claim_delta(settings: ReportSettings, claim: Claim) -> tuple[list[float], tuple[float, float] | None]:
+def claim_delta(
+    settings: ReportSettings, claim: Claim, loaded: dict[str, list[dict]] | None = None
+) -> tuple[list[float], tuple[float, float] | None]:
     """The claim's delta per seed and the paired-bootstrap 95% interval over items of the first seed;
-    none at all for a gap claim where some seed replaced no answer (the claim is then inconclusive)."""
+    none at all for a gap claim where some seed replaced no answer (the claim is then inconclusive).
+    `loaded`: every run's results, as `run_results` reads them (read here when not given)."""
     if claim.gap:
         deltas, interval = [], None
         for k, folder in enumerate(claim.gap):
@@ -218,10 +227,8 @@ def claim_delta(settings: ReportSettings, claim: Claim) -> tuple[list[float], tu
                 mean_nll = lambda rs: {"nll": statistics.fmean(r["nll"] for r in rs)}  # noqa: E731
                 interval = paired_delta(base, other, mean_nll, settings.resamples, 0).get("nll")
         return deltas, interval
-    pairs = [
-        (results(base), results(variant))
-        for base, variant in zip(settings.runs[claim.baseline], settings.runs[claim.variant], strict=False)
-    ]
+    loaded = loaded or run_results(settings, (claim.baseline, claim.variant))
+    pairs = list(zip(loaded[claim.baseline], loaded[claim.variant], strict=False))
     deltas = []
     for base, variant in pairs:
         a, b = metric(base, claim.bench, claim.metric), metric(variant, claim.bench, claim.metric)
@@ -248,12 +255,14 @@ def verdict(
     return "inconclusive"
 
 
-def claim_results(settings: ReportSettings) -> list[dict[str, Any]]:
+def claim_results(
+    settings: ReportSettings, loaded: dict[str, list[dict]] | None = None
+) -> list[dict[str, Any]]:
     """Each claim with its measure, the delta per seed, the first seed's interval and the verdict: what
     the claims table shows, and `claims.json` beside the report holds."""
     rows = []
     for claim in settings.claims:
-        deltas, interval = claim_delta(settings, claim)
+        deltas, interval = claim_delta(settings, claim, loaded)
         measure = (
             "writing-manner gap (rewritten − teacher), nats/token"
             if claim.gap
@@ -486,7 +495,7 @@ img.plot{max-width:100%;border:1px solid #eee;margin:.4rem 0}.viewer{display:gri
 
 
 def write_report(out: Path, settings: ReportSettings) -> Path:
-    loaded = {label: [results(f) for f in folders] for label, folders in settings.runs.items()}
+    loaded = run_results(settings)
     intervals = bootstrap_intervals(settings)
     header = "".join(f"<th>{html.escape(b)} {html.escape(m)}</th>" for b, m in settings.metrics)
     summary = "".join(
@@ -494,7 +503,7 @@ def write_report(out: Path, settings: ReportSettings) -> Path:
         for row in summary_rows(settings, loaded, intervals)
     )
     seeds = seed_count(settings)
-    claims = claim_results(settings)
+    claims = claim_results(settings, loaded)
     parts = [
         f"<h1>{html.escape(settings.title)}</h1>",
         f"<p class=notes>{seeds} seed(s); values are means over seeds, (min–max over seeds), [bootstrap 95% interval of the first seed].</p>",
